@@ -1,0 +1,149 @@
+"""Configuration: one dataclass. Defaults <- environment (``MM_<NAME>``) <- CLI flags.
+
+Every setting has a default and a help string; ``settings_table()`` renders them for the
+README and a test checks that the README documents each one. A bad value stops startup
+with a sentence naming the setting and the value (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelmanager.errors import ConfigError
+
+STRATEGIES = ("demand_based",)
+SYNC_MODES = ("FULL", "NORMAL")
+
+
+def _setting(default: Any, help: str, *, minimum: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "minimum": minimum})
+
+
+@dataclass
+class Config:
+    # --- the seed's names and defaults
+    OLLAMA_BASE_URL: str = _setting("http://localhost:11434", "Ollama's base URL.")
+    VRAM_SAFETY_MARGIN_MB: int = _setting(
+        1024, "VRAM kept free on top of every plan (MB).", minimum=0
+    )
+    VRAM_ESTIMATION_MULTIPLIER: float = _setting(
+        1.3, "On-disk size x this = first VRAM estimate of an unknown model.", minimum=1.0
+    )
+    SCHEDULER_LOOP_INTERVAL: float = _setting(
+        0.1, "Seconds between scheduler passes (it also wakes on every submit).", minimum=0.001
+    )
+    SCHEDULER_STRATEGY: str = _setting("demand_based", "Scheduling policy (demand_based).")
+    MODEL_KEEP_ALIVE: float = _setting(
+        300.0, "Seconds an idle model stays loaded before the manager unloads it.", minimum=0
+    )
+    MAX_CONCURRENT_PER_MODEL: int = _setting(
+        20, "Jobs in flight to Ollama at once for one model.", minimum=1
+    )
+    QUEUE_MAX_SIZE: int = _setting(
+        1000, "Unfinished jobs accepted at once; beyond it submit answers 429.", minimum=1
+    )
+    # --- added by this design
+    HOST: str = _setting("127.0.0.1", "Address the HTTP API binds to.")
+    HTTP_PORT: int = _setting(5001, "Port of the HTTP API.", minimum=0)
+    DATA_DIR: str = _setting("data", "Folder of the SQLite job store and its lock file.")
+    LOG_FILE: str = _setting("model_manager.log", "Log file ('' for stderr only).")
+    VRAM_BUDGET_MB: int = _setting(
+        0, "VRAM to plan with when NVML is unavailable (0: none; loads then wait).", minimum=0
+    )
+    OLLAMA_MAX_LOADED_MODELS: int = _setting(
+        3, "Models Ollama keeps loaded at once (its OLLAMA_MAX_LOADED_MODELS).", minimum=1
+    )
+    AGING_SECONDS: float = _setting(
+        60.0, "A waiting job gains one priority level per this many seconds.", minimum=0.001
+    )
+    MIN_RESIDENCY: float = _setting(
+        10.0, "Seconds a loaded model with waiting jobs is kept before eviction.", minimum=0
+    )
+    MAX_ATTEMPTS: int = _setting(3, "Tries per job before it fails (crashes count).", minimum=1)
+    RETRY_BASE_SECONDS: float = _setting(
+        1.0, "First retry backoff; doubles per attempt, with full jitter.", minimum=0
+    )
+    RETRY_MAX_SECONDS: float = _setting(60.0, "Cap of the retry backoff.", minimum=0)
+    REQUEST_TIMEOUT: float = _setting(
+        300.0, "Seconds to wait for one inference answer from Ollama.", minimum=0.1
+    )
+    LOAD_TIMEOUT: float = _setting(900.0, "Seconds to wait for a model load.", minimum=0.1)
+    MONITOR_INTERVAL: float = _setting(
+        0.5, "Seconds a GPU/ps snapshot is reused by the scheduler.", minimum=0.01
+    )
+    ENGINE_THREADS: int = _setting(64, "Threads carrying jobs to Ollama.", minimum=1)
+    SQLITE_SYNCHRONOUS: str = _setting(
+        "FULL", "SQLite synchronous mode for the job store (FULL or NORMAL)."
+    )
+
+    @property
+    def safety_margin_bytes(self) -> int:
+        return self.VRAM_SAFETY_MARGIN_MB * 1024 * 1024
+
+    @property
+    def budget_bytes(self) -> int | None:
+        return self.VRAM_BUDGET_MB * 1024 * 1024 if self.VRAM_BUDGET_MB else None
+
+    def validate(self) -> Config:
+        """Check ranges and choices; raise :class:`ConfigError` naming the bad setting."""
+        for f in dataclasses.fields(self):
+            minimum = f.metadata.get("minimum")
+            value = getattr(self, f.name)
+            # "not >=" rather than "<": NaN compares False both ways and must not pass
+            if minimum is not None and not value >= minimum:
+                raise ConfigError(f"{f.name} must be at least {minimum}, got {value!r}")
+        if self.SCHEDULER_STRATEGY not in STRATEGIES:
+            raise ConfigError(
+                f"SCHEDULER_STRATEGY must be one of {', '.join(STRATEGIES)}, "
+                f"got {self.SCHEDULER_STRATEGY!r}"
+            )
+        if self.SQLITE_SYNCHRONOUS.upper() not in SYNC_MODES:
+            raise ConfigError(
+                f"SQLITE_SYNCHRONOUS must be FULL or NORMAL, got {self.SQLITE_SYNCHRONOUS!r}"
+            )
+        self.SQLITE_SYNCHRONOUS = self.SQLITE_SYNCHRONOUS.upper()
+        if not self.OLLAMA_BASE_URL.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"OLLAMA_BASE_URL must start with http:// or https://, got {self.OLLAMA_BASE_URL!r}"
+            )
+        return self
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Config:
+        """Defaults, then ``MM_<NAME>`` from ``environ``, then ``overrides`` (CLI), validated."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"MM_{f.name}")
+            if raw is not None:
+                values[f.name] = _convert(f.name, f"MM_{f.name}", raw, type(f.default))
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        return cls(**values).validate()
+
+
+def _convert(name: str, source: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{source} must be a {kind.__name__} (setting {name}), got {raw!r}"
+        ) from None
+
+
+def settings_table() -> list[tuple[str, Any, str]]:
+    """(name, default, help) for every setting, in declaration order."""
+    return [(f.name, f.default, f.metadata["help"]) for f in dataclasses.fields(Config)]

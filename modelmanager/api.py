@@ -1,0 +1,302 @@
+"""The internal API: submit, get, list, cancel, retry, stats, models, health.
+
+No Flask here: plain dicts in and out, :class:`ApiError` subclasses for failures. A job is
+committed to the store before ``submit`` returns; then it is indexed for the scheduler and
+the loop is woken.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from config import Config
+
+from .errors import Conflict, InvalidRequest, NotFound, QueueFull, ServiceUnavailable
+from .execution_engine import ExecutionEngine
+from .logger import get_logger
+from .model_registry import ModelRegistry, normalize
+from .models import Job, JobStatus, ResourceSnapshot
+from .queue_manager import QueueManager
+from .store import Store
+from .validation import Submission, validate_submission
+
+log = get_logger("API")
+
+MAX_BATCH = 10_000
+MAX_LIST = 1000
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_to_json(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "model": job.model,
+        "kind": job.kind.value,
+        "priority": job.priority.value,
+        "result": job.result,
+        "error": job.error,
+        "error_code": job.error_code,
+        "submitted_at": _iso(job.submitted_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.completed_at),
+        "attempts": job.attempts,
+        "metadata": job.metadata,
+        "load_duration": job.timings.get("load_duration"),
+        "total_duration": job.timings.get("total_duration"),
+        "prompt_eval_count": job.timings.get("prompt_eval_count"),
+        "eval_count": job.timings.get("eval_count"),
+    }
+
+
+class Api:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        queue: QueueManager,
+        registry: ModelRegistry,
+        engine: ExecutionEngine,
+        *,
+        snapshot: Callable[[], ResourceSnapshot],
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.queue = queue
+        self.registry = registry
+        self.engine = engine
+        self._snapshot = snapshot
+        self._wake = wake
+        self._clock = clock
+        self.accepting = True
+        self.started_at = clock()
+
+    # ------------------------------------------------------------------------ submit
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise ServiceUnavailable(
+                "the service is shutting down; submit again shortly",
+                headers={"Retry-After": "5"},
+            )
+
+    def _check_room(self, n: int) -> None:
+        unfinished = len(self.queue) + self.engine.in_flight()
+        if unfinished + n > self.config.QUEUE_MAX_SIZE:
+            raise QueueFull(
+                f"the queue is full ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is "
+                f"{self.config.QUEUE_MAX_SIZE}); retry later",
+                details={"unfinished": unfinished, "max": self.config.QUEUE_MAX_SIZE},
+                headers={"Retry-After": "5"},
+            )
+
+    def _new_job(self, sub: Submission, now: float) -> Job:
+        return Job(
+            id=str(uuid.uuid4()),
+            model=normalize(sub.model),
+            kind=sub.kind,
+            priority=sub.priority,
+            payload=sub.payload,
+            metadata=sub.metadata,
+            submitted_at=now,
+            idempotency_key=sub.idempotency_key,
+        )
+
+    def _accept(self, subs: list[Submission]) -> list[Job]:
+        self._check_accepting()
+        self._check_room(len(subs))
+        now = self._clock()
+        stored = self.store.insert_jobs([self._new_job(s, now) for s in subs])
+        for job, created in stored:
+            if created:
+                self.queue.add(job.id, job.model, job.priority, job.seq, job.submitted_at)
+        self._wake()
+        return [job for job, _ in stored]
+
+    def submit(self, body: Any) -> dict[str, Any]:
+        job = self._accept([validate_submission(body)])[0]
+        log.info(
+            "job %s accepted: %s %s (%s)", job.id, job.kind.value, job.model, job.priority.value
+        )
+        return {"job_id": job.id, "status": "submitted"}
+
+    def submit_batch(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
+            raise InvalidRequest("the body must be an object with a 'jobs' list", field="jobs")
+        items = body["jobs"]
+        if not 0 < len(items) <= MAX_BATCH:
+            raise InvalidRequest(f"'jobs' must hold 1 to {MAX_BATCH} jobs", field="jobs")
+        subs = []
+        for i, item in enumerate(items):
+            try:
+                subs.append(validate_submission(item))
+            except InvalidRequest as exc:
+                exc.details["index"] = i
+                exc.message = f"jobs[{i}]: {exc.message}"
+                raise
+        jobs = self._accept(subs)
+        log.info("batch of %d jobs accepted", len(jobs))
+        return {"job_ids": [j.id for j in jobs], "status": "submitted", "count": len(jobs)}
+
+    # -------------------------------------------------------------------------- read
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
+        return job_to_json(job)
+
+    def list_jobs(self, status: str | None, model: str | None, limit: str | None) -> dict[str, Any]:
+        if status is not None and status not in {s.value for s in JobStatus}:
+            raise InvalidRequest(
+                f"'status' must be one of {', '.join(s.value for s in JobStatus)}",
+                field="status",
+            )
+        try:
+            n = 100 if limit is None else int(limit)
+        except ValueError:
+            n = -1
+        if not 1 <= n <= MAX_LIST:
+            raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_LIST}", field="limit")
+        jobs = self.store.list_jobs(
+            status=status, model=normalize(model) if model else None, limit=n
+        )
+        return {"jobs": [job_to_json(j) for j in jobs], "count": len(jobs)}
+
+    # ------------------------------------------------------------------------ change
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        old = self.store.cancel(job_id, self._clock())
+        if old is None:
+            raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
+        if old.terminal:
+            raise Conflict(f"job {job_id} is already {old.value}", details={"status": old.value})
+        self.queue.remove(job_id)
+        log.info("job %s cancelled (was %s)", job_id, old.value)
+        return {"job_id": job_id, "status": JobStatus.CANCELLED.value, "was": old.value}
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        job = self.store.retry(job_id)
+        if job is None:
+            current = self.store.get(job_id)
+            if current is None:
+                raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
+            raise Conflict(
+                f"only failed jobs can be retried; job {job_id} is {current.status.value}",
+                details={"status": current.status.value},
+            )
+        self.queue.add(job.id, job.model, job.priority, job.seq, job.submitted_at)
+        self._wake()
+        log.info("job %s put back in the queue by request", job_id)
+        return {"job_id": job_id, "status": job.status.value}
+
+    # ------------------------------------------------------------------------ status
+
+    def stats(self) -> dict[str, Any]:
+        snap = self._snapshot()
+        by_status = self.store.counts_by_status()
+        views = self.engine.views()
+        counters = self.engine.counters_snapshot()
+        return {
+            "running": self.accepting,
+            "queue": {
+                "total_jobs": sum(by_status.values()),
+                "by_status": by_status,
+                "waiting": len(self.queue),
+                "by_model": self.queue.depth_by_model(),
+            },
+            "resources": {
+                "source": snap.source,
+                "vram": {
+                    "total": snap.total_bytes,
+                    "used": snap.used_bytes,
+                    "free": snap.free_bytes,
+                },
+                "loaded_models": sorted(m.name for m in snap.loaded),
+                "managed_models": {
+                    n: {
+                        "state": v.residency.value,
+                        "in_flight": v.in_flight,
+                        "vram_bytes": v.size_bytes,
+                    }
+                    for n, v in views.items()
+                },
+                "gpus": [
+                    {
+                        "index": d.index,
+                        "name": d.name,
+                        "uuid": d.uuid,
+                        "total": d.total_bytes,
+                        "used": d.used_bytes,
+                        "free": d.free_bytes,
+                        "utilization_pct": d.utilization_pct,
+                        "temperature_c": d.temperature_c,
+                        "error": d.error,
+                    }
+                    for d in snap.devices
+                ],
+                "backend_up": snap.backend_up,
+            },
+            "counters": {
+                k: counters.get(k, 0)
+                for k in (
+                    "loads",
+                    "unloads",
+                    "evictions",
+                    "ooms",
+                    "retries",
+                    "completed",
+                    "failed",
+                )
+            },
+        }
+
+    def models(self) -> dict[str, Any]:
+        views = self.engine.views()
+        depth = self.queue.depth_by_model()
+        out = []
+        for name in sorted(set(self.registry.known_models()) | set(views) | set(depth)):
+            info = self.registry.info(name)
+            view = views.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "estimated_vram_bytes": info.estimate_bytes,
+                    "estimate_source": info.source,
+                    "learned_vram_bytes": info.learned_vram_bytes,
+                    "learned_ps_vram_bytes": info.learned_ps_vram_bytes,
+                    "learned_load_seconds": info.learned_load_seconds,
+                    "loads": info.loads,
+                    "installed": info.installed,
+                    "loaded": view is not None and view.residency.value == "ready",
+                    "state": view.residency.value if view else "unloaded",
+                    "in_flight": view.in_flight if view else 0,
+                    "queue_depth": sum(depth.get(name, {}).values()),
+                }
+            )
+        return {"models": out}
+
+    def health(self) -> dict[str, Any]:
+        snap = self._snapshot()
+        return {
+            "status": "ok" if snap.backend_up and self.accepting else "degraded",
+            "accepting": self.accepting,
+            "backend": {
+                "url": self.config.OLLAMA_BASE_URL,
+                "up": snap.backend_up,
+                "error": snap.backend_error,
+            },
+            "vram_source": snap.source,
+            "uptime_seconds": round(self._clock() - self.started_at, 3),
+        }

@@ -1,0 +1,120 @@
+"""Flask app factory: routes, JSON in and out, the one error shape.
+
+``create_app(api, config)`` registers routes and error handlers only: no thread, no
+database, no GPU at import or creation. Every error leaves as
+``{"error": {"code", "message", "details"}}`` with its status; nothing a client sends can
+produce a 500 or a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from config import Config
+
+from .api import Api
+from .errors import (
+    ApiError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from .logger import get_logger
+
+log = get_logger("API")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"))
+    return Response(body, status=status, headers=headers, mimetype="application/json")
+
+
+def _body() -> Any:
+    """The request's JSON body, or a 400 that says what is wrong with it."""
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def create_app(api: Api, config: Config) -> Flask:
+    app = Flask("modelmanager")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+    @app.post("/api/submit")
+    def submit() -> Response:
+        return _json(api.submit(_body()))
+
+    @app.post("/api/submit_batch")
+    def submit_batch() -> Response:
+        return _json(api.submit_batch(_body()))
+
+    @app.get("/api/job/<job_id>")
+    def get_job(job_id: str) -> Response:
+        return _json(api.get(job_id))
+
+    @app.get("/api/jobs")
+    def list_jobs() -> Response:
+        args = request.args
+        return _json(api.list_jobs(args.get("status"), args.get("model"), args.get("limit")))
+
+    @app.post("/api/job/<job_id>/cancel")
+    def cancel(job_id: str) -> Response:
+        return _json(api.cancel(job_id))
+
+    @app.post("/api/job/<job_id>/retry")
+    def retry(job_id: str) -> Response:
+        return _json(api.retry(job_id))
+
+    @app.get("/api/health")
+    def health() -> Response:
+        return _json(api.health())
+
+    @app.get("/api/models")
+    def models() -> Response:
+        return _json(api.models())
+
+    @app.get("/api/stats")
+    def stats() -> Response:
+        return _json(api.stats())
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return _json(exc.to_json(), exc.status, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        err: ApiError
+        if code == 404:
+            err = NotFound(f"no such endpoint: {request.method} {request.path}")
+        elif code == 405:
+            allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None
+            err = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}",
+                details={"allowed": sorted(allowed or [])},
+            )
+        elif code == 413:
+            err = PayloadTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        elif code < 500:
+            err = InvalidRequest(exc.description or "bad request")
+        else:
+            err = ApiError("internal error")
+        return _json(err.to_json(), err.status, err.headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _json(ApiError("internal error; see the service log").to_json(), 500)
+
+    return app

@@ -1,0 +1,206 @@
+"""Pending jobs indexed by model and priority, in memory, for the scheduler.
+
+The store is the truth; this is an index of the jobs that wait (ids and ordering keys
+only, never payloads, so 100,000 waiting jobs cost a few tens of MB). Per model there is a
+heap per priority keyed by store ``seq`` (FIFO within a priority; a retried job keeps its
+place). Jobs whose retry backoff has not elapsed sit in one delayed heap.
+
+Aging: a job's effective rank is ``priority.rank - floor(wait / aging_seconds)``, so a
+waiting low-priority job eventually outranks fresh high-priority work. All work per tick is
+O(models), not O(jobs). Thread-safe: one lock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .models import Priority
+
+_PRIORITIES = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """What waits for one model. ``rank`` is the best effective rank (lower = more urgent)."""
+
+    model: str
+    waiting: int
+    rank: int
+    oldest_submitted_at: float
+
+    def key(self) -> tuple[int, float]:
+        """Sort key: most urgent first, then longest waiting."""
+        return (self.rank, self.oldest_submitted_at)
+
+
+def effective_rank(priority: Priority, submitted_at: float, now: float, aging: float) -> int:
+    return priority.rank - math.floor(max(0.0, now - submitted_at) / aging)
+
+
+class _ModelQueue:
+    __slots__ = ("count", "heaps")
+
+    def __init__(self) -> None:
+        # one heap per priority rank of (seq, submitted_at, job_id)
+        self.heaps: tuple[list[tuple[int, float, str]], ...] = ([], [], [])
+        self.count = 0
+
+
+class QueueManager:
+    def __init__(self, aging_seconds: float) -> None:
+        self.aging = aging_seconds
+        self._lock = threading.Lock()
+        self._models: dict[str, _ModelQueue] = {}
+        self._where: dict[str, tuple[str, Priority]] = {}  # job_id -> (model, priority)
+        self._delayed: list[tuple[float, int, str, str, Priority, float]] = []
+        self._dead: set[str] = set()  # removed but still inside a heap (lazy deletion)
+
+    def add(
+        self,
+        job_id: str,
+        model: str,
+        priority: Priority,
+        seq: int,
+        submitted_at: float,
+        not_before: float = 0.0,
+        now: float = 0.0,
+    ) -> None:
+        """Index a waiting job (or re-index a retried one)."""
+        with self._lock:
+            self._dead.discard(job_id)
+            if not_before > now:
+                heapq.heappush(
+                    self._delayed, (not_before, seq, job_id, model, priority, submitted_at)
+                )
+                self._where[job_id] = (model, priority)
+                return
+            self._push(job_id, model, priority, seq, submitted_at)
+
+    def add_many(self, rows: Iterable[tuple[str, str, str, int, float, float]], now: float) -> int:
+        """Index (id, model, priority, seq, submitted_at, not_before) rows; return count."""
+        n = 0
+        for job_id, model, priority, seq, submitted_at, not_before in rows:
+            self.add(job_id, model, Priority(priority), seq, submitted_at, not_before, now)
+            n += 1
+        return n
+
+    def _push(
+        self, job_id: str, model: str, priority: Priority, seq: int, submitted: float
+    ) -> None:
+        q = self._models.get(model)
+        if q is None:
+            q = self._models[model] = _ModelQueue()
+        heapq.heappush(q.heaps[priority.rank], (seq, submitted, job_id))
+        q.count += 1
+        self._where[job_id] = (model, priority)
+
+    def remove(self, job_id: str) -> bool:
+        """Forget a job (cancelled). Returns False if it was not waiting here."""
+        with self._lock:
+            where = self._where.pop(job_id, None)
+            if where is None:
+                return False
+            q = self._models.get(where[0])
+            in_delayed = any(entry[2] == job_id for entry in self._delayed)
+            if not in_delayed and q is not None:
+                q.count -= 1
+            self._dead.add(job_id)
+            return True
+
+    def release_delayed(self, now: float) -> int:
+        """Move jobs whose backoff has elapsed into their model queues."""
+        moved = 0
+        with self._lock:
+            while self._delayed and self._delayed[0][0] <= now:
+                _, seq, job_id, model, priority, submitted = heapq.heappop(self._delayed)
+                if job_id in self._dead:
+                    self._dead.discard(job_id)
+                    continue
+                self._push(job_id, model, priority, seq, submitted)
+                moved += 1
+        return moved
+
+    def next_delayed_at(self) -> float | None:
+        with self._lock:
+            return self._delayed[0][0] if self._delayed else None
+
+    def _clean_head(self, heap: list[tuple[int, float, str]]) -> None:
+        while heap and heap[0][2] in self._dead:
+            self._dead.discard(heapq.heappop(heap)[2])
+
+    def demand(self, now: float) -> list[ModelDemand]:
+        """Per model with waiting jobs: count, best effective rank, oldest submit time."""
+        out: list[ModelDemand] = []
+        with self._lock:
+            for model, q in self._models.items():
+                if q.count <= 0:
+                    continue
+                best_rank, oldest = math.inf, math.inf
+                for prio, heap in zip(_PRIORITIES, q.heaps, strict=True):
+                    self._clean_head(heap)
+                    if heap:
+                        _, submitted, _ = heap[0]
+                        best_rank = min(best_rank, effective_rank(prio, submitted, now, self.aging))
+                        oldest = min(oldest, submitted)
+                out.append(ModelDemand(model, q.count, int(best_rank), oldest))
+        return out
+
+    def pop(self, model: str, n: int, now: float) -> list[str]:
+        """Take up to ``n`` job ids of ``model``: best effective rank first, FIFO within."""
+        out: list[str] = []
+        with self._lock:
+            q = self._models.get(model)
+            if q is None:
+                return out
+            while len(out) < n and q.count > 0:
+                best: tuple[int, int, int] | None = None  # (rank, seq, heap index)
+                for i, (prio, heap) in enumerate(zip(_PRIORITIES, q.heaps, strict=True)):
+                    self._clean_head(heap)
+                    if heap:
+                        seq, submitted, _ = heap[0]
+                        cand = (effective_rank(prio, submitted, now, self.aging), seq, i)
+                        if best is None or cand < best:
+                            best = cand
+                if best is None:
+                    break
+                _, _, job_id = heapq.heappop(q.heaps[best[2]])
+                q.count -= 1
+                del self._where[job_id]
+                out.append(job_id)
+            if q.count <= 0 and not any(q.heaps):
+                del self._models[model]
+        return out
+
+    def drop_model(self, model: str) -> list[str]:
+        """Remove and return every waiting job of ``model`` (e.g. it can never fit)."""
+        with self._lock:
+            q = self._models.pop(model, None)
+            ids: list[str] = []
+            if q is not None:
+                ids = [j for heap in q.heaps for _, _, j in heap if j not in self._dead]
+            # retries waiting out their backoff are waiting jobs of the model too
+            kept = [e for e in self._delayed if e[3] != model]
+            if len(kept) != len(self._delayed):
+                ids += [e[2] for e in self._delayed if e[3] == model and e[2] not in self._dead]
+                heapq.heapify(kept)
+                self._delayed = kept
+            for job_id in ids:
+                self._where.pop(job_id, None)
+            return ids
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._where)
+
+    def depth_by_model(self) -> dict[str, dict[str, int]]:
+        """{model: {priority: waiting}} including delayed retries."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for model, prio in self._where.values():
+                per = out.setdefault(model, {p.value: 0 for p in _PRIORITIES})
+                per[prio.value] += 1
+        return out

@@ -1,0 +1,436 @@
+"""Durable job storage in SQLite (WAL): the source of truth. All SQL lives here.
+
+Thread safety: one writer connection behind a lock (every state change is one short
+``BEGIN IMMEDIATE`` transaction); reads use one connection per thread so polling never
+waits behind a write. Status changes are guarded in SQL by the allowed-moves table in
+``models.TRANSITIONS``; result writes are *fenced* by the attempt number, so a superseded
+attempt's late answer is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .models import TRANSITIONS, Job, JobKind, JobStatus, Priority
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    metadata TEXT,
+    result TEXT,
+    error TEXT,
+    error_code TEXT,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    completed_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    timings TEXT,
+    idempotency_key TEXT UNIQUE
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model, status);
+CREATE TABLE IF NOT EXISTS model_stats (
+    model TEXT PRIMARY KEY,
+    vram_bytes INTEGER,
+    ps_vram_bytes INTEGER,
+    load_seconds REAL,
+    loads INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_COLUMNS = (
+    "seq, id, model, kind, priority, status, payload, metadata, result, error, error_code, "
+    "submitted_at, started_at, completed_at, attempts, not_before, timings, idempotency_key"
+)
+
+
+def _sources(target: JobStatus) -> str:
+    """SQL list of the statuses from which ``target`` may be reached."""
+    olds = sorted(s.value for s, news in TRANSITIONS.items() if target in news)
+    return "(" + ",".join(f"'{s}'" for s in olds) + ")"
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
+    (
+        seq,
+        id_,
+        model,
+        kind,
+        priority,
+        status,
+        payload,
+        metadata,
+        result,
+        error,
+        code,
+        submitted,
+        started,
+        completed,
+        attempts,
+        not_before,
+        timings,
+        key,
+    ) = row
+    return Job(
+        id=id_,
+        model=model,
+        kind=JobKind(kind),
+        priority=Priority(priority),
+        payload=json.loads(payload),
+        metadata=json.loads(metadata) if metadata is not None else None,
+        status=JobStatus(status),
+        result=json.loads(result) if result is not None else None,
+        error=error,
+        error_code=code,
+        submitted_at=submitted,
+        started_at=started,
+        completed_at=completed,
+        attempts=attempts,
+        not_before=not_before,
+        timings=json.loads(timings) if timings else {},
+        idempotency_key=key,
+        seq=seq,
+    )
+
+
+class Store:
+    """The job store. ``path`` may be ``":memory:"`` only for single-threaded unit tests."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        self.synchronous = synchronous
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer = self._connect()
+        # executescript commits on its own, so it runs outside _write(); it is idempotent.
+        self._writer.executescript(_SCHEMA)
+        self._writer.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction on the writer connection."""
+        with self._lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect() if self.path != ":memory:" else self._writer
+            self._local.db = db
+            if db is not self._writer:
+                with self._readers_lock:
+                    self._readers.append(db)
+        return db
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        if self.path == ":memory:":
+            with self._lock:
+                return self._writer.execute(sql, tuple(args)).fetchall()
+        return self._reader().execute(sql, tuple(args)).fetchall()
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+        with self._lock:
+            self._writer.close()
+
+    # ------------------------------------------------------------------ submit / read
+
+    def insert_jobs(self, jobs: list[Job]) -> list[tuple[Job, bool]]:
+        """Commit new jobs in one transaction; return (job with ``seq`` set, created).
+
+        A job whose ``idempotency_key`` is already stored is not inserted again: the stored
+        job is returned in its place with ``created`` False.
+        """
+        out: list[tuple[Job, bool]] = []
+        with self._write() as db:
+            for job in jobs:
+                if job.idempotency_key is not None:
+                    row = db.execute(
+                        f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                        (job.idempotency_key,),
+                    ).fetchone()
+                    if row is not None:
+                        out.append((_row_to_job(row), False))
+                        continue
+                cur = db.execute(
+                    "INSERT INTO jobs (id, model, kind, priority, status, payload, metadata,"
+                    " submitted_at, attempts, not_before, idempotency_key)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        job.id,
+                        job.model,
+                        job.kind.value,
+                        job.priority.value,
+                        job.status.value,
+                        _dump(job.payload),
+                        _dump(job.metadata),
+                        job.submitted_at,
+                        job.attempts,
+                        job.not_before,
+                        job.idempotency_key,
+                    ),
+                )
+                job.seq = int(cur.lastrowid or 0)
+                out.append((job, True))
+        return out
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _row_to_job(rows[0]) if rows else None
+
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", job_ids)
+        return [_row_to_job(r) for r in rows]
+
+    def list_jobs(
+        self, *, status: str | None = None, model: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Newest first."""
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if model:
+            where.append("model = ?")
+            args.append(model)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ?", [*args, limit]
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def counts_by_status(self) -> dict[str, int]:
+        rows = self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {status: n for status, n in rows}
+
+    def unfinished_count(self) -> int:
+        rows = self._read(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','queued','running')"
+        )
+        return int(rows[0][0])
+
+    def waiting_jobs(self) -> list[tuple[str, str, str, int, float, float]]:
+        """(id, model, priority, seq, submitted_at, not_before) of every pending job."""
+        return self._read(
+            "SELECT id, model, priority, seq, submitted_at, not_before FROM jobs"
+            " WHERE status = 'pending' ORDER BY seq"
+        )
+
+    # ---------------------------------------------------------------- state changes
+
+    def mark_queued(self, model: str) -> int:
+        """pending -> queued for every waiting job of ``model`` (its load was planned)."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'queued' WHERE model = ? AND status = 'pending'",
+                (model,),
+            )
+            return cur.rowcount
+
+    def unmark_queued(self, model: str) -> int:
+        """queued -> pending for ``model`` (its load failed or was dropped)."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'pending' WHERE model = ? AND status = 'queued'",
+                (model,),
+            )
+            return cur.rowcount
+
+    def claim(self, job_ids: list[str], now: float) -> list[Job]:
+        """pending/queued -> running for these jobs, counting the attempt now.
+
+        Jobs no longer waiting (cancelled meanwhile) are skipped. One transaction.
+        """
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        with self._write() as db:
+            rows = db.execute(
+                f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?"
+                f" WHERE id IN ({marks}) AND status IN ('pending','queued')"
+                f" RETURNING {_COLUMNS}",
+                [now, *job_ids],
+            ).fetchall()
+        order = {job_id: i for i, job_id in enumerate(job_ids)}
+        jobs = [_row_to_job(r) for r in rows]
+        jobs.sort(key=lambda j: order[j.id])
+        return jobs
+
+    def complete(
+        self, job_id: str, attempt: int, result: Any, timings: dict[str, int], now: float
+    ) -> bool:
+        """running -> complete, only for the current attempt. False if superseded."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'complete', result = ?, timings = ?, completed_at = ?,"
+                " error = NULL, error_code = NULL"
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                (_dump(result), _dump(timings), now, job_id, attempt),
+            )
+            return cur.rowcount == 1
+
+    def fail(self, job_id: str, attempt: int | None, error: str, code: str, now: float) -> bool:
+        """-> failed. ``attempt`` fences a running job; None fails a waiting job."""
+        with self._write() as db:
+            if attempt is None:
+                cur = db.execute(
+                    f"UPDATE jobs SET status = 'failed', error = ?, error_code = ?,"
+                    f" completed_at = ? WHERE id = ? AND status IN {_sources(JobStatus.FAILED)}"
+                    f" AND status != 'running'",
+                    (error, code, now, job_id),
+                )
+            else:
+                cur = db.execute(
+                    "UPDATE jobs SET status = 'failed', error = ?, error_code = ?,"
+                    " completed_at = ? WHERE id = ? AND status = 'running' AND attempts = ?",
+                    (error, code, now, job_id, attempt),
+                )
+            return cur.rowcount == 1
+
+    def requeue(self, job_id: str, attempt: int, error: str, code: str, not_before: float) -> bool:
+        """running -> pending for a retry after ``not_before``; fenced by attempt."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'pending', error = ?, error_code = ?, not_before = ?"
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                (error, code, not_before, job_id, attempt),
+            )
+            return cur.rowcount == 1
+
+    def release(self, job_ids: list[str]) -> int:
+        """running -> pending without using up the attempt (the job never reached Ollama)."""
+        if not job_ids:
+            return 0
+        marks = ",".join("?" * len(job_ids))
+        with self._write() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0)"
+                f" WHERE id IN ({marks}) AND status = 'running'",
+                job_ids,
+            )
+            return cur.rowcount
+
+    def cancel(self, job_id: str, now: float) -> JobStatus | None:
+        """-> cancelled if not finished. Returns the status it had, or None if unknown."""
+        with self._write() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            old = JobStatus(row[0])
+            if JobStatus.CANCELLED in TRANSITIONS[old]:
+                db.execute(
+                    "UPDATE jobs SET status = 'cancelled', completed_at = ? WHERE id = ?",
+                    (now, job_id),
+                )
+            return old
+
+    def retry(self, job_id: str) -> Job | None:
+        """failed -> pending with a fresh attempt budget. None unless it was failed."""
+        with self._write() as db:
+            row = db.execute(
+                f"UPDATE jobs SET status = 'pending', attempts = 0, not_before = 0,"
+                f" error = NULL, error_code = NULL, completed_at = NULL, started_at = NULL"
+                f" WHERE id = ? AND status = 'failed' RETURNING {_COLUMNS}",
+                (job_id,),
+            ).fetchone()
+        return _row_to_job(row) if row else None
+
+    def recover(self, max_attempts: int, now: float) -> tuple[int, int]:
+        """After a restart: queued/running -> pending, or -> failed once attempts are used up.
+
+        Returns (requeued, failed).
+        """
+        with self._write() as db:
+            failed = db.execute(
+                "UPDATE jobs SET status = 'failed', error_code = 'WORKER_LOST', completed_at = ?,"
+                " error = 'the service stopped while this job ran, ' || attempts ||"
+                " ' time(s); giving up after MAX_ATTEMPTS'"
+                " WHERE status IN ('queued','running') AND attempts >= ?",
+                (now, max_attempts),
+            ).rowcount
+            requeued = db.execute(
+                "UPDATE jobs SET status = 'pending' WHERE status IN ('queued','running')"
+            ).rowcount
+        return requeued, failed
+
+    # ------------------------------------------------------------------ model stats
+
+    def load_model_stats(self) -> dict[str, dict[str, Any]]:
+        rows = self._read(
+            "SELECT model, vram_bytes, ps_vram_bytes, load_seconds, loads FROM model_stats"
+        )
+        return {
+            m: {"vram_bytes": v, "ps_vram_bytes": p, "load_seconds": s, "loads": n}
+            for m, v, p, s, n in rows
+        }
+
+    def save_model_stats(
+        self,
+        model: str,
+        *,
+        vram_bytes: int | None,
+        ps_vram_bytes: int | None,
+        load_seconds: float | None,
+        now: float,
+        count_load: bool,
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO model_stats (model, vram_bytes, ps_vram_bytes, load_seconds,"
+                " loads, updated_at) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT(model) DO UPDATE SET"
+                " vram_bytes = COALESCE(excluded.vram_bytes, vram_bytes),"
+                " ps_vram_bytes = COALESCE(excluded.ps_vram_bytes, ps_vram_bytes),"
+                " load_seconds = COALESCE(excluded.load_seconds, load_seconds),"
+                " loads = loads + excluded.loads, updated_at = excluded.updated_at",
+                (model, vram_bytes, ps_vram_bytes, load_seconds, int(count_load), now),
+            )
+
+    def integrity_check(self) -> str:
+        return str(self._read("PRAGMA integrity_check")[0][0])

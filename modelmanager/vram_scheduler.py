@@ -1,0 +1,229 @@
+"""The planner: a PURE function from (demand, model states, resources, estimates) to a Plan.
+
+No I/O, no clock, no threads, no logging: every scheduling rule is a plain unit test.
+Policy "demand_based" (DESIGN.md):
+
+1. Dispatch first: each ready model with waiting jobs gets up to
+   ``max_concurrent - in_flight`` more jobs.
+2. Rank waiting model groups: best effective priority (aging included), then oldest wait.
+3. For the top groups whose model is not loaded: load if the estimate fits in
+   ``free - safety margin - loads in progress`` (and Ollama's loaded-model cap allows).
+   Otherwise evict idle models -- models with no demand first (least recently used
+   first), then models whose demand the group strictly outranks and that have been
+   resident ``min_residency`` -- never a model with jobs in flight. If idle models cannot
+   make room, stop feeding outranked models (drain) so they go idle, then evict them.
+4. A model larger than the whole GPU fails its jobs at once.
+5. A ready model idle longer than ``keep_alive`` is unloaded.
+
+Memory is in bytes throughout.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .models import MIB, ResourceSnapshot
+from .queue_manager import ModelDemand
+
+
+class Residency(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """The engine's view of one model that Ollama holds (or is loading / unloading)."""
+
+    name: str
+    residency: Residency
+    in_flight: int
+    loaded_at: float  # when it became ready (load start while loading)
+    last_used: float  # when its last job finished (or it became ready)
+    size_bytes: int  # learned or estimated VRAM
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    safety_margin_bytes: int
+    max_concurrent_per_model: int
+    min_residency: float
+    keep_alive: float
+    max_loaded_models: int
+    max_parallel_loads: int = 1
+
+
+@dataclass
+class Plan:
+    dispatch: dict[str, int] = field(default_factory=dict)
+    loads: list[str] = field(default_factory=list)
+    unloads: list[tuple[str, str]] = field(default_factory=list)  # (model, reason)
+    fail: list[tuple[str, str]] = field(default_factory=list)  # (model, reason)
+    drain: set[str] = field(default_factory=set)
+    waiting_for_memory: list[str] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.dispatch or self.loads or self.unloads or self.fail)
+
+
+def _mb(n: int) -> str:
+    return f"{n // MIB} MB"
+
+
+def plan(
+    demand: Iterable[ModelDemand],
+    views: Mapping[str, ModelView],
+    snapshot: ResourceSnapshot,
+    estimates: Mapping[str, int | None],
+    settings: PlannerSettings,
+    now: float,
+) -> Plan:
+    """Decide what to dispatch, load, unload, drain and fail in this pass."""
+    result = Plan()
+    if not snapshot.backend_up:
+        return result  # Ollama unreachable: everything waits
+    demands = {d.model: d for d in demand}
+
+    # 1. dispatch to ready models
+    for d in demands.values():
+        v = views.get(d.model)
+        if v is not None and v.residency is Residency.READY:
+            room = settings.max_concurrent_per_model - v.in_flight
+            if room > 0:
+                result.dispatch[d.model] = min(room, d.waiting)
+
+    # 5. idle expiry
+    unloading = {name for name, v in views.items() if v.residency is Residency.UNLOADING}
+    for v in views.values():
+        idle = v.residency is Residency.READY and v.in_flight == 0 and v.name not in demands
+        if idle and now - v.last_used >= settings.keep_alive:
+            result.unloads.append((v.name, f"idle for {now - v.last_used:.0f}s"))
+            unloading.add(v.name)
+
+    # 2-4. loads, evictions, drains
+    margin = settings.safety_margin_bytes
+    capacity = snapshot.total_bytes - margin
+    loading = [v for v in views.values() if v.residency is Residency.LOADING]
+    free = snapshot.free_bytes - margin - sum(v.size_bytes for v in loading)
+    # memory that unloads already under way (or planned above) will give back
+    incoming = sum(views[name].size_bytes for name in unloading)
+    # Ollama counts a model until it is really gone, so unloading ones hold a slot too
+    resident = len(views)
+    load_slots = settings.max_parallel_loads - len(loading)
+    waiting_groups = sorted((d for d in demands.values() if d.model not in views), key=_key)
+
+    for group in waiting_groups:
+        need = estimates.get(group.model)
+        if need is None:
+            continue  # size unknown until Ollama answers
+        if snapshot.total_bytes > 0 and need > capacity:
+            result.fail.append(
+                (
+                    group.model,
+                    f"model {group.model} needs about {_mb(need)} of VRAM but the GPU has "
+                    f"{_mb(max(capacity, 0))} in all (after the {_mb(margin)} safety margin)",
+                )
+            )
+            continue
+        slot_free = resident < settings.max_loaded_models
+        if need <= free and slot_free:
+            if load_slots > 0:
+                result.loads.append(group.model)
+                load_slots -= 1
+                resident += 1
+            free -= need  # reserved for it even if it starts on a later pass
+            continue
+        if unloading and need <= free + incoming:
+            incoming -= max(0, need - free)  # wait for the unloads under way
+            free = 0
+            result.waiting_for_memory.append(group.model)
+            continue
+
+        victims = _evictable(group, views, demands, unloading, settings, now)
+        freed, chosen = 0, list[ModelView]()
+        for v in victims:
+            if free + freed >= need and (slot_free or chosen):
+                break
+            chosen.append(v)
+            freed += v.size_bytes
+        if chosen and free + freed >= need:
+            for v in chosen:
+                reason = (
+                    f"to make room for {group.model} (needs {_mb(need)})"
+                    if v.name not in demands
+                    else f"outranked by {group.model} (needs {_mb(need)})"
+                )
+                result.unloads.append((v.name, reason))
+                result.dispatch.pop(v.name, None)
+                unloading.add(v.name)
+            free = max(0, free - max(0, need - freed))  # this group takes what is free now
+            result.waiting_for_memory.append(group.model)
+            continue
+
+        # not enough idle victims: stop feeding outranked models so they drain
+        draining = _drainable(group, views, demands, unloading, settings, now)
+        if draining and free + freed + sum(v.size_bytes for v in draining) >= need:
+            # the idle victims counted in `freed` must stay idle too, or they and the
+            # drained models take turns being busy and the group waits for their queues
+            for v in [*chosen, *draining]:
+                result.drain.add(v.name)
+                result.dispatch.pop(v.name, None)
+            free = 0  # keep memory for this group while the drained models finish
+        result.waiting_for_memory.append(group.model)
+    return result
+
+
+def _key(d: ModelDemand) -> tuple[int, float]:
+    return d.key()
+
+
+def _outranks(group: ModelDemand, other: ModelDemand | None) -> bool:
+    """A waiting group may displace a loaded model only with strictly better priority."""
+    return other is None or group.rank < other.rank
+
+
+def _evictable(
+    group: ModelDemand,
+    views: Mapping[str, ModelView],
+    demands: Mapping[str, ModelDemand],
+    unloading: set[str],
+    settings: PlannerSettings,
+    now: float,
+) -> list[ModelView]:
+    """Idle ready models the group may evict: no-demand first (LRU), then outranked."""
+    no_demand: list[ModelView] = []
+    outranked: list[tuple[tuple[int, float], ModelView]] = []
+    for v in views.values():
+        if v.residency is not Residency.READY or v.in_flight > 0 or v.name in unloading:
+            continue
+        own = demands.get(v.name)
+        if own is None:
+            no_demand.append(v)
+        elif _outranks(group, own) and now - v.loaded_at >= settings.min_residency:
+            rank, oldest = own.key()
+            outranked.append(((-rank, -oldest), v))
+    no_demand.sort(key=lambda v: v.last_used)
+    outranked.sort(key=lambda item: item[0])
+    return no_demand + [v for _, v in outranked]
+
+
+def _drainable(
+    group: ModelDemand,
+    views: Mapping[str, ModelView],
+    demands: Mapping[str, ModelDemand],
+    unloading: set[str],
+    settings: PlannerSettings,
+    now: float,
+) -> list[ModelView]:
+    """Busy ready models that will go idle if we stop feeding them."""
+    out = []
+    for v in views.values():
+        if v.residency is not Residency.READY or v.in_flight == 0 or v.name in unloading:
+            continue
+        own = demands.get(v.name)
+        if own is None or (_outranks(group, own) and now - v.loaded_at >= settings.min_residency):
+            out.append(v)
+    return out
