@@ -1,0 +1,231 @@
+"""Model registry: catalog and Ollama-based estimates, learning from loads, persistence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelmanager.errors import BackendUnavailable
+from modelmanager.model_registry import CATALOG, OOM_GROWTH, ModelRegistry, normalize
+from modelmanager.models import GIB
+from modelmanager.store import Store
+
+MULTIPLIER = 1.3
+
+
+class FakeTags:
+    """Stands in for the Ollama client's ``tags``: returns ``models`` or raises ``error``."""
+
+    def __init__(self, *models: dict[str, Any]) -> None:
+        self.models = list(models)
+        self.error: BackendUnavailable | None = None
+        self.calls = 0
+
+    def __call__(self) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return list(self.models)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "jobs.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def tags() -> FakeTags:
+    return FakeTags(
+        {"name": "llama3.2:1b", "size": 1_321_098_329},
+        {"name": "mystery:7b", "size": 4_000_000_000, "capabilities": ["completion", "vision"]},
+        {"model": "Embedder", "size": 500_000_000, "capabilities": ["embedding"]},
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def registry(store: Store, tags: FakeTags, clock: Clock | None = None) -> ModelRegistry:
+    return ModelRegistry(store, multiplier=MULTIPLIER, tags=tags, clock=clock or Clock())
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("llama3.2", "llama3.2:latest"),
+        ("llama3.2:1b", "llama3.2:1b"),
+        ("  Phi3:Mini ", "phi3:mini"),
+        ("library/llama3.2", "library/llama3.2:latest"),
+        ("hf.co/Org/Model:Q4_K_M", "hf.co/org/model:q4_k_m"),
+        ("registry.local:5000/team/model", "registry.local:5000/team/model:latest"),
+    ],
+)
+def test_registry_normalize(given: str, expected: str) -> None:
+    assert normalize(given) == expected
+
+
+@pytest.mark.parametrize("model", sorted(CATALOG))
+def test_registry_catalog_estimate_is_disk_size_times_multiplier(
+    store: Store, tags: FakeTags, model: str
+) -> None:
+    info = registry(store, tags).info(model)
+    assert info.estimate_bytes == int(CATALOG[model].disk_bytes * MULTIPLIER)
+    assert info.source == "catalog"
+
+
+def test_registry_catalog_needs_no_ollama(store: Store, tags: FakeTags) -> None:
+    tags.error = BackendUnavailable("connection refused")
+    reg = registry(store, tags)
+    assert reg.refresh_tags() is False
+    assert reg.estimate("phi3:mini") == int(2.2e9 * MULTIPLIER)
+    assert reg.estimate("smollm:360m") == int(0.23e9 * MULTIPLIER)
+
+
+def test_registry_unknown_model_uses_ollama_tags_size(store: Store, tags: FakeTags) -> None:
+    reg = registry(store, tags)
+    assert reg.estimate("mystery:7b") is None  # Ollama not asked yet
+    assert reg.info("mystery:7b").source == "unknown"
+    assert reg.refresh_tags() is True
+    info = reg.info("Mystery:7B")
+    assert info.name == "mystery:7b"
+    assert info.estimate_bytes == int(4_000_000_000 * MULTIPLIER)
+    assert info.source == "ollama"
+    assert info.capabilities == ("completion", "vision")
+    assert reg.estimate("embedder") == int(500_000_000 * MULTIPLIER)  # listed by "model"
+    assert reg.info("embedder").is_embedding
+    assert reg.estimate("nobody:1b") is None
+
+
+def test_registry_catalog_wins_over_tags_size(store: Store, tags: FakeTags) -> None:
+    tags.models.append({"name": "phi3:mini", "size": 9 * GIB})
+    reg = registry(store, tags)
+    reg.refresh_tags()
+    assert reg.estimate("phi3:mini") == int(2.2e9 * MULTIPLIER)
+
+
+def test_registry_installed_is_none_until_ollama_answers(store: Store, tags: FakeTags) -> None:
+    tags.error = BackendUnavailable("connection refused")
+    reg = registry(store, tags)
+    assert reg.installed("llama3.2:1b") is None
+    assert reg.refresh_tags() is False
+    assert reg.installed("llama3.2:1b") is None
+    assert reg.info("llama3.2:1b").installed is None
+    tags.error = None
+    assert reg.refresh_tags() is True
+    assert reg.installed("llama3.2:1b") is True
+    assert reg.installed("LLAMA3.2:1b") is True
+    assert reg.installed("embedder:latest") is True
+    assert reg.installed("phi3:mini") is False  # in the catalog, but not pulled
+    assert reg.info("phi3:mini").installed is False
+
+
+def test_registry_refresh_tags_caches_for_its_ttl(store: Store, tags: FakeTags) -> None:
+    clock = Clock()
+    reg = ModelRegistry(store, multiplier=MULTIPLIER, tags=tags, clock=clock, tags_ttl=10.0)
+    reg.refresh_tags()
+    reg.refresh_tags()
+    assert tags.calls == 1
+    tags.models.append({"name": "new:1b", "size": 1})
+    clock.now += 9.9
+    reg.refresh_tags()
+    assert reg.installed("new:1b") is False
+    clock.now += 0.1
+    reg.refresh_tags()
+    assert reg.installed("new:1b") is True
+    assert tags.calls == 2
+    reg.refresh_tags(force=True)
+    assert tags.calls == 3
+
+
+def test_registry_keeps_the_last_list_when_ollama_goes_away(store: Store, tags: FakeTags) -> None:
+    reg = registry(store, tags)
+    reg.refresh_tags()
+    tags.error = BackendUnavailable("connection refused")
+    assert reg.refresh_tags(force=True) is False
+    assert reg.installed("llama3.2:1b") is True
+
+
+def test_registry_learned_nvml_delta_wins_over_ps_size(store: Store, tags: FakeTags) -> None:
+    reg = registry(store, tags)
+    learned = reg.learn_load(
+        "llama3.2:1b", ps_vram_bytes=2 * GIB, nvml_delta_bytes=3 * GIB, load_seconds=1.5
+    )
+    assert learned == 3 * GIB
+    info = reg.info("llama3.2:1b")
+    assert (info.estimate_bytes, info.source) == (3 * GIB, "learned")
+    assert info.learned_ps_vram_bytes == 2 * GIB
+    assert info.learned_load_seconds == 1.5
+    assert info.loads == 1
+
+
+@pytest.mark.parametrize("delta", [None, 0, -5])
+def test_registry_learns_ps_size_without_a_usable_nvml_delta(
+    store: Store, tags: FakeTags, delta: int | None
+) -> None:
+    reg = registry(store, tags)
+    reg.learn_load("tinyllama:1.1b", ps_vram_bytes=GIB, nvml_delta_bytes=delta, load_seconds=0.5)
+    assert reg.estimate("TinyLlama:1.1b") == GIB
+
+
+def test_registry_learned_values_survive_a_new_registry(store: Store, tags: FakeTags) -> None:
+    first = registry(store, tags)
+    first.learn_load("phi3:mini", ps_vram_bytes=3 * GIB, nvml_delta_bytes=None, load_seconds=4)
+    first.learn_load(
+        "phi3:mini", ps_vram_bytes=3 * GIB, nvml_delta_bytes=3 * GIB + 5, load_seconds=2
+    )
+    second = registry(store, tags)
+    info = second.info("phi3:mini")
+    assert info.estimate_bytes == 3 * GIB + 5
+    assert info.source == "learned"
+    assert info.learned_load_seconds == 2
+    assert info.loads == 2
+    assert "phi3:mini" in second.known_models()
+
+
+def test_registry_raise_estimate_grows_and_persists(store: Store, tags: FakeTags) -> None:
+    reg = registry(store, tags)
+    before = reg.estimate("gemma:2b")
+    assert before is not None
+    grown = reg.raise_estimate("gemma:2b")
+    assert grown == int(before * OOM_GROWTH)
+    assert reg.estimate("gemma:2b") == grown
+    again = reg.raise_estimate("gemma:2b")
+    assert again is not None and again > grown
+    assert reg.raise_estimate("gemma:2b", at_least=100 * GIB) == 100 * GIB
+    # the next registry (a restart) plans with the raised size
+    later = registry(store, tags)
+    assert later.estimate("gemma:2b") == 100 * GIB
+    assert later.info("gemma:2b").loads == 0  # raising is not a load
+
+
+def test_registry_raise_estimate_of_unknown_model_is_none(store: Store, tags: FakeTags) -> None:
+    reg = registry(store, tags)
+    assert reg.raise_estimate("nobody:1b") is None
+    assert reg.estimate("nobody:1b") is None
+
+
+def test_registry_known_models_lists_catalog_learned_and_installed(
+    store: Store, tags: FakeTags
+) -> None:
+    reg = registry(store, tags)
+    reg.refresh_tags()
+    reg.learn_load("custom:3b", ps_vram_bytes=GIB, nvml_delta_bytes=None, load_seconds=1)
+    known = reg.known_models()
+    assert set(CATALOG) <= set(known)
+    assert {"custom:3b", "mystery:7b", "embedder:latest"} <= set(known)
+    assert known == sorted(known)

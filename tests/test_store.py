@@ -1,0 +1,508 @@
+"""The SQLite job store, on a real file: round trips, fencing, recovery, persistence."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelmanager.models import Job, JobKind, JobStatus, Priority
+from modelmanager.store import Store
+
+T0 = 1_700_000_000.0
+
+
+def make_job(
+    job_id: str,
+    model: str = "llama3.2:1b",
+    *,
+    priority: Priority = Priority.NORMAL,
+    kind: JobKind = JobKind.GENERATE,
+    payload: dict[str, Any] | None = None,
+    metadata: Any = None,
+    key: str | None = None,
+    submitted_at: float = T0,
+) -> Job:
+    return Job(
+        id=job_id,
+        model=model,
+        kind=kind,
+        priority=priority,
+        payload=payload if payload is not None else {"prompt": f"prompt of {job_id}"},
+        metadata=metadata,
+        submitted_at=submitted_at,
+        idempotency_key=key,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store(db_path)
+    yield s
+    s.close()
+
+
+def add(store: Store, *jobs: Job) -> list[Job]:
+    return [job for job, _ in store.insert_jobs(list(jobs))]
+
+
+def status(store: Store, job_id: str) -> JobStatus:
+    job = store.get(job_id)
+    assert job is not None
+    return job.status
+
+
+# ------------------------------------------------------------------------ insert / read
+
+
+def test_store_insert_get_round_trip(store: Store) -> None:
+    payload = {"messages": [{"role": "user", "content": "héllo \u2603"}], "options": {"seed": 1}}
+    metadata = {"run": 7, "tags": ["a", "b"], "nested": {"x": None}}
+    [(job, created)] = store.insert_jobs(
+        [
+            make_job(
+                "j1",
+                "qwen2.5:0.5b",
+                priority=Priority.HIGH,
+                kind=JobKind.CHAT,
+                payload=payload,
+                metadata=metadata,
+                key="k-1",
+            )
+        ]
+    )
+    assert created is True
+    assert job.seq > 0
+    got = store.get("j1")
+    assert got is not None
+    assert got.model == "qwen2.5:0.5b"
+    assert got.kind is JobKind.CHAT
+    assert got.priority is Priority.HIGH
+    assert got.status is JobStatus.PENDING
+    assert got.payload == payload
+    assert got.metadata == metadata
+    assert got.idempotency_key == "k-1"
+    assert got.submitted_at == T0
+    assert got.attempts == 0
+    assert got.seq == job.seq
+    assert got.result is None and got.error is None and got.timings == {}
+
+
+def test_store_get_unknown_job_is_none(store: Store) -> None:
+    assert store.get("nope") is None
+    assert store.get_many([]) == []
+
+
+def test_store_seq_grows_in_insertion_order(store: Store) -> None:
+    jobs = add(store, make_job("a"), make_job("b"))
+    jobs += add(store, make_job("c"))
+    seqs = [j.seq for j in jobs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert sorted(j.id for j in store.get_many(["c", "a", "missing"])) == ["a", "c"]
+
+
+def test_store_idempotency_key_returns_the_stored_job(store: Store) -> None:
+    [(first, created)] = store.insert_jobs([make_job("j1", key="same")])
+    assert created
+    [(again, created_again)] = store.insert_jobs(
+        [make_job("j2", key="same", payload={"prompt": "different"})]
+    )
+    assert created_again is False
+    assert (again.id, again.seq) == ("j1", first.seq)
+    assert again.payload == {"prompt": "prompt of j1"}
+    assert store.get("j2") is None
+    assert store.counts_by_status() == {"pending": 1}
+
+
+def test_store_idempotency_key_within_one_batch(store: Store) -> None:
+    results = store.insert_jobs([make_job("j1", key="k"), make_job("j2", key="k"), make_job("j3")])
+    assert [(job.id, created) for job, created in results] == [
+        ("j1", True),
+        ("j1", False),
+        ("j3", True),
+    ]
+
+
+def test_store_list_jobs_filters_and_is_newest_first(store: Store) -> None:
+    add(
+        store,
+        make_job("a1", "a:latest"),
+        make_job("b1", "b:latest"),
+        make_job("a2", "a:latest"),
+        make_job("a3", "a:latest"),
+    )
+    store.claim(["a2"], T0)
+    assert [j.id for j in store.list_jobs()] == ["a3", "a2", "b1", "a1"]
+    assert [j.id for j in store.list_jobs(model="a:latest")] == ["a3", "a2", "a1"]
+    assert [j.id for j in store.list_jobs(status="pending", model="a:latest")] == ["a3", "a1"]
+    assert [j.id for j in store.list_jobs(status="running")] == ["a2"]
+    assert [j.id for j in store.list_jobs(limit=2)] == ["a3", "a2"]
+    assert store.list_jobs(model="c:latest") == []
+
+
+def test_store_counts_by_status_and_unfinished(store: Store) -> None:
+    add(store, *(make_job(f"j{i}") for i in range(5)))
+    store.claim(["j0", "j1"], T0)
+    store.complete("j0", 1, {"response": "ok"}, {}, T0 + 1)
+    store.cancel("j2", T0)
+    store.mark_queued("llama3.2:1b")
+    assert store.counts_by_status() == {
+        "complete": 1,
+        "running": 1,
+        "cancelled": 1,
+        "queued": 2,
+    }
+    assert store.unfinished_count() == 3
+
+
+def test_store_waiting_jobs_lists_pending_in_seq_order(store: Store) -> None:
+    jobs = add(
+        store,
+        make_job("j1", priority=Priority.LOW),
+        make_job("j2", "other:latest", priority=Priority.HIGH),
+        make_job("j3"),
+    )
+    store.claim(["j3"], T0)
+    assert store.waiting_jobs() == [
+        ("j1", "llama3.2:1b", "low", jobs[0].seq, T0, 0.0),
+        ("j2", "other:latest", "high", jobs[1].seq, T0, 0.0),
+    ]
+
+
+# -------------------------------------------------------------------------- transitions
+
+
+def test_store_claim_counts_the_attempt_and_runs_the_job(store: Store) -> None:
+    add(store, make_job("pending"), make_job("queued", "q:latest"))
+    assert store.mark_queued("q:latest") == 1
+    claimed = store.claim(["queued", "pending"], T0 + 5)
+    assert [j.id for j in claimed] == ["queued", "pending"]  # the order asked for
+    for job in claimed:
+        assert job.status is JobStatus.RUNNING
+        assert job.attempts == 1
+        assert job.started_at == T0 + 5
+    assert status(store, "pending") is JobStatus.RUNNING
+
+
+def test_store_claim_skips_cancelled_and_running_jobs(store: Store) -> None:
+    add(store, make_job("a"), make_job("b"), make_job("c"))
+    store.cancel("a", T0)
+    store.claim(["b"], T0)
+    claimed = store.claim(["a", "b", "c"], T0 + 1)
+    assert [j.id for j in claimed] == ["c"]
+    b = store.get("b")
+    assert b is not None and b.attempts == 1  # not counted twice
+    assert status(store, "a") is JobStatus.CANCELLED
+    assert store.claim([], T0) == []
+
+
+def test_store_unmark_queued_puts_jobs_back_to_pending(store: Store) -> None:
+    add(store, make_job("a"), make_job("b", "other:latest"))
+    store.mark_queued("llama3.2:1b")
+    assert status(store, "a") is JobStatus.QUEUED
+    assert status(store, "b") is JobStatus.PENDING
+    assert store.unmark_queued("llama3.2:1b") == 1
+    assert status(store, "a") is JobStatus.PENDING
+
+
+def test_store_complete_is_fenced_by_attempt(store: Store) -> None:
+    add(store, make_job("j"))
+    store.claim(["j"], T0)
+    assert store.requeue("j", 1, "timed out", "BACKEND_TIMEOUT", T0 + 2)
+    store.claim(["j"], T0 + 3)  # attempt 2
+    # the first attempt's late answer arrives: dropped
+    assert store.complete("j", 1, {"response": "stale"}, {"eval_count": 1}, T0 + 4) is False
+    job = store.get("j")
+    assert job is not None and job.status is JobStatus.RUNNING and job.result is None
+    assert store.complete("j", 2, {"response": "fresh"}, {"eval_count": 9}, T0 + 5) is True
+    job = store.get("j")
+    assert job is not None
+    assert job.status is JobStatus.COMPLETE
+    assert job.result == {"response": "fresh"}
+    assert job.timings == {"eval_count": 9}
+    assert job.completed_at == T0 + 5
+    assert job.error is None and job.error_code is None  # the retry's error is cleared
+    # and a finished job cannot be completed again
+    assert store.complete("j", 2, {"response": "again"}, {}, T0 + 6) is False
+
+
+def test_store_complete_after_cancel_is_dropped(store: Store) -> None:
+    add(store, make_job("j"))
+    store.claim(["j"], T0)
+    assert store.cancel("j", T0 + 1) is JobStatus.RUNNING
+    assert store.complete("j", 1, {"response": "late"}, {}, T0 + 2) is False
+    job = store.get("j")
+    assert job is not None and job.status is JobStatus.CANCELLED and job.result is None
+
+
+def test_store_complete_of_a_job_never_claimed_is_refused(store: Store) -> None:
+    add(store, make_job("j"))
+    assert store.complete("j", 0, {"response": "?"}, {}, T0) is False
+    assert status(store, "j") is JobStatus.PENDING
+
+
+def test_store_requeue_is_fenced_and_sets_backoff(store: Store) -> None:
+    add(store, make_job("j"))
+    store.claim(["j"], T0)
+    assert store.requeue("j", 2, "x", "X", T0 + 9) is False  # not the current attempt
+    assert store.requeue("j", 1, "connection refused", "BACKEND_UNAVAILABLE", T0 + 9) is True
+    job = store.get("j")
+    assert job is not None
+    assert job.status is JobStatus.PENDING
+    assert job.not_before == T0 + 9
+    assert job.error == "connection refused" and job.error_code == "BACKEND_UNAVAILABLE"
+    assert job.attempts == 1
+    assert store.requeue("j", 1, "x", "X", T0 + 9) is False  # no longer running
+
+
+def test_store_fail_is_fenced_for_running_jobs(store: Store) -> None:
+    add(store, make_job("j"))
+    store.claim(["j"], T0)
+    assert store.fail("j", 5, "model not found", "MODEL_NOT_FOUND", T0) is False
+    assert store.fail("j", None, "too big", "MODEL_TOO_LARGE", T0) is False  # it runs
+    assert store.fail("j", 1, "model not found", "MODEL_NOT_FOUND", T0 + 1) is True
+    job = store.get("j")
+    assert job is not None
+    assert (job.status, job.error, job.error_code) == (
+        JobStatus.FAILED,
+        "model not found",
+        "MODEL_NOT_FOUND",
+    )
+    assert job.completed_at == T0 + 1
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_store_fail_without_attempt_fails_a_waiting_job(store: Store, queued: bool) -> None:
+    add(store, make_job("j"))
+    if queued:
+        store.mark_queued("llama3.2:1b")
+    assert store.fail("j", None, "needs 20 GB", "MODEL_TOO_LARGE", T0) is True
+    assert status(store, "j") is JobStatus.FAILED
+    assert store.fail("j", None, "again", "X", T0) is False
+
+
+def test_store_release_gives_back_the_attempt(store: Store) -> None:
+    add(store, make_job("j"))
+    store.claim(["j"], T0)
+    assert store.release(["j"]) == 1
+    job = store.get("j")
+    assert job is not None and job.status is JobStatus.PENDING and job.attempts == 0
+    assert store.release(["j"]) == 0
+    assert store.release([]) == 0
+
+
+@pytest.mark.parametrize(
+    ("setup", "was", "now_status"),
+    [
+        ("pending", JobStatus.PENDING, JobStatus.CANCELLED),
+        ("queued", JobStatus.QUEUED, JobStatus.CANCELLED),
+        ("running", JobStatus.RUNNING, JobStatus.CANCELLED),
+        ("complete", JobStatus.COMPLETE, JobStatus.COMPLETE),
+        ("failed", JobStatus.FAILED, JobStatus.FAILED),
+        ("cancelled", JobStatus.CANCELLED, JobStatus.CANCELLED),
+    ],
+)
+def test_store_cancel_reports_the_old_status_and_spares_finished_jobs(
+    store: Store, setup: str, was: JobStatus, now_status: JobStatus
+) -> None:
+    add(store, make_job("j"))
+    if setup == "queued":
+        store.mark_queued("llama3.2:1b")
+    if setup in ("running", "complete", "failed"):
+        store.claim(["j"], T0)
+    if setup == "complete":
+        store.complete("j", 1, {"response": "done"}, {}, T0 + 1)
+    if setup == "failed":
+        store.fail("j", 1, "boom", "X", T0 + 1)
+    if setup == "cancelled":
+        store.cancel("j", T0)
+    assert store.cancel("j", T0 + 2) is was
+    job = store.get("j")
+    assert job is not None and job.status is now_status
+    if setup == "complete":
+        assert job.result == {"response": "done"}
+
+
+def test_store_cancel_unknown_job_is_none(store: Store) -> None:
+    assert store.cancel("ghost", T0) is None
+
+
+def test_store_retry_puts_a_failed_job_back_with_fresh_attempts(store: Store) -> None:
+    add(store, make_job("j"))
+    for attempt in (1, 2):
+        store.claim(["j"], T0 + attempt)
+        if attempt == 1:
+            store.requeue("j", 1, "busy", "BACKEND_BUSY", T0 + 50)
+    store.fail("j", 2, "runner crashed", "RUNNER_CRASHED", T0 + 3)
+    retried = store.retry("j")
+    assert retried is not None
+    assert retried.status is JobStatus.PENDING
+    assert retried.attempts == 0
+    assert retried.not_before == 0
+    assert retried.error is None and retried.error_code is None
+    assert retried.started_at is None and retried.completed_at is None
+    assert status(store, "j") is JobStatus.PENDING
+
+
+@pytest.mark.parametrize("setup", ["pending", "running", "complete", "missing"])
+def test_store_retry_refuses_jobs_that_did_not_fail(store: Store, setup: str) -> None:
+    if setup != "missing":
+        add(store, make_job("j"))
+    if setup in ("running", "complete"):
+        store.claim(["j"], T0)
+    if setup == "complete":
+        store.complete("j", 1, {}, {}, T0)
+    assert store.retry("j") is None
+    if setup != "missing":
+        assert status(store, "j").value == setup
+
+
+# ------------------------------------------------------------------ restart, durability
+
+
+def test_store_recover_after_a_crash(db_path: Path) -> None:
+    before = Store(db_path)
+    add(before, make_job("waiting", "other:latest"))
+    add(before, *(make_job(n) for n in ("queued", "ran-once", "ran-out", "done", "gone")))
+    before.mark_queued("llama3.2:1b")  # its load was planned; then the work starts
+    before.claim(["ran-once", "ran-out", "done", "gone"], T0)
+    for attempt in (2, 3):  # "ran-out" was requeued and claimed until it used 3 attempts
+        before.requeue("ran-out", attempt - 1, "oom", "OUT_OF_MEMORY", T0)
+        before.claim(["ran-out"], T0 + attempt)
+    before.complete("done", 1, {"response": "ok"}, {}, T0 + 1)
+    before.cancel("gone", T0 + 1)
+    assert status(before, "queued") is JobStatus.QUEUED
+    # the process dies here: no close()
+    after = Store(db_path)
+    try:
+        assert after.recover(max_attempts=3, now=T0 + 100) == (2, 1)
+        assert {j.id: j.status for j in after.list_jobs()} == {
+            "waiting": JobStatus.PENDING,
+            "queued": JobStatus.PENDING,
+            "ran-once": JobStatus.PENDING,
+            "ran-out": JobStatus.FAILED,
+            "done": JobStatus.COMPLETE,
+            "gone": JobStatus.CANCELLED,
+        }
+        lost = after.get("ran-out")
+        assert lost is not None
+        assert lost.error_code == "WORKER_LOST"
+        assert lost.error is not None and "3 time(s)" in lost.error
+        assert lost.completed_at == T0 + 100
+        once = after.get("ran-once")
+        assert once is not None and once.attempts == 1  # the crashed attempt still counts
+        assert after.recover(max_attempts=3, now=T0 + 200) == (0, 0)
+    finally:
+        after.close()
+        before.close()
+
+
+def test_store_data_survives_close_and_reopen(db_path: Path) -> None:
+    first = Store(db_path)
+    add(first, make_job("j1", metadata={"k": "v"}), make_job("j2", key="idem"))
+    first.claim(["j1"], T0)
+    first.complete("j1", 1, {"response": "kept"}, {"total_duration": 123}, T0 + 1)
+    first.close()
+
+    second = Store(db_path)
+    try:
+        j1 = second.get("j1")
+        assert j1 is not None
+        assert j1.status is JobStatus.COMPLETE
+        assert j1.result == {"response": "kept"}
+        assert j1.timings == {"total_duration": 123}
+        assert j1.metadata == {"k": "v"}
+        # the idempotency key is durable too
+        [(job, created)] = second.insert_jobs([make_job("j3", key="idem")])
+        assert (job.id, created) == ("j2", False)
+        assert second.counts_by_status() == {"complete": 1, "pending": 1}
+        assert second.integrity_check() == "ok"
+    finally:
+        second.close()
+
+
+def test_store_model_stats_persist_and_merge(db_path: Path) -> None:
+    first = Store(db_path)
+    first.save_model_stats(
+        "phi3:mini",
+        vram_bytes=3_000_000_000,
+        ps_vram_bytes=2_900_000_000,
+        load_seconds=4.5,
+        now=T0,
+        count_load=True,
+    )
+    # an out-of-memory raise: only the estimate changes, the load count does not
+    first.save_model_stats(
+        "phi3:mini",
+        vram_bytes=3_750_000_000,
+        ps_vram_bytes=None,
+        load_seconds=None,
+        now=T0 + 1,
+        count_load=False,
+    )
+    first.close()
+    second = Store(db_path)
+    try:
+        assert second.load_model_stats() == {
+            "phi3:mini": {
+                "vram_bytes": 3_750_000_000,
+                "ps_vram_bytes": 2_900_000_000,
+                "load_seconds": 4.5,
+                "loads": 1,
+            }
+        }
+    finally:
+        second.close()
+
+
+def test_store_integrity_check_is_ok(store: Store) -> None:
+    add(store, *(make_job(f"j{i}") for i in range(20)))
+    assert store.integrity_check() == "ok"
+
+
+def test_store_readers_on_threads_see_consistent_data_while_writing(store: Store) -> None:
+    total = 200
+    start = threading.Barrier(5)
+    done = threading.Event()
+    errors: list[BaseException] = []
+    seen: list[list[int]] = [[] for _ in range(4)]
+
+    def reader(slot: int) -> None:
+        try:
+            start.wait()
+            while True:
+                finished = done.is_set()
+                n = sum(store.counts_by_status().values())
+                seen[slot].append(n)
+                newest = store.list_jobs(limit=1)
+                if newest:
+                    job = store.get(newest[0].id)
+                    assert job is not None and job.payload["prompt"].startswith("prompt")
+                if finished:
+                    return
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    start.wait()
+    for i in range(0, total, 10):
+        add(store, *(make_job(f"j{i + k}") for k in range(10)))
+        store.claim([f"j{i}"], T0)
+    done.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert not errors, errors
+    for counts in seen:
+        assert counts == sorted(counts)  # a reader never sees rows vanish
+        assert counts[-1] == total  # and sees every committed row in the end
+    assert store.counts_by_status() == {"pending": total - total // 10, "running": total // 10}
