@@ -17,6 +17,7 @@ from modelmanager.errors import ConfigError
 
 STRATEGIES = ("demand_based",)
 SYNC_MODES = ("FULL", "NORMAL")
+MIN_API_KEY = 16
 
 
 def _setting(default: Any, help: str, *, minimum: float | None = None) -> Any:
@@ -79,6 +80,19 @@ class Config:
     SQLITE_SYNCHRONOUS: str = _setting(
         "FULL", "SQLite synchronous mode for the job store (FULL or NORMAL)."
     )
+    API_KEY: str = _setting(
+        "", "If set, every endpoint but /api/health needs 'Authorization: Bearer <key>'."
+    )
+    JOB_TIMEOUT: float = _setting(
+        0.0, "Seconds from submit after which an unfinished job fails (0: never).", minimum=0
+    )
+    RESULT_TTL: float = _setting(
+        604800.0, "Seconds finished jobs and their results are kept (0: forever).", minimum=0
+    )
+    AUTO_PULL: bool = _setting(False, "Pull a model Ollama lacks instead of failing its jobs.")
+    SHUTDOWN_TIMEOUT: float = _setting(
+        30.0, "Seconds SIGTERM waits for running jobs before exiting.", minimum=0
+    )
 
     @property
     def safety_margin_bytes(self) -> int:
@@ -106,6 +120,8 @@ class Config:
                 f"SQLITE_SYNCHRONOUS must be FULL or NORMAL, got {self.SQLITE_SYNCHRONOUS!r}"
             )
         self.SQLITE_SYNCHRONOUS = self.SQLITE_SYNCHRONOUS.upper()
+        if self.API_KEY and len(self.API_KEY) < MIN_API_KEY:
+            raise ConfigError(f"API_KEY must be at least {MIN_API_KEY} characters long")
         if not self.OLLAMA_BASE_URL.startswith(("http://", "https://")):
             raise ConfigError(
                 f"OLLAMA_BASE_URL must start with http:// or https://, got {self.OLLAMA_BASE_URL!r}"

@@ -1,7 +1,8 @@
 """Model Manager entry point: parse the CLI, build the Manager, serve HTTP with waitress.
 
     python3 main.py [--host 127.0.0.1] [--http-port 5001] [--ollama-url URL]
-                    [--data-dir DIR] [--log-file FILE] [--vram-budget-mb N] [--simulate]
+                    [--data-dir DIR] [--log-file FILE] [--vram-budget-mb N]
+                    [--api-key KEY] [--simulate]
 
 ``--simulate`` starts the built-in Ollama simulator (tools/fake_ollama.py) with a 24 GiB
 simulated GPU and uses it as the backend; the GPU monitor reads the simulated GPU through
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", help="folder of the job store (default ./data)")
     p.add_argument("--log-file", help="log file (default model_manager.log)")
     p.add_argument("--vram-budget-mb", type=int, help="VRAM to plan with when NVML is unavailable")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set MM_API_KEY)")
     p.add_argument(
         "--simulate",
         action="store_true",
@@ -63,6 +65,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "DATA_DIR": args.data_dir,
         "LOG_FILE": args.log_file,
         "VRAM_BUDGET_MB": args.vram_budget_mb,
+        "API_KEY": args.api_key,
     }
 
 
@@ -84,9 +87,8 @@ def _fake_nvml_library(data_dir: Path) -> Path | None:
 
 def start_simulator(config: Config, time_scale: float) -> tuple[Any, Any]:
     """Start the simulator; point the config at it; return (simulator, gpu source or None)."""
-    from tools.fake_ollama import FakeOllama
-
     from modelmanager.resource_monitor import NvmlGpuSource
+    from tools.fake_ollama import FakeOllama
 
     data = Path(config.DATA_DIR)
     data.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             sim.stop()
         return 3
     manager.start()
+    if config.HOST not in ("127.0.0.1", "localhost", "::1") and not config.API_KEY:
+        log.warning(
+            "binding %s without an API key: anyone who reaches it can use the GPU; "
+            "set MM_API_KEY or --api-key",
+            config.HOST,
+        )
     app = create_app(manager.api, config)
     server = create_server(
         app,
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     serving.start()
     stop.wait()
     log.info("shutting down")
-    manager.stop(timeout=30.0)
+    manager.stop(timeout=config.SHUTDOWN_TIMEOUT)
     server.close()
     if sim is not None:
         sim.stop()

@@ -169,9 +169,17 @@ class LoadTimeout(OllamaError):
 
 
 class BackendUnavailable(OllamaError):
-    """Ollama could not be reached at all (connection refused or reset)."""
+    """Ollama could not be reached (connection refused) or dropped the connection.
+
+    ``reached`` is False only when no connection was made, so the request cannot have
+    run; a dropped connection may have run it (and may even have crashed Ollama).
+    """
 
     code = "BACKEND_UNAVAILABLE"
+
+    def __init__(self, message: str, *, reached: bool = True, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.reached = reached
 
 
 class BackendTimeout(OllamaError):

@@ -79,6 +79,7 @@ class ExecutionEngine:
         self._gone_at: dict[str, float] = {}
         self._load_failures: Counter[str] = Counter()
         self._load_blocked_until: dict[str, float] = {}
+        self._pulling: set[str] = set()
         self._memory_ops = 0  # loads/unloads under way (an NVML delta is exact only alone)
         self.counters: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(config.ENGINE_THREADS, thread_name_prefix="job")
@@ -229,6 +230,34 @@ class ExecutionEngine:
         snap = self.monitor.snapshot()
         return snap.used_bytes if snap.source == "nvml" else None
 
+    # ------------------------------------------------------------------------ pulls
+
+    def is_pulling(self, model: str) -> bool:
+        with self._lock:
+            return model in self._pulling
+
+    def start_pull(self, model: str) -> None:
+        """Pull a model Ollama lacks (AUTO_PULL); its jobs wait meanwhile."""
+        with self._lock:
+            if model in self._pulling or self._closed:
+                return
+            self._pulling.add(model)
+        log.info("pulling %s (AUTO_PULL)", model)
+        self._side.submit(self._do_pull, model)
+
+    def _do_pull(self, model: str) -> None:
+        try:
+            self.client.pull(model)
+            self.registry.refresh_tags(force=True)
+            log.info("pulled %s", model)
+        except OllamaError as exc:
+            log.warning("pull of %s failed: %s", model, escape(exc.message))
+            self.fail_model(model, f"model '{model}' could not be pulled: {exc.message}", exc.code)
+        finally:
+            with self._lock:
+                self._pulling.discard(model)
+            self._wake()
+
     # ---------------------------------------------------------------------- unloads
 
     def start_unload(self, model: str, reason: str) -> None:
@@ -353,7 +382,7 @@ class ExecutionEngine:
     def _job_error(self, job: Job, exc: OllamaError) -> None:
         now = self._clock()
         message = escape(exc.message)
-        if isinstance(exc, BackendUnavailable):
+        if isinstance(exc, BackendUnavailable) and not exc.reached:
             # the request never reached Ollama: give the attempt back and wait for it
             self.store.release([job.id])
             self._requeue_local([job], now)

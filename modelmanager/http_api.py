@@ -8,6 +8,7 @@ produce a 500 or a stack trace.
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 
@@ -23,6 +24,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
 )
 from .logger import get_logger
 
@@ -50,6 +52,19 @@ def _body() -> Any:
 def create_app(api: Api, config: Config) -> Flask:
     app = Flask("modelmanager")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    expected = f"Bearer {config.API_KEY}".encode() if config.API_KEY else None
+
+    @app.before_request
+    def authenticate() -> None:
+        """With API_KEY set, every endpoint but health needs the bearer token."""
+        if expected is None or request.path == "/api/health":
+            return
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized(
+                "missing or wrong API key; send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": 'Bearer realm="modelmanager"'},
+            )
 
     @app.post("/api/submit")
     def submit() -> Response:
@@ -87,6 +102,12 @@ def create_app(api: Api, config: Config) -> Flask:
     @app.get("/api/stats")
     def stats() -> Response:
         return _json(api.stats())
+
+    @app.get("/api/openapi.json")
+    def openapi() -> Response:
+        from .openapi import openapi_document
+
+        return _json(openapi_document())
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:

@@ -35,6 +35,7 @@ log = get_logger("SCHEDULER")
 syslog = get_logger("SYSTEM")
 
 IDLE_REFRESH = 5.0  # seconds between resource snapshots when nothing waits
+HOUSEKEEPING_INTERVAL = 1.0  # seconds between JOB_TIMEOUT / RESULT_TTL sweeps
 
 
 class Manager:
@@ -103,6 +104,7 @@ class Manager:
         self._thread: threading.Thread | None = None
         self._waiting_logged: set[str] = set()
         self._backend_up: bool | None = None
+        self._housekept_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -157,6 +159,10 @@ class Manager:
             self._wake_event.clear()
             try:
                 self.tick()
+                now = self.clock()
+                if now - self._housekept_at >= HOUSEKEEPING_INTERVAL:
+                    self._housekept_at = now
+                    self.housekeeping(now)
             except Exception:
                 log.exception("scheduler pass failed; continuing")
             self._wake_event.wait(self._next_wait())
@@ -167,6 +173,22 @@ class Manager:
         return interval if due is None else max(0.0, min(interval, due - self.clock()))
 
     # ---------------------------------------------------------------------- pass
+
+    def housekeeping(self, now: float) -> None:
+        """Fail jobs past JOB_TIMEOUT; delete results older than RESULT_TTL."""
+        timeout = self.config.JOB_TIMEOUT
+        if timeout:
+            expired = self.store.expire(now - timeout, now, timeout)
+            for job_id in expired:
+                self.queue.remove(job_id)
+            if expired:
+                log.warning(
+                    "%d job(s) failed: not finished within JOB_TIMEOUT (%gs)", len(expired), timeout
+                )
+        if self.config.RESULT_TTL:
+            purged = self.store.purge(now - self.config.RESULT_TTL)
+            if purged:
+                syslog.info("purged %d finished job(s) older than RESULT_TTL", purged)
 
     def snapshot(self, *, max_age: float | None = None) -> ResourceSnapshot:
         """The latest resource snapshot, refreshed if older than ``max_age`` or stale."""
@@ -222,9 +244,14 @@ class Manager:
             return out
         self.registry.refresh_tags()
         for model in models:
+            if self.engine.is_pulling(model):
+                continue
             installed = self.registry.installed(model)
             if installed is False and self.registry.refresh_tags(force=True):
                 installed = self.registry.installed(model)
+            if installed is False and self.config.AUTO_PULL:
+                self.engine.start_pull(model)
+                continue
             if installed is False:
                 self.engine.fail_model(
                     model,

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from .errors import (
     BackendTimeout,
@@ -526,6 +526,7 @@ class OllamaClient:
             raise BackendUnavailable(
                 f"cannot reach Ollama at {self.base_url}: no connection within {timeout[0]} s",
                 model=model,
+                reached=False,
             ) from exc
         except requests.ReadTimeout as exc:
             raise timeout_error(
@@ -538,7 +539,9 @@ class OllamaClient:
                     f"Ollama stopped answering {where} for {timeout[1]} s", model=model
                 ) from exc
             raise BackendUnavailable(
-                f"cannot reach Ollama at {self.base_url} ({where}): {exc}", model=model
+                f"cannot reach Ollama at {self.base_url} ({where}): {exc}",
+                model=model,
+                reached=not _never_connected(exc),
             ) from exc
         except requests.exceptions.ChunkedEncodingError as exc:
             raise BackendUnavailable(
@@ -549,6 +552,13 @@ class OllamaClient:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """True when the connection itself failed (refused, no route): nothing was sent."""
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3 MaxRetryError wraps the cause
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
 def _pin_key(model: str) -> str:

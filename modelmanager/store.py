@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model, status);
+CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
+CREATE INDEX IF NOT EXISTS jobs_completed ON jobs (completed_at);
 CREATE TABLE IF NOT EXISTS model_stats (
     model TEXT PRIMARY KEY,
     vram_bytes INTEGER,
@@ -398,6 +400,30 @@ class Store:
                 "UPDATE jobs SET status = 'pending' WHERE status IN ('queued','running')"
             ).rowcount
         return requeued, failed
+
+    def expire(self, submitted_before: float, now: float, timeout: float) -> list[str]:
+        """Fail every unfinished job submitted before ``submitted_before`` (JOB_TIMEOUT).
+
+        A running job's late result is then dropped by the fence. Returns the ids.
+        """
+        with self._write() as db:
+            rows = db.execute(
+                "UPDATE jobs SET status = 'failed', error_code = 'JOB_TIMEOUT', completed_at = ?,"
+                " error = 'the job did not finish within JOB_TIMEOUT (' || ? || ' s)'"
+                " WHERE submitted_at < ? AND status IN ('pending','queued','running')"
+                " RETURNING id",
+                (now, timeout, submitted_before),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def purge(self, completed_before: float) -> int:
+        """Delete finished jobs (and results) completed before the cutoff (RESULT_TTL)."""
+        with self._write() as db:
+            return db.execute(
+                "DELETE FROM jobs WHERE completed_at < ?"
+                " AND status IN ('complete','failed','cancelled')",
+                (completed_before,),
+            ).rowcount
 
     # ------------------------------------------------------------------ model stats
 

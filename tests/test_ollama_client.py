@@ -1158,3 +1158,15 @@ def test_close_closes_only_a_session_the_client_built(monkeypatch: pytest.Monkey
     with own:
         pass
     assert closed == ["own"]
+
+
+def test_refused_connection_is_marked_as_never_reaching_ollama() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    client = OllamaClient(f"http://127.0.0.1:{port}", connect_timeout=2.0)
+    with pytest.raises(BackendUnavailable) as info:
+        client.generate("qwen2.5:0.5b", "hi", keep_alive=60)
+    assert info.value.reached is False
