@@ -152,7 +152,7 @@ class Api:
     # -------------------------------------------------------------------------- read
 
     def get(self, job_id: str) -> dict[str, Any]:
-        job = self.store.get(job_id)
+        job = self.store.get(job_id, payload=False)
         if job is None:
             raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
         return job_to_json(job)

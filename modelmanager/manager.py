@@ -221,7 +221,9 @@ class Manager:
         views = self.engine.views()
         if not demand and not views:
             return  # idle: nothing waits, nothing loaded
-        snap = self.snapshot(max_age=None if demand else IDLE_REFRESH)
+        # Dispatching to loaded models needs no VRAM figures; only load decisions do.
+        must_plan_loads = any(d.model not in views for d in demand)
+        snap = self.snapshot(max_age=None if must_plan_loads else IDLE_REFRESH)
         views = self.engine.views()
         blocked = self.engine.load_blocked(now)
         demand = [d for d in demand if d.model in views or d.model not in blocked]

@@ -62,6 +62,9 @@ _COLUMNS = (
     "submitted_at, started_at, completed_at, attempts, not_before, timings, idempotency_key"
 )
 
+# Reads for clients leave the payload (prompts, images: up to megabytes) in the database.
+_PUBLIC_COLUMNS = _COLUMNS.replace(" payload,", " '{}',")
+
 
 def _sources(target: JobStatus) -> str:
     """SQL list of the statuses from which ``target`` may be reached."""
@@ -219,8 +222,10 @@ class Store:
                 out.append((job, True))
         return out
 
-    def get(self, job_id: str) -> Job | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+    def get(self, job_id: str, *, payload: bool = True) -> Job | None:
+        """One job; with ``payload=False`` its payload is left out (``{}``)."""
+        columns = _COLUMNS if payload else _PUBLIC_COLUMNS
+        rows = self._read(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(rows[0]) if rows else None
 
     def get_many(self, job_ids: list[str]) -> list[Job]:
@@ -233,7 +238,7 @@ class Store:
     def list_jobs(
         self, *, status: str | None = None, model: str | None = None, limit: int = 100
     ) -> list[Job]:
-        """Newest first."""
+        """Newest first, without payloads."""
         where, args = [], []
         if status:
             where.append("status = ?")
@@ -243,7 +248,8 @@ class Store:
             args.append(model)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ?", [*args, limit]
+            f"SELECT {_PUBLIC_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ?",
+            [*args, limit],
         )
         return [_row_to_job(r) for r in rows]
 
