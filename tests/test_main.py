@@ -1,0 +1,94 @@
+"""main.py as a newcomer runs it: --simulate serves and runs jobs; bad settings stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ROOT, wait_until
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MM_", "FAKE_NVML"))}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--simulate",
+            "--sim-time-scale",
+            "0.02",
+            "--http-port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--log-file",
+            str(tmp_path / "mm.log"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{url}/api/health", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(healthy, timeout=30, interval=0.05)
+        health = requests.get(f"{url}/api/health", timeout=5).json()
+        assert health["backend"]["up"] is True
+        job = requests.post(
+            f"{url}/api/submit", json={"model": "llama3.2:1b", "prompt": "hi"}, timeout=5
+        ).json()["job_id"]
+        body = wait_until(
+            lambda: (
+                (b := requests.get(f"{url}/api/job/{job}", timeout=5).json())["status"]
+                == "complete"
+                and b
+            ),
+            timeout=30,
+        )
+        assert body["result"]
+        stats = requests.get(f"{url}/api/stats", timeout=5).json()
+        assert stats["resources"]["vram"]["total"] == 24576 * 1024 * 1024
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "Model Manager listening on" in out
+        log = (tmp_path / "mm.log").read_text()
+        assert "[SYSTEM] Model Manager started" in log and f"job {job} complete" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_bad_setting_stops_startup_naming_it(tmp_path: Path) -> None:
+    env = {**os.environ, "MM_MAX_ATTEMPTS": "many"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "MM_MAX_ATTEMPTS" in done.stderr and "'many'" in done.stderr
