@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -161,17 +162,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Model Manager listening on http://{host}:{port}", flush=True)
 
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():  # a second signal: cold stop, unfinished jobs rerun next start
+            log.warning("second signal: stopping now")
+            logging.shutdown()
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     serving = threading.Thread(target=server.run, name="http", daemon=True)
     serving.start()
-    stop.wait()
+    while not stop.wait(0.5):  # wake now and then so the signal handler runs
+        pass
     log.info("shutting down")
     manager.stop(timeout=config.SHUTDOWN_TIMEOUT)
     server.close()
     if sim is not None:
         sim.stop()
-    return 0
+    # Jobs still running after the drain stay "running" in the store and rerun at the
+    # next start; their threads must not hold the exit (they wait on Ollama).
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":
