@@ -134,6 +134,11 @@ class Api:
     def submit_batch(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
             raise InvalidRequest("the body must be an object with a 'jobs' list", field="jobs")
+        unknown = set(body) - {"jobs"}
+        if unknown:
+            raise InvalidRequest(
+                f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0]
+            )
         items = body["jobs"]
         if not 0 < len(items) <= MAX_BATCH:
             raise InvalidRequest(f"'jobs' must hold 1 to {MAX_BATCH} jobs", field="jobs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from typing import Any
 
 from flask import Flask, Response, request
@@ -44,13 +45,28 @@ def _body() -> Any:
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python reads NaN and Infinity, which JSON lacks; stored, they would be echoed back
+    # as invalid JSON
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
 
 
 def create_app(api: Api, config: Config) -> Flask:
-    app = Flask("modelmanager")
+    app = Flask("modelmanager", static_folder=None)  # an API: no static files
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     expected = f"Bearer {config.API_KEY}".encode() if config.API_KEY else None
 
@@ -124,6 +140,7 @@ def create_app(api: Api, config: Config) -> Flask:
             err = MethodNotAllowed(
                 f"{request.method} is not allowed on {request.path}",
                 details={"allowed": sorted(allowed or [])},
+                headers={"Allow": ", ".join(sorted(allowed or []))},  # RFC 9110 §15.5.6
             )
         elif code == 413:
             err = PayloadTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")

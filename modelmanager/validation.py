@@ -25,6 +25,7 @@ MAX_IMAGE_BYTES = 16 * 1024 * 1024  # decoded
 MAX_METADATA_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 200
 MAX_NUM_CTX = 131072
+MAX_JSON_DEPTH = 64  # metadata and format: deeper JSON can exhaust the stack when stored
 
 FIELDS = frozenset(
     {
@@ -100,12 +101,36 @@ class Submission:
     idempotency_key: str | None
 
 
+def _utf8(value: str, field: str) -> bytes:
+    """``value`` in UTF-8; a lone surrogate (JSON allows "\\ud800") is not text."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f"'{field}' must be valid Unicode text (no lone surrogates)", field=field
+        ) from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            stack.extend((v, level) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _text(value: Any, field: str, *, allow_empty: bool = True) -> str:
     if not isinstance(value, str):
         raise InvalidRequest(f"'{field}' must be a string", field=field)
     if "\x00" in value:
         raise InvalidRequest(f"'{field}' must not contain NUL characters", field=field)
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+    if len(_utf8(value, field)) > MAX_TEXT_BYTES:
         raise InvalidRequest(f"'{field}' is larger than {MAX_TEXT_BYTES} bytes", field=field)
     if not allow_empty and not value.strip():
         raise InvalidRequest(f"'{field}' must not be empty", field=field)
@@ -248,10 +273,18 @@ def validate_submission(body: Any) -> Submission:
                 "'format' must be \"json\" or a JSON schema object (generate and chat only)",
                 field="format",
             )
+        if _depth(fmt) > MAX_JSON_DEPTH:
+            raise InvalidRequest(
+                f"'format' is nested more than {MAX_JSON_DEPTH} levels deep", field="format"
+            )
         payload["format"] = fmt
     if "options" in body:
         payload["options"] = _options(body["options"])
     metadata = body.get("metadata")
+    if _depth(metadata) > MAX_JSON_DEPTH:
+        raise InvalidRequest(
+            f"'metadata' is nested more than {MAX_JSON_DEPTH} levels deep", field="metadata"
+        )
     if metadata is not None and len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise InvalidRequest(
             f"'metadata' is larger than {MAX_METADATA_BYTES} bytes", field="metadata"
@@ -262,6 +295,8 @@ def validate_submission(body: Any) -> Submission:
             f"'idempotency_key' must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters",
             field="idempotency_key",
         )
+    if key is not None:
+        _utf8(key, "idempotency_key")  # the store binds it as SQLite text
     return Submission(model, kind, priority, payload, metadata, key)
 
 
