@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.LOG_FILE or None)
+    # waitress warns "Task queue depth is N" whenever all its threads are busy, which is
+    # expected under load; thousands of such lines a second cost throughput and say nothing
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
     from waitress import create_server
 
