@@ -1,5 +1,9 @@
 """Thin typed client for Ollama's HTTP API over ``requests``.
 
+This module does the transport (sessions, timeouts, connection failures) and pins runner
+options; reading answers and mapping Ollama's errors to typed ones is
+:mod:`modelmanager.ollama_wire`'s, whose public names are re-exported here.
+
 Contract for the engine above:
 
 * Every call returns parsed data or raises an :class:`~modelmanager.errors.OllamaError`
@@ -20,10 +24,8 @@ Contract for the engine above:
 from __future__ import annotations
 
 import json
-import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -34,17 +36,38 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from .errors import (
     BackendTimeout,
     BackendUnavailable,
-    EndpointNotAvailable,
     LoadTimeout,
-    ModelNotFound,
     OllamaBadRequest,
     OllamaError,
-    OutOfMemory,
-    RunnerCrashed,
-    ServerBusy,
     StreamError,
 )
 from .models import LoadedModel
+from .ollama_wire import (
+    InferenceResult,
+    body_text,
+    chat_text,
+    classify_failure,
+    embedding_vectors,
+    final_object,
+    http_error,
+    inference_result,
+    json_objects,
+    keep_alive_seconds,
+    loaded_model,
+    malformed,
+    model_list,
+    normalize_name,
+    pull_error,
+    text_field,
+)
+
+__all__ = [
+    "RUNNER_OPTIONS",
+    "InferenceResult",
+    "OllamaClient",
+    "classify_failure",
+    "normalize_name",
+]
 
 _T = TypeVar("_T")
 
@@ -55,100 +78,6 @@ RUNNER_OPTIONS: frozenset[str] = frozenset(
     {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"}
     | {"use_mlock", "numa", "low_vram"}
 )
-
-# Lower-case substrings of Ollama's error texts. Out-of-memory is checked first, because a
-# crash message often carries an OOM cause ("llama runner process has terminated: CUDA
-# error: out of memory").
-_OOM_MARKERS = (
-    "out of memory",
-    "out-of-memory",
-    "out of device memory",
-    "cudamalloc failed",
-    "hipmalloc failed",
-    "requires more system memory",
-    "failed to allocate",
-    "allocation failed",
-    "not enough memory",
-    "insufficient memory",
-)
-_CRASH_MARKERS = (
-    "runner process has terminated",
-    "runner process no longer running",
-    "unexpectedly stopped",
-    "llama-server process has terminated",
-)
-_LOAD_TIMEOUT_MARKERS = (
-    "timed out waiting for llama runner to start",
-    "timed out waiting for llama-server to start",
-)
-# What a pull of a model the registry does not have ends with (on HTTP 200).
-_PULL_NOT_FOUND_MARKERS = ("file does not exist",)
-
-_SNIPPET = 200  # characters of an unreadable body quoted in an error message
-
-
-def normalize_name(name: str) -> str:
-    """Return ``name`` as ``[host/][namespace/]model:tag``, adding ``:latest`` if untagged.
-
-    Only a colon in the last path segment counts as a tag, so a registry port
-    (``host:5000/ns/model``) is not mistaken for one. Case is kept (Ollama matches names
-    case-insensitively but reports them as stored). An empty name stays empty.
-    """
-    if not name or ":" in name.rsplit("/", 1)[-1]:
-        return name
-    return f"{name}:latest"
-
-
-def classify_failure(text: str) -> type[OllamaError] | None:
-    """Which capacity/runner failure an Ollama error text describes, or None.
-
-    Out-of-memory wins over a crash (the crash text often names OOM as its cause); then a
-    crashed runner; then a load that stalled past Ollama's ``OLLAMA_LOAD_TIMEOUT``.
-    """
-    lowered = text.lower()
-    if any(marker in lowered for marker in _OOM_MARKERS):
-        return OutOfMemory
-    if any(marker in lowered for marker in _CRASH_MARKERS):
-        return RunnerCrashed
-    if any(marker in lowered for marker in _LOAD_TIMEOUT_MARKERS):
-        return LoadTimeout
-    return None
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    """The final answer of generate, chat, embed or load.
-
-    ``text`` is generate's ``response`` or chat's ``message.content`` (``""`` for embed and
-    load); ``embeddings`` is set only by embed (and by an embedding-model load, as ``[]``).
-    Durations are nanoseconds and counts are tokens; Ollama leaves zero values out, and they
-    read 0 here. ``raw`` is the final JSON object; for a streamed answer it is the last
-    chunk with the text fields joined, as Ollama itself builds a non-streamed answer.
-    """
-
-    model: str
-    text: str = ""
-    embeddings: list[list[float]] | None = None
-    done_reason: str | None = None
-    total_duration_ns: int = 0
-    load_duration_ns: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration_ns: int = 0
-    eval_count: int = 0
-    eval_duration_ns: int = 0
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    def metrics(self) -> dict[str, int]:
-        """The non-zero metrics under Ollama's own names (``total_duration``, ...)."""
-        values = {
-            "total_duration": self.total_duration_ns,
-            "load_duration": self.load_duration_ns,
-            "prompt_eval_count": self.prompt_eval_count,
-            "prompt_eval_duration": self.prompt_eval_duration_ns,
-            "eval_count": self.eval_count,
-            "eval_duration": self.eval_duration_ns,
-        }
-        return {key: value for key, value in values.items() if value}
 
 
 class OllamaClient:
@@ -226,13 +155,13 @@ class OllamaClient:
         doc = self._json("GET", "/api/version", None, timeout=self._info_timeout)
         version = doc.get("version")
         if not isinstance(version, str):
-            raise _malformed("/api/version", "no version string", doc)
+            raise malformed("/api/version", "no version string", doc)
         return version
 
     def tags(self) -> list[dict[str, Any]]:
         """The installed models as ``/api/tags`` lists them (raw dicts; sizes in bytes)."""
         doc = self._json("GET", "/api/tags", None, timeout=self._info_timeout)
-        return _model_list("/api/tags", doc)
+        return model_list("/api/tags", doc)
 
     def show(self, model: str) -> dict[str, Any]:
         """``/api/show`` for one model: details, ``model_info``, ``capabilities``, ...
@@ -250,7 +179,7 @@ class OllamaClient:
         Sizes are bytes; ``vram_bytes`` is the part in GPU memory.
         """
         doc = self._json("GET", "/api/ps", None, timeout=self._info_timeout)
-        return [_loaded_model(entry) for entry in _model_list("/api/ps", doc)]
+        return [loaded_model(entry) for entry in model_list("/api/ps", doc)]
 
     # ------------------------------------------------------------------------ inference
 
@@ -281,7 +210,7 @@ class OllamaClient:
             body["format"] = format if isinstance(format, str) else dict(format)
         self._add_common(body, name, keep_alive, options)
         raw = self._json("POST", "/api/generate", body, timeout=self._timeout, model=name)
-        return _result(name, raw, text=_text_field("/api/generate", raw, name))
+        return inference_result(name, raw, text=text_field("/api/generate", raw, name))
 
     def chat(
         self,
@@ -306,7 +235,7 @@ class OllamaClient:
             body["format"] = format if isinstance(format, str) else dict(format)
         self._add_common(body, name, keep_alive, options)
         raw = self._json("POST", "/api/chat", body, timeout=self._timeout, model=name)
-        return _result(name, raw, text=_chat_text(raw, name))
+        return inference_result(name, raw, text=chat_text(raw, name))
 
     def embed(
         self,
@@ -328,7 +257,7 @@ class OllamaClient:
         }
         self._add_common(body, name, keep_alive, options)
         raw = self._json("POST", "/api/embed", body, timeout=self._timeout, model=name)
-        return _result(name, raw, embeddings=_embeddings("/api/embed", raw, name))
+        return inference_result(name, raw, embeddings=embedding_vectors("/api/embed", raw, name))
 
     # --------------------------------------------------------------------- residency
 
@@ -347,7 +276,7 @@ class OllamaClient:
         model is loaded, up to ``load_timeout``; a read timeout raises :class:`LoadTimeout`.
         ``keep_alive`` 0 would unload, so it is refused.
         """
-        seconds = _keep_alive_seconds(keep_alive)
+        seconds = keep_alive_seconds(keep_alive)
         if seconds == 0:
             raise ValueError("load() with keep_alive 0 would unload the model; use unload()")
         name = normalize_name(model)
@@ -371,8 +300,8 @@ class OllamaClient:
             timeout_error=LoadTimeout,
         )
         if kind == "embed":
-            return _result(name, raw, embeddings=_embeddings(path, raw, name))
-        return _result(name, raw, text=_text_field(path, raw, name))
+            return inference_result(name, raw, embeddings=embedding_vectors(path, raw, name))
+        return inference_result(name, raw, text=text_field(path, raw, name))
 
     def unload(self, model: str) -> None:
         """Ask Ollama to unload ``model`` (empty prompt, ``keep_alive`` 0) and forget its pin.
@@ -402,12 +331,9 @@ class OllamaClient:
 
         def consume(resp: requests.Response) -> None:
             last_status: object = None
-            for obj in _objects(resp, "/api/pull", name):
+            for obj in json_objects(resp, "/api/pull", name):
                 if "error" in obj:
-                    text = str(obj["error"])
-                    if any(marker in text.lower() for marker in _PULL_NOT_FOUND_MARKERS):
-                        raise ModelNotFound(text, status=resp.status_code, model=name)
-                    raise _in_band_error(text, resp.status_code, name)
+                    raise pull_error(str(obj["error"]), resp.status_code, name)
                 if progress is not None:
                     progress(obj)
                 last_status = obj.get("status")
@@ -460,7 +386,7 @@ class OllamaClient:
     def _add_common(
         self, body: dict[str, Any], name: str, keep_alive: float, options: Mapping[str, Any] | None
     ) -> None:
-        body["keep_alive"] = _keep_alive_seconds(keep_alive)
+        body["keep_alive"] = keep_alive_seconds(keep_alive)
         merged = self._options_for(name, options)
         if merged:
             body["options"] = merged
@@ -480,7 +406,7 @@ class OllamaClient:
         """One JSON object from ``path``; a streamed (NDJSON) answer is joined into one."""
 
         def consume(resp: requests.Response) -> dict[str, Any]:
-            return _final_object(resp, path, model)
+            return final_object(resp, path, model)
 
         return self._exchange(method, path, body, timeout, model, timeout_error, consume)
 
@@ -520,7 +446,7 @@ class OllamaClient:
                 stream=True,
             ) as resp:
                 if not 200 <= resp.status_code < 300:
-                    raise _http_error(resp.status_code, _body_text(resp), model)
+                    raise http_error(resp.status_code, body_text(resp), model)
                 return consume(resp)
         except requests.ConnectTimeout as exc:
             raise BackendUnavailable(
@@ -566,241 +492,5 @@ def _pin_key(model: str) -> str:
     return normalize_name(model).casefold()
 
 
-def _keep_alive_seconds(value: float) -> int | float:
-    """``value`` as a finite JSON number of seconds (an integral float becomes an int)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"keep_alive must be a number of seconds, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"keep_alive must be finite (negative means forever), got {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _body_text(resp: requests.Response) -> str:
-    return resp.content.decode("utf-8", errors="replace").strip()
-
-
-def _http_error(status: int, text: str, model: str | None) -> OllamaError:
-    """The typed error for a non-2xx answer; ``text`` is the raw body."""
-    message, is_json = text, False
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        pass
-    else:
-        is_json = isinstance(doc, dict)
-        if is_json and isinstance(doc.get("error"), str):
-            message = doc["error"]
-    if not message:
-        message = f"HTTP {status} with an empty body"
-    elif not is_json and len(message) > _SNIPPET:  # e.g. a proxy's HTML error page
-        message = message[:_SNIPPET] + "..."
-    cls: type[OllamaError]
-    if status == 404:
-        # Ollama answers a missing model with JSON; a missing route is Go's plain text.
-        cls = ModelNotFound if is_json else EndpointNotAvailable
-    elif status in (429, 503):
-        cls = ServerBusy
-    elif 400 <= status < 500:
-        cls = OllamaBadRequest
-    elif status >= 500:
-        cls = classify_failure(message) or OllamaError
-    else:
-        cls = OllamaError
-    return cls(message, status=status, model=model)
-
-
-def _in_band_error(text: str, status: int, model: str | None) -> OllamaError:
-    """The typed error for an ``{"error": ...}`` object inside a successful answer."""
-    cls = classify_failure(text) or StreamError
-    return cls(text, status=status, model=model)
-
-
-def _malformed(
-    where: str, reason: str, body: object, *, status: int = 200, model: str | None = None
-) -> OllamaError:
-    snippet = body if isinstance(body, str | bytes) else json.dumps(body)
-    if isinstance(snippet, bytes):
-        snippet = snippet.decode("utf-8", errors="replace")
-    if len(snippet) > _SNIPPET:
-        snippet = snippet[:_SNIPPET] + "..."
-    return OllamaError(
-        f"Ollama answered {where} with {reason}: {snippet!r}", status=status, model=model
-    )
-
-
-def _parse_object(raw: bytes, where: str, status: int, model: str | None) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except ValueError:
-        raise _malformed(
-            where, "a body that is not JSON", raw, status=status, model=model
-        ) from None
-    if not isinstance(doc, dict):
-        raise _malformed(where, "JSON that is not an object", raw, status=status, model=model)
-    return doc
-
-
-def _is_ndjson(resp: requests.Response) -> bool:
-    return "ndjson" in resp.headers.get("Content-Type", "").lower()
-
-
-def _objects(resp: requests.Response, where: str, model: str | None) -> Iterator[dict[str, Any]]:
-    """The JSON objects of an answer: each NDJSON line, or the one JSON body."""
-    if not _is_ndjson(resp):
-        yield _parse_object(resp.content, where, resp.status_code, model)
-        return
-    for line in resp.iter_lines():
-        if line.strip():
-            yield _parse_object(line, where, resp.status_code, model)
-
-
-def _final_object(resp: requests.Response, where: str, model: str | None) -> dict[str, Any]:
-    """The answer as one object, raising any in-band ``{"error"}``.
-
-    A stream is joined as Ollama joins it for ``"stream": false``: the final (``done``)
-    chunk, with ``response``, ``thinking`` and chat ``message`` text concatenated over all
-    chunks. A stream that ends before its ``done`` chunk raises :class:`StreamError`.
-    """
-    if not _is_ndjson(resp):
-        doc = _parse_object(resp.content, where, resp.status_code, model)
-        if "error" in doc:
-            raise _in_band_error(str(doc["error"]), resp.status_code, model)
-        return doc
-    texts: dict[str, list[str]] = {}
-    message_texts: dict[str, list[str]] = {}
-    tool_calls: list[Any] = []
-    last: dict[str, Any] | None = None
-    for obj in _objects(resp, where, model):
-        if "error" in obj:
-            raise _in_band_error(str(obj["error"]), resp.status_code, model)
-        for key in ("response", "thinking"):
-            if isinstance(obj.get(key), str):
-                texts.setdefault(key, []).append(obj[key])
-        message = obj.get("message")
-        if isinstance(message, dict):
-            for key in ("content", "thinking"):
-                if isinstance(message.get(key), str):
-                    message_texts.setdefault(key, []).append(message[key])
-            if isinstance(message.get("tool_calls"), list):
-                tool_calls.extend(message["tool_calls"])
-        if obj.get("done") is True or "embeddings" in obj:
-            last = obj
-            break
-    if last is None:
-        raise StreamError(
-            f"the stream from {where} ended before its final (done) chunk",
-            status=resp.status_code,
-            model=model,
-        )
-    final = dict(last)
-    for key, parts in texts.items():
-        final[key] = "".join(parts)
-    if isinstance(final.get("message"), dict):
-        message = dict(final["message"])
-        for key, parts in message_texts.items():
-            message[key] = "".join(parts)
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        final["message"] = message
-    return final
-
-
 def _drain(resp: requests.Response) -> None:
     _ = resp.content  # read the body, so the connection goes back to the pool
-
-
-def _model_list(where: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
-    models = doc.get("models")
-    if models is None:  # Go encodes an empty slice that was never made as null
-        return []
-    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
-        raise _malformed(where, "a models field that is not a list of objects", doc)
-    return models
-
-
-def _loaded_model(entry: dict[str, Any]) -> LoadedModel:
-    name = entry.get("name") or entry.get("model")
-    size = entry.get("size", 0)
-    vram = entry.get("size_vram", 0)
-    context = entry.get("context_length")
-    expires = entry.get("expires_at")
-    if (
-        not isinstance(name, str)
-        or not name
-        or not _is_int(size)
-        or not _is_int(vram)
-        or not (context is None or _is_int(context))
-        or not (expires is None or isinstance(expires, str))
-    ):
-        raise _malformed("/api/ps", "a malformed model entry", entry)
-    digest = entry.get("digest")
-    return LoadedModel(
-        name=normalize_name(name),
-        size_bytes=size,
-        vram_bytes=vram,
-        expires_at=expires,
-        context_length=context,
-        digest=digest if isinstance(digest, str) else "",
-    )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _text_field(where: str, raw: dict[str, Any], model: str) -> str:
-    text = raw.get("response")
-    if not isinstance(text, str):
-        raise _malformed(where, "no response text", raw, model=model)
-    return text
-
-
-def _chat_text(raw: dict[str, Any], model: str) -> str:
-    message = raw.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, str):
-        raise _malformed("/api/chat", "no message content", raw, model=model)
-    return content
-
-
-def _embeddings(where: str, raw: dict[str, Any], model: str) -> list[list[float]]:
-    vectors = raw.get("embeddings")
-    if not isinstance(vectors, list) or not all(
-        isinstance(vector, list)
-        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector)
-        for vector in vectors
-    ):
-        raise _malformed(where, "no list of embedding vectors", raw, model=model)
-    return vectors
-
-
-def _metric(raw: dict[str, Any], key: str) -> int:
-    # Metrics are informative; a missing or odd one reads 0 rather than failing the answer.
-    value = raw.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _result(
-    name: str,
-    raw: dict[str, Any],
-    *,
-    text: str = "",
-    embeddings: list[list[float]] | None = None,
-) -> InferenceResult:
-    model = raw.get("model")
-    done_reason = raw.get("done_reason")
-    return InferenceResult(
-        model=model if isinstance(model, str) else name,
-        text=text,
-        embeddings=embeddings,
-        done_reason=done_reason if isinstance(done_reason, str) else None,
-        total_duration_ns=_metric(raw, "total_duration"),
-        load_duration_ns=_metric(raw, "load_duration"),
-        prompt_eval_count=_metric(raw, "prompt_eval_count"),
-        prompt_eval_duration_ns=_metric(raw, "prompt_eval_duration"),
-        eval_count=_metric(raw, "eval_count"),
-        eval_duration_ns=_metric(raw, "eval_duration"),
-        raw=raw,
-    )

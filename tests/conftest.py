@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import requests
+
+if TYPE_CHECKING:
+    from tools.fake_ollama import FakeOllama
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_NVML_DIR = ROOT / ".fake-nvml"
@@ -69,28 +75,60 @@ def write_gpu_state(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------- integration
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed):
+    nothing listens there unless something binds it next."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], T | None],
+    timeout: float = 20.0,
+    interval: float = 0.01,
+    *,
+    what: str = "",
+) -> T:
+    """Poll ``predicate`` every ``interval`` seconds until it returns something truthy, and
+    return that; fail the test after ``timeout`` seconds (the message names ``what``)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
+            if what:
+                raise AssertionError(f"{what}: not reached within {timeout}s")
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)  # polling interval, not a wait for a fixed event
 
 
 @pytest.fixture
-def sim(gpu_state: Path) -> Iterator[Any]:
-    """The Ollama simulator on a free port, fast, with its GPU visible through fake NVML."""
+def make_sim() -> Iterator[Callable[..., FakeOllama]]:
+    """Factory: ``make_sim(**kwargs)`` starts an Ollama simulator on a free port
+    (``time_scale`` 0.02 unless given). At teardown every one is stopped, its gate opened
+    first so no held request outlives the test."""
     from tools.fake_ollama import FakeOllama
 
-    s = FakeOllama(vram_mb=24576, time_scale=0.02, nvml_state=str(gpu_state)).start()
-    try:
-        yield s
-    finally:
-        s.stop()
+    sims: list[FakeOllama] = []
+
+    def start(**kwargs: Any) -> FakeOllama:
+        kwargs.setdefault("time_scale", 0.02)
+        sim = FakeOllama(**kwargs).start()
+        sims.append(sim)
+        return sim
+
+    yield start
+    for sim in sims:
+        sim.set_gate(False)
+        sim.stop()
+
+
+@pytest.fixture
+def sim(gpu_state: Path, make_sim: Callable[..., FakeOllama]) -> FakeOllama:
+    """The Ollama simulator on a free port, fast, with its GPU visible through fake NVML."""
+    return make_sim(vram_mb=24576, nvml_state=str(gpu_state))
 
 
 @dataclass

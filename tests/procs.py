@@ -5,7 +5,8 @@ same data directory, and its HTTP server does not share the test's GIL. Every pr
 started here writes its stdout and stderr to a file under the test's ``tmp_path`` (never
 a pipe, which could fill up and stall it); failures quote the tail of that file.
 
-Teardown is the caller's: the test modules' fixtures call :meth:`Proc.kill` in a
+Teardown is the fixtures': :func:`sim_fixture` and :func:`services_fixture` make the
+``sim`` and ``services`` fixtures a test module declares, and call :meth:`Proc.kill` in a
 ``finally``, so nothing outlives a failed test.
 """
 
@@ -17,35 +18,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import pytest
 import requests
 
-from tests.conftest import build_fake_nvml
+from tests.conftest import ROOT, build_fake_nvml, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = frozenset({"complete", "failed", "cancelled"})
 UNFINISHED = ("pending", "queued", "running")
 _LISTEN_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
-
-T = TypeVar("T")
-
-
-def poll(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Call ``predicate`` until it returns something truthy; fail naming ``what`` at the
-    deadline (seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout}s")
-        time.sleep(interval)  # polling interval, not a wait for an event
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -132,7 +117,7 @@ class Proc:
                 )
             return None
 
-        return poll(port, timeout, f"{self.argv[1]} listening")
+        return wait_until(port, timeout, what=f"{self.argv[1]} listening")
 
 
 class SimProcess(Proc):
@@ -244,7 +229,7 @@ class ServiceProcess(Proc):
             except requests.ConnectionError:
                 return False
 
-        poll(healthy, timeout, "service health")
+        wait_until(healthy, timeout, what="service health")
         return self
 
     def kill(self) -> None:
@@ -292,7 +277,45 @@ class ServiceProcess(Proc):
             counts = self.by_status()
             return None if any(counts.get(s) for s in UNFINISHED) else counts or {"-": 0}
 
-        return poll(idle, timeout, "all jobs finished", interval=0.05)
+        return wait_until(idle, timeout, interval=0.05, what="all jobs finished")
+
+
+def sim_fixture(*args: str) -> Any:
+    """The ``sim`` fixture of a test module (``sim = sim_fixture("--num-parallel", "2")``):
+    a :class:`SimProcess` started with the extra ``args``, killed at teardown."""
+
+    @pytest.fixture
+    def sim(tmp_path: Path) -> Iterator[SimProcess]:
+        proc = SimProcess(tmp_path, *args)
+        try:
+            yield proc.start()
+        finally:
+            proc.kill()
+
+    return sim
+
+
+def services_fixture() -> Any:
+    """The ``services`` fixture of a test module (``services = services_fixture()``): a
+    factory ``services(name="svc", **settings)`` of :class:`ServiceProcess` objects (not
+    yet started) against the module's ``sim``, all killed at teardown."""
+
+    @pytest.fixture
+    def services(tmp_path: Path, sim: SimProcess) -> Iterator[Callable[..., ServiceProcess]]:
+        made: list[ServiceProcess] = []
+
+        def make(name: str = "svc", **settings: Any) -> ServiceProcess:
+            svc = ServiceProcess(tmp_path, sim, name, **settings)
+            made.append(svc)
+            return svc
+
+        try:
+            yield make
+        finally:
+            for svc in made:
+                svc.kill()
+
+    return services
 
 
 def read_jobs(db_path: Path) -> dict[str, dict[str, Any]]:

@@ -14,21 +14,22 @@ import random
 import signal
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
+from tests.conftest import wait_until
 from tests.procs import (
     TERMINAL,
     ServiceProcess,
     SimProcess,
     integrity_check,
-    poll,
     read_jobs,
+    services_fixture,
+    sim_fixture,
 )
 
 SEED = int(os.environ.get("MM_CRASH_SEED", "1123"))
@@ -40,30 +41,8 @@ SINGLES = 200  # single submits by the client thread across all rounds
 MAX_ATTEMPTS = 3  # the default, stated so the checks below can rely on it
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimProcess]:
-    proc = SimProcess(tmp_path, "--num-parallel", "2")
-    try:
-        yield proc.start()
-    finally:
-        proc.kill()
-
-
-@pytest.fixture
-def services(tmp_path: Path, sim: SimProcess) -> Iterator[Callable[..., ServiceProcess]]:
-    """Factory of subprocess services against ``sim``; all are killed at teardown."""
-    made: list[ServiceProcess] = []
-
-    def make(name: str = "svc", **settings: Any) -> ServiceProcess:
-        svc = ServiceProcess(tmp_path, sim, name, **settings)
-        made.append(svc)
-        return svc
-
-    try:
-        yield make
-    finally:
-        for svc in made:
-            svc.kill()
+sim = sim_fixture("--num-parallel", "2")
+services = services_fixture()
 
 
 def job_body(rng: random.Random) -> dict[str, Any]:
@@ -172,7 +151,7 @@ def test_crash_sigkill_rounds_lose_nothing_and_complete_once(
                 now = svc.by_status()
                 return now if now.get("complete", 0) + now.get("failed", 0) >= target else None
 
-            at_kill = poll(reached, 30, f"round {round_no}: {target} jobs finished")
+            at_kill = wait_until(reached, 30, what=f"round {round_no}: {target} jobs finished")
             svc.sigkill()
             kill_log.append(f"round {round_no}: killed at {at_kill}")
 
@@ -252,7 +231,7 @@ def test_crash_acked_submits_survive_sigkill(
                 svc.start()
             seen = len(submitter.acked_ids())
             want = seen + rng.randint(5, 30)
-            poll(partial(submitter.acked_at_least, want), 20, f"{want} submits acked")
+            wait_until(partial(submitter.acked_at_least, want), 20, what=f"{want} submits acked")
             svc.sigkill()
             acked = submitter.acked_ids()  # the dead process can ack nothing more
             check_acked_stored(svc.db_path, acked)
@@ -325,10 +304,10 @@ def test_crash_second_instance_on_same_data_dir_refuses_to_start(
     # the first instance is untouched and keeps serving
     assert first.alive()
     later = first.submit(model=MODELS[0], prompt="after the second instance")
-    poll(
+    wait_until(
         lambda: all(first.job(i)["status"] == "complete" for i in (job_id, later)),
         20,
-        "jobs of the first instance complete",
+        what="jobs of the first instance complete",
     )
 
 
@@ -342,7 +321,9 @@ def test_crash_poison_job_fails_after_max_attempts(
     poison = svc.submit(model=model, prompt="poison", priority="high")
     others = [svc.submit(model=model, prompt=f"bystander {i}") for i in range(4)]
     for attempt in (1, 2):
-        poll(partial(has, svc, poison, "running", attempt), 20, f"poison running, try {attempt}")
+        wait_until(
+            partial(has, svc, poison, "running", attempt), 20, what=f"poison running, try {attempt}"
+        )
         svc.sigkill()
         rows = read_jobs(svc.db_path)
         assert (rows[poison]["status"], rows[poison]["attempts"]) == ("running", attempt)
@@ -354,5 +335,7 @@ def test_crash_poison_job_fails_after_max_attempts(
     assert body["attempts"] == 2 and "MAX_ATTEMPTS" in body["error"], body
     sim.gate(False)
     for job_id in others:
-        poll(partial(has, svc, job_id, "complete", 1), 20, f"bystander {job_id} complete once")
+        wait_until(
+            partial(has, svc, job_id, "complete", 1), 20, what=f"bystander {job_id} complete once"
+        )
     assert svc.job(poison)["status"] == "failed"  # and it stays failed: no crash loop

@@ -10,11 +10,10 @@ import json
 import math
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.conftest import free_port
 from tools.fake_ollama import (
     CATALOG,
     VERSION,
@@ -57,23 +57,8 @@ METRICS = (
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., FakeOllama]]:
-    """Start simulators (time_scale 0.02 unless given); all are stopped after the test."""
-    sims: list[FakeOllama] = []
-
-    def factory(**kwargs: Any) -> FakeOllama:
-        kwargs.setdefault("time_scale", 0.02)
-        sim = FakeOllama(**kwargs).start()
-        sims.append(sim)
-        return sim
-
-    yield factory
-    for sim in sims:
-        sim.stop()
-
-
-@pytest.fixture
 def sim(make_sim: Callable[..., FakeOllama]) -> FakeOllama:
+    """A bare simulator: no fake-NVML state file, the default GPU."""
     return make_sim()
 
 
@@ -636,12 +621,6 @@ def test_canonical_name(name: str, canonical: str | None) -> None:
 
 
 # ----- the program ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_runs_as_a_program_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -7,34 +7,23 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
 
+from tests.conftest import wait_until
 from tools.fake_ollama import ERR_QUEUE_FULL, ERR_RUNNER_STOPPED, FakeOllama
 
 TIMEOUT = 10.0
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {what or predicate}")
-        time.sleep(0.005)
-
-
 @pytest.fixture
-def sim() -> Iterator[FakeOllama]:
-    with FakeOllama(time_scale=0.02) as simulator:
-        yield simulator
+def sim(make_sim: Callable[..., FakeOllama]) -> FakeOllama:
+    """A bare simulator: no fake-NVML state file, the default GPU."""
+    return make_sim()
 
 
 def post(sim: FakeOllama, path: str, body: Any, **kw: Any) -> requests.Response:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.conftest import wait_until
 from tools.fake_ollama import (
     CATALOG,
     CUDA_CONTEXT_BYTES,
@@ -29,35 +30,6 @@ from tools.fake_ollama import (
 )
 
 TIMEOUT = 10.0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {what or predicate}")
-        time.sleep(0.005)
-
-
-@pytest.fixture
-def make_sim() -> Iterator[Callable[..., FakeOllama]]:
-    """Start simulators (time_scale 0.02 unless given); all are stopped after the test."""
-    sims: list[FakeOllama] = []
-
-    def factory(**kwargs: Any) -> FakeOllama:
-        kwargs.setdefault("time_scale", 0.02)
-        sim = FakeOllama(**kwargs).start()
-        sims.append(sim)
-        return sim
-
-    yield factory
-    for sim in sims:
-        sim.set_gate(False)
-        sim.stop()
 
 
 @pytest.fixture

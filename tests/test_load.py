@@ -14,14 +14,20 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
 
-from tests.procs import TERMINAL, ServiceProcess, SimProcess, integrity_check, read_jobs
+from tests.procs import (
+    TERMINAL,
+    ServiceProcess,
+    integrity_check,
+    read_jobs,
+    services_fixture,
+    sim_fixture,
+)
 
 CLIENTS = 200
 SECONDS = float(os.environ.get("MM_LOAD_SECONDS", "30"))
@@ -29,23 +35,14 @@ MAX_JOBS_PER_CLIENT = 500  # the count bound; the time bound usually ends a clie
 MODELS = ("qwen2.5:0.5b", "llama3.2:1b")
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimProcess]:
-    proc = SimProcess(tmp_path, "--num-parallel", "4")
-    try:
-        yield proc.start()
-    finally:
-        proc.kill()
+sim = sim_fixture("--num-parallel", "4")
+services = services_fixture()
 
 
 @pytest.fixture
-def service(tmp_path: Path, sim: SimProcess) -> Iterator[ServiceProcess]:
+def service(services: Callable[..., ServiceProcess]) -> ServiceProcess:
     # QUEUE_MAX_SIZE far above what a run can submit: a 429 here would be an error
-    svc = ServiceProcess(tmp_path, sim, QUEUE_MAX_SIZE=1_000_000)
-    try:
-        yield svc.start()
-    finally:
-        svc.kill()
+    return services(QUEUE_MAX_SIZE=1_000_000).start()
 
 
 class Client(threading.Thread):

@@ -7,7 +7,6 @@ scripted transport adapter instead of ``responses`` to break a body half-way thr
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ from modelmanager.ollama_client import (
     classify_failure,
     normalize_name,
 )
+from tests.conftest import free_port
 
 BASE = "http://ollama.test:11434"
 GENERATE = f"{BASE}/api/generate"
@@ -858,10 +858,7 @@ def test_transport_failure_maps_to_its_typed_error(
 
 
 def test_refused_connection_is_backend_unavailable() -> None:
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with OllamaClient(url, connect_timeout=2.0) as c, pytest.raises(BackendUnavailable) as info:
         c.ps()
     assert url in info.value.message
@@ -1161,12 +1158,7 @@ def test_close_closes_only_a_session_the_client_built(monkeypatch: pytest.Monkey
 
 
 def test_refused_connection_is_marked_as_never_reaching_ollama() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again below: nothing listens there
-    client = OllamaClient(f"http://127.0.0.1:{port}", connect_timeout=2.0)
+    client = OllamaClient(f"http://127.0.0.1:{free_port()}", connect_timeout=2.0)
     with pytest.raises(BackendUnavailable) as info:
         client.generate("qwen2.5:0.5b", "hi", keep_alive=60)
     assert info.value.reached is False

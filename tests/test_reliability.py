@@ -6,7 +6,6 @@ status for each job)."""
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from modelmanager.logger import setup_logging
-from tests.conftest import Service, wait_until
+from tests.conftest import Service, free_port, wait_until
 from tools.fake_ollama import ERR_RUNNER_STOPPED, FakeOllama
 
 MODEL = "qwen2.5:0.5b"
@@ -26,14 +25,18 @@ def _one(svc: Service, **job: Any) -> dict[str, Any]:
     return svc.wait_done([job_id])[job_id]
 
 
+def _warm(make_service: Any, sim: Any, **config: Any) -> Service:
+    """A service against ``sim`` that has completed one job: the model is loaded."""
+    svc: Service = make_service(sim, **config)
+    assert _one(svc, model=MODEL, prompt="warm")["status"] == "complete"
+    return svc
+
+
 # ---------------------------------------------------------------------- backend faults
 
 
 def test_ollama_down_at_start_jobs_wait_then_complete(gpu_state: Path, make_service: Any) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    absent = FakeOllama(port=port, time_scale=0.02, nvml_state=str(gpu_state))
+    absent = FakeOllama(port=free_port(), time_scale=0.02, nvml_state=str(gpu_state))
     svc: Service = make_service(absent)
     job = svc.submit(model=MODEL, prompt="wait for Ollama")
     health = wait_until(
@@ -51,9 +54,7 @@ def test_ollama_down_at_start_jobs_wait_then_complete(gpu_state: Path, make_serv
 
 
 def test_ollama_going_away_mid_run_loses_nothing(sim: Any, make_service: Any) -> None:
-    svc: Service = make_service(sim)
-    warm = _one(svc, model=MODEL, prompt="warm")
-    assert warm["status"] == "complete"
+    svc = _warm(make_service, sim)
     sim.refuse_connections(0.5)
     ids = [svc.submit(model=MODEL, prompt=f"during outage {i}") for i in range(5)]
     done = svc.wait_done(ids)
@@ -76,8 +77,7 @@ def test_ollama_going_away_mid_run_loses_nothing(sim: Any, make_service: Any) ->
 def test_transient_fault_is_retried_and_the_job_completes(
     sim: Any, make_service: Any, fault: dict[str, Any], attempts: int
 ) -> None:
-    svc: Service = make_service(sim)
-    assert _one(svc, model=MODEL, prompt="warm")["status"] == "complete"
+    svc = _warm(make_service, sim)
     sim.inject_fault(count=2, endpoint="/api/generate", **fault)
     body = _one(svc, model=MODEL, prompt="flaky")
     assert body["status"] == "complete" and body["result"]
@@ -85,8 +85,7 @@ def test_transient_fault_is_retried_and_the_job_completes(
 
 
 def test_timeout_is_retried(sim: Any, make_service: Any) -> None:
-    svc: Service = make_service(sim, REQUEST_TIMEOUT=0.5)
-    assert _one(svc, model=MODEL, prompt="warm")["status"] == "complete"
+    svc = _warm(make_service, sim, REQUEST_TIMEOUT=0.5)
     sim.inject_fault(count=1, endpoint="/api/generate", mode="hang", seconds=2.0)
     body = _one(svc, model=MODEL, prompt="slow once")
     assert body["status"] == "complete" and body["attempts"] == 2
@@ -95,8 +94,7 @@ def test_timeout_is_retried(sim: Any, make_service: Any) -> None:
 def test_persistent_fault_fails_after_max_attempts_with_the_backend_message(
     sim: Any, make_service: Any
 ) -> None:
-    svc: Service = make_service(sim, MAX_ATTEMPTS=3)
-    assert _one(svc, model=MODEL, prompt="warm")["status"] == "complete"
+    svc = _warm(make_service, sim, MAX_ATTEMPTS=3)
     sim.inject_fault(count=10, endpoint="/api/generate", status=500, error="GGML_ASSERT boom")
     body = _one(svc, model=MODEL, prompt="doomed")
     assert body["status"] == "failed"
@@ -107,8 +105,7 @@ def test_persistent_fault_fails_after_max_attempts_with_the_backend_message(
 
 
 def test_permanent_error_fails_at_once(sim: Any, make_service: Any) -> None:
-    svc: Service = make_service(sim)
-    assert _one(svc, model=MODEL, prompt="warm")["status"] == "complete"
+    svc = _warm(make_service, sim)
     sim.inject_fault(count=1, endpoint="/api/generate", status=400, error="invalid option")
     body = _one(svc, model=MODEL, prompt="rejected")
     assert body["status"] == "failed" and body["attempts"] == 1
@@ -116,8 +113,7 @@ def test_permanent_error_fails_at_once(sim: Any, make_service: Any) -> None:
 
 
 def test_failed_job_can_be_retried_by_request(sim: Any, make_service: Any) -> None:
-    svc: Service = make_service(sim, MAX_ATTEMPTS=1)
-    assert _one(svc, model=MODEL, prompt="warm")["status"] == "complete"
+    svc = _warm(make_service, sim, MAX_ATTEMPTS=1)
     sim.inject_fault(count=1, endpoint="/api/generate", status=500, error="transient")
     job = svc.submit(model=MODEL, prompt="dead letter")
     assert svc.wait_done([job])[job]["status"] == "failed"

@@ -8,46 +8,33 @@ generations so jobs are deterministically "running" when the signal arrives.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import requests
 
-from tests.procs import ServiceProcess, SimProcess, integrity_check, poll, read_jobs
+from tests.conftest import wait_until
+from tests.procs import (
+    ServiceProcess,
+    SimProcess,
+    integrity_check,
+    read_jobs,
+    services_fixture,
+    sim_fixture,
+)
 
 MODEL = "qwen2.5:0.5b"
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimProcess]:
-    proc = SimProcess(tmp_path, "--num-parallel", "2")
-    try:
-        yield proc.start()
-    finally:
-        proc.kill()
+sim = sim_fixture("--num-parallel", "2")
+services = services_fixture()
 
 
-@pytest.fixture
-def services(tmp_path: Path, sim: SimProcess) -> Iterator[Callable[..., ServiceProcess]]:
-    made: list[ServiceProcess] = []
-
-    def make(**settings: Any) -> ServiceProcess:
-        svc = ServiceProcess(tmp_path, sim, **settings)
-        made.append(svc)
-        return svc
-
-    try:
-        yield make
-    finally:
-        for svc in made:
-            svc.kill()
-
-
-def hold_running(svc: ServiceProcess, sim: SimProcess, n_jobs: int, n_running: int) -> list[str]:
-    """Submit ``n_jobs`` with the gate closed; return once ``n_running`` of them are
-    running (held in the simulator) and the rest wait."""
+def hold_running(
+    svc: ServiceProcess, sim: SimProcess, n_jobs: int, n_running: int
+) -> tuple[list[str], set[str]]:
+    """Submit ``n_jobs`` with the gate closed; once ``n_running`` of them are running (held
+    in the simulator) and the rest wait, return all the ids and the running ones."""
     sim.gate(True)
     ids = [svc.submit(model=MODEL, prompt=f"shutdown {i}") for i in range(n_jobs)]
 
@@ -55,8 +42,22 @@ def hold_running(svc: ServiceProcess, sim: SimProcess, n_jobs: int, n_running: i
         statuses = [svc.job(i)["status"] for i in ids]
         return statuses.count("running") == n_running and sim.stats()["gated"] == n_running
 
-    poll(held, 20, f"{n_running} jobs held running")
-    return ids
+    wait_until(held, 20, what=f"{n_running} jobs held running")
+    return ids, {i for i in ids if svc.job(i)["status"] == "running"}
+
+
+def assert_rerun_after_restart(
+    svc: ServiceProcess, sim: SimProcess, ids: list[str], running: set[str]
+) -> None:
+    """Open the gate and restart: every job completes, the ones that were ``running`` when
+    the service stopped on a second attempt, the rest on their first."""
+    sim.gate(False)
+    svc.start()
+    svc.wait_idle(20)
+    for i in ids:
+        body = svc.job(i)
+        assert body["status"] == "complete", body
+        assert body["attempts"] == (2 if i in running else 1), body
 
 
 def refused_submit(svc: ServiceProcess, accepted: list[str]) -> list[requests.Response]:
@@ -76,12 +77,11 @@ def test_shutdown_sigterm_drains_running_jobs_and_keeps_waiting_ones(
     sim: SimProcess, services: Callable[..., ServiceProcess]
 ) -> None:
     svc = services(MAX_CONCURRENT_PER_MODEL=2, SHUTDOWN_TIMEOUT=30).start()
-    ids = hold_running(svc, sim, n_jobs=5, n_running=2)
-    running = {i for i in ids if svc.job(i)["status"] == "running"}
+    ids, running = hold_running(svc, sim, n_jobs=5, n_running=2)
 
     svc.signal(signal.SIGTERM)
     late: list[str] = []
-    [r] = poll(lambda: refused_submit(svc, late), 10, "submits refused after SIGTERM")
+    [r] = wait_until(lambda: refused_submit(svc, late), 10, what="submits refused after SIGTERM")
     assert r.status_code == 503, r.text
     assert int(r.headers["Retry-After"]) > 0
     error = r.json()["error"]
@@ -126,29 +126,21 @@ def test_shutdown_sigterm_past_timeout_leaves_held_jobs_to_rerun(
     # REQUEST_TIMEOUT short: the process lingers until its held requests time out (see
     # the next test), which must not make this one slow
     svc = services(MAX_CONCURRENT_PER_MODEL=2, SHUTDOWN_TIMEOUT=0.5, REQUEST_TIMEOUT=3).start()
-    ids = hold_running(svc, sim, n_jobs=3, n_running=2)
-    running = {i for i in ids if svc.job(i)["status"] == "running"}
+    ids, running = hold_running(svc, sim, n_jobs=3, n_running=2)
 
     svc.signal(signal.SIGTERM)
     assert svc.wait(20) == 0, svc.tail()  # the gate stays closed: they never finish
     assert "will rerun" in svc.output()
     rows = read_jobs(svc.db_path)
     assert {(rows[i]["status"], rows[i]["attempts"]) for i in running} == {("running", 1)}
-
-    sim.gate(False)
-    svc.start()
-    svc.wait_idle(20)
-    for i in ids:
-        body = svc.job(i)
-        assert body["status"] == "complete", body
-        assert body["attempts"] == (2 if i in running else 1), body
+    assert_rerun_after_restart(svc, sim, ids, running)
 
 
 def test_shutdown_sigterm_exits_within_shutdown_timeout_with_jobs_held(
     sim: SimProcess, services: Callable[..., ServiceProcess]
 ) -> None:
     svc = services(SHUTDOWN_TIMEOUT=1, REQUEST_TIMEOUT=60).start()
-    ids = hold_running(svc, sim, n_jobs=1, n_running=1)
+    ids, _ = hold_running(svc, sim, n_jobs=1, n_running=1)
     svc.signal(signal.SIGTERM)
     assert svc.wait(1 + 7) == 0, svc.tail()  # SHUTDOWN_TIMEOUT plus a wide margin
     assert read_jobs(svc.db_path)[ids[0]]["status"] == "running"
@@ -159,20 +151,12 @@ def test_shutdown_sigkill_during_drain_loses_nothing(
 ) -> None:
     """A stop that escalates to SIGKILL mid-drain: the next start reruns what ran."""
     svc = services(MAX_CONCURRENT_PER_MODEL=2, SHUTDOWN_TIMEOUT=30).start()
-    ids = hold_running(svc, sim, n_jobs=4, n_running=2)
-    running = {i for i in ids if svc.job(i)["status"] == "running"}
+    ids, running = hold_running(svc, sim, n_jobs=4, n_running=2)
     svc.signal(signal.SIGTERM)
-    poll(lambda: svc.health()["accepting"] is False, 10, "draining")
+    wait_until(lambda: svc.health()["accepting"] is False, 10, what="draining")
     svc.sigkill()
     assert integrity_check(svc.db_path) == "ok"
-
-    sim.gate(False)
-    svc.start()
-    svc.wait_idle(20)
-    for i in ids:
-        body = svc.job(i)
-        assert body["status"] == "complete", body
-        assert body["attempts"] == (2 if i in running else 1), body
+    assert_rerun_after_restart(svc, sim, ids, running)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

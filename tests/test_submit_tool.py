@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from typing import Any
 
-from tests.conftest import ROOT, Service
+from tests.conftest import ROOT, Service, free_port
 
 TOOL = str(ROOT / "tools" / "submit_test_job.py")
 
@@ -38,9 +37,6 @@ def test_batch_model_and_priority_options(sim: Any, make_service: Any) -> None:
 
 
 def test_unreachable_service_gives_a_clear_message() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    done = _run("--url", f"http://127.0.0.1:{port}")
+    done = _run("--url", f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 2
     assert "not reachable" in done.stderr and "main.py --simulate" in done.stderr
