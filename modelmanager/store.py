@@ -145,17 +145,31 @@ class Store:
         return db
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction on the writer connection."""
+    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One short write transaction on the writer connection.
+
+        ``durable=False`` commits with ``synchronous=NORMAL`` even when the store runs
+        FULL: for internal transitions (claim, result, retry) that a crash keeps anyway
+        and a power loss may only roll back to a state that runs the job again
+        (at-least-once). Writes acknowledged to a client (submit, cancel, retry) stay
+        FULL, and each FULL commit syncs the WAL, earlier NORMAL commits included.
+        """
+        relax = not durable and self.synchronous == "FULL"
         with self._lock:
             db = self._writer
-            db.execute("BEGIN IMMEDIATE")
+            if relax:
+                db.execute("PRAGMA synchronous=NORMAL")  # only outside a transaction
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                if relax:
+                    db.execute("PRAGMA synchronous=FULL")
 
     def _reader(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -274,7 +288,7 @@ class Store:
 
     def mark_queued(self, model: str) -> int:
         """pending -> queued for every waiting job of ``model`` (its load was planned)."""
-        with self._write() as db:
+        with self._write(durable=False) as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'queued' WHERE model = ? AND status = 'pending'",
                 (model,),
@@ -283,7 +297,7 @@ class Store:
 
     def unmark_queued(self, model: str) -> int:
         """queued -> pending for ``model`` (its load failed or was dropped)."""
-        with self._write() as db:
+        with self._write(durable=False) as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'pending' WHERE model = ? AND status = 'queued'",
                 (model,),
@@ -298,7 +312,7 @@ class Store:
         if not job_ids:
             return []
         marks = ",".join("?" * len(job_ids))
-        with self._write() as db:
+        with self._write(durable=False) as db:
             rows = db.execute(
                 f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?"
                 f" WHERE id IN ({marks}) AND status IN ('pending','queued')"
@@ -314,7 +328,7 @@ class Store:
         self, job_id: str, attempt: int, result: Any, timings: dict[str, int], now: float
     ) -> bool:
         """running -> complete, only for the current attempt. False if superseded."""
-        with self._write() as db:
+        with self._write(durable=False) as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'complete', result = ?, timings = ?, completed_at = ?,"
                 " error = NULL, error_code = NULL"
@@ -325,7 +339,7 @@ class Store:
 
     def fail(self, job_id: str, attempt: int | None, error: str, code: str, now: float) -> bool:
         """-> failed. ``attempt`` fences a running job; None fails a waiting job."""
-        with self._write() as db:
+        with self._write(durable=False) as db:
             if attempt is None:
                 cur = db.execute(
                     f"UPDATE jobs SET status = 'failed', error = ?, error_code = ?,"
@@ -343,7 +357,7 @@ class Store:
 
     def requeue(self, job_id: str, attempt: int, error: str, code: str, not_before: float) -> bool:
         """running -> pending for a retry after ``not_before``; fenced by attempt."""
-        with self._write() as db:
+        with self._write(durable=False) as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'pending', error = ?, error_code = ?, not_before = ?"
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
@@ -356,7 +370,7 @@ class Store:
         if not job_ids:
             return 0
         marks = ",".join("?" * len(job_ids))
-        with self._write() as db:
+        with self._write(durable=False) as db:
             cur = db.execute(
                 f"UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0)"
                 f" WHERE id IN ({marks}) AND status = 'running'",
@@ -412,7 +426,7 @@ class Store:
 
         A running job's late result is then dropped by the fence. Returns the ids.
         """
-        with self._write() as db:
+        with self._write(durable=False) as db:
             rows = db.execute(
                 "UPDATE jobs SET status = 'failed', error_code = 'JOB_TIMEOUT', completed_at = ?,"
                 " error = 'the job did not finish within JOB_TIMEOUT (' || ? || ' s)'"
@@ -424,7 +438,7 @@ class Store:
 
     def purge(self, completed_before: float) -> int:
         """Delete finished jobs (and results) completed before the cutoff (RESULT_TTL)."""
-        with self._write() as db:
+        with self._write(durable=False) as db:
             return db.execute(
                 "DELETE FROM jobs WHERE completed_at < ?"
                 " AND status IN ('complete','failed','cancelled')",
@@ -452,7 +466,7 @@ class Store:
         now: float,
         count_load: bool,
     ) -> None:
-        with self._write() as db:
+        with self._write(durable=False) as db:
             db.execute(
                 "INSERT INTO model_stats (model, vram_bytes, ps_vram_bytes, load_seconds,"
                 " loads, updated_at) VALUES (?,?,?,?,?,?)"

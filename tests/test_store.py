@@ -506,3 +506,34 @@ def test_store_readers_on_threads_see_consistent_data_while_writing(store: Store
         assert counts == sorted(counts)  # a reader never sees rows vanish
         assert counts[-1] == total  # and sees every committed row in the end
     assert store.counts_by_status() == {"pending": total - total // 10, "running": total // 10}
+
+
+def test_store_internal_transitions_relax_sync_but_client_writes_stay_full(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "jobs.db", synchronous="FULL")
+    seen: list[int] = []
+    orig = store._write
+
+    def spy(*, durable: bool = True) -> Any:
+        ctx = orig(durable=durable)
+
+        class Wrapped:
+            def __enter__(self) -> Any:
+                db = ctx.__enter__()
+                seen.append(db.execute("PRAGMA synchronous").fetchone()[0])
+                return db
+
+            def __exit__(self, *exc: Any) -> Any:
+                return ctx.__exit__(*exc)
+
+        return Wrapped()
+
+    store._write = spy  # type: ignore[method-assign]
+    job = make_job("sync-1")
+    store.insert_jobs([job])  # acknowledged to a client: FULL (2)
+    store.claim([job.id], 1.0)  # internal: NORMAL (1)
+    store.complete(job.id, 1, "ok", {}, 2.0)  # internal: NORMAL (1)
+    assert seen == [2, 1, 1]
+    assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # restored
+    store.close()

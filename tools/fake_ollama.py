@@ -34,6 +34,13 @@ controls over HTTP under ``/_sim/`` (real Ollama has no such path); bodies are J
 - ``POST /_sim/reset`` ``{"everything": false}``.
 - ``GET /_sim/stats``: counters, runners, load/unload events, request log.
 
+The request log keeps the last ``request_log_size`` requests (``--request-log-size``,
+default 2000), each with its arrival time ``t`` (``time.monotonic()``, system-wide on
+Linux, so other processes can compare it with their own clock). A request whose prompt
+(generate), first input (embed) or last message (chat) starts with ``[bench:<tag>]``
+(``<tag>``: up to 64 of ``A-Z a-z 0-9 _ . : -``) has ``"tag": "<tag>"`` in its entry, so a
+load generator can tell when each of its jobs reached "Ollama" (``tools/bench.py``).
+
 Units: memory in bytes unless a name ends in ``_mb`` (MiB, 1 MB = 2**20 bytes, as NVML and
 ``--vram-mb`` count it); durations in the HTTP API in nanoseconds as Ollama reports them;
 everything else in seconds. Every simulated duration (load, tokens, unload lag, pull
@@ -68,7 +75,17 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-__all__ = ["CATALOG", "FakeOllama", "ModelSpec", "RunnerOptions", "main", "parse_keep_alive"]
+__all__ = [
+    "CATALOG",
+    "FakeOllama",
+    "ModelSpec",
+    "RunnerOptions",
+    "embed_seconds",
+    "generate_seconds",
+    "load_seconds",
+    "main",
+    "parse_keep_alive",
+]
 
 VERSION = "0.11.10"
 MIB = 1 << 20
@@ -95,6 +112,10 @@ ERR_MIDSTREAM_OOM = "an error was encountered while running the model: CUDA erro
 ERR_PULL_MISSING = "pull model manifest: file does not exist"
 ERR_SHUTDOWN = "server is shutting down"
 NOT_FOUND_TEXT = "404 page not found"
+
+#: ``[bench:<tag>]`` at the start of a prompt: the tag goes into the request log.
+BENCH_TAG_RE = re.compile(r"\[bench:([A-Za-z0-9_.:-]{1,64})\]")
+DEFAULT_REQUEST_LOG_SIZE = 2000
 
 INFERENCE_ENDPOINTS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 FAULT_MODES = frozenset({"http", "stream", "hang", "close"})
@@ -822,6 +843,48 @@ def _parse_options(options: dict[str, Any] | None) -> tuple[RunnerOptions, dict[
 
 
 # --------------------------------------------------------------------------------------
+# Expected durations (for benchmarks' lower bounds)
+
+
+def load_seconds(model: str, num_parallel: int = 1, time_scale: float = 1.0) -> float:
+    """How long loading ``model`` takes (default options, fully on the GPU), in seconds.
+
+    The same formula the scheduler uses: runner start-up plus the runner's GPU memory (its
+    ``size_vram`` and CUDA context) at the load rate; embedding models get one slot.
+    Queueing, evictions and the VRAM release lag are not included.
+    """
+    spec = CATALOG[canonical_name(model) or model]
+    parallel = 1 if spec.is_embedding else max(1, num_parallel)
+    gpu = spec.vram_for(DEFAULT_NUM_CTX, parallel) + CUDA_CONTEXT_BYTES
+    return time_scale * spec.load_seconds(gpu)
+
+
+def generate_seconds(
+    model: str,
+    prompt: str,
+    *,
+    system: str = "",
+    num_predict: int | None = None,
+    time_scale: float = 1.0,
+) -> float:
+    """How long a loaded, fully-on-GPU runner spends on one ``/api/generate`` request that
+    has no ``format``, ``context``, ``raw`` or ``seed``: prompt evaluation plus one
+    ``token_seconds`` per reply token, in seconds. Waiting for a slot is not included."""
+    spec = CATALOG[canonical_name(model) or model]
+    pieces, _ = make_reply(_seed_of(spec.name, system, prompt, ""), num_predict)
+    prompt_tokens = max(1, count_tokens(system) + count_tokens(prompt) + 10)
+    return time_scale * spec.token_seconds * (prompt_tokens / 10.0 + len(pieces))
+
+
+def embed_seconds(model: str, inputs: list[str], time_scale: float = 1.0) -> float:
+    """How long a loaded runner spends on one ``/api/embed`` request (default options)."""
+    spec = CATALOG[canonical_name(model) or model]
+    ctx = spec.effective_ctx(DEFAULT_NUM_CTX)
+    tokens = sum(min(max(1, count_tokens(text)), ctx) for text in inputs)
+    return time_scale * tokens * spec.token_seconds / 20.0
+
+
+# --------------------------------------------------------------------------------------
 # Internal state
 
 
@@ -952,6 +1015,7 @@ class FakeOllama:
         vram_release_lag: float = 0.5,
         scale_keep_alive: bool = True,
         gpu_name: str = "NVIDIA GeForce RTX 4090",
+        request_log_size: int = DEFAULT_REQUEST_LOG_SIZE,
     ) -> None:
         """Configure; nothing starts until :meth:`start`.
 
@@ -961,6 +1025,7 @@ class FakeOllama:
         (negative: forever), applied at load time to requests that set none.
         ``vram_release_lag``: seconds (scaled) between a runner leaving /api/ps and its
         memory showing as free. ``scale_keep_alive=False`` keeps keep_alive in real seconds.
+        ``request_log_size``: how many of the latest requests the request log keeps.
         """
         if vram_mb <= 0:
             raise ValueError(f"vram_mb must be positive, got {vram_mb}")
@@ -970,6 +1035,9 @@ class FakeOllama:
             raise ValueError(f"num_parallel must be >= 1, got {num_parallel}")
         if max_loaded_models < 0 or max_queue < 0:
             raise ValueError("max_loaded_models and max_queue must be >= 0")
+        if request_log_size < 1:
+            raise ValueError(f"request_log_size must be >= 1, got {request_log_size}")
+        self.request_log_size = int(request_log_size)
         self.vram_mb = int(vram_mb)
         self.time_scale = float(time_scale)
         self.nvml_state = Path(nvml_state) if nvml_state is not None else None
@@ -1305,7 +1373,7 @@ class FakeOllama:
         self._by_status: dict[str, int] = {}
         self._load_events: deque[dict[str, Any]] = deque(maxlen=1000)
         self._unload_events: deque[dict[str, Any]] = deque(maxlen=1000)
-        self._request_log: deque[dict[str, Any]] = deque(maxlen=2000)
+        self._request_log: deque[dict[str, Any]] = deque(maxlen=self.request_log_size)
         self._peak_mb = 0
 
     def _scaled(self, seconds: float) -> float:
@@ -1370,7 +1438,13 @@ class FakeOllama:
         self._last_nvml = text
 
     def _record(
-        self, t0: float, endpoint: str, model: str | None, status: int, fault: str | None = None
+        self,
+        t0: float,
+        endpoint: str,
+        model: str | None,
+        status: int,
+        fault: str | None = None,
+        tag: str | None = None,
     ) -> None:
         with self._cv:
             self._by_endpoint[endpoint] = self._by_endpoint.get(endpoint, 0) + 1
@@ -1384,6 +1458,8 @@ class FakeOllama:
             }
             if fault:
                 entry["fault"] = fault
+            if tag:
+                entry["tag"] = tag
             self._request_log.append(entry)
 
     def _runner_info(self, r: _Runner) -> dict[str, Any]:
@@ -1846,6 +1922,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-ollama/" + VERSION
     sys_version = ""
+    # TCP_NODELAY, as Go's net package (so Ollama) sets it: headers and body go out in two
+    # writes, and with Nagle on, the body would wait for the client's delayed ACK (~40 ms).
+    disable_nagle_algorithm = True
 
     _t0: float
     _endpoint: str
@@ -1853,6 +1932,7 @@ class _Handler(BaseHTTPRequestHandler):
     _status: int | None
     _streaming: bool
     _fault: str | None
+    _tag: str | None
 
     @property
     def sim(self) -> FakeOllama:
@@ -1899,6 +1979,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._streaming = False
         self._model = None
         self._fault = None
+        self._tag = None
         path = urlsplit(self.path).path
         self._endpoint = path
         try:
@@ -1910,7 +1991,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (_ClientGone, OSError):
             self.close_connection = True
             if self._status is None:
-                sim._record(self._t0, path, self._model, 499)
+                sim._record(self._t0, path, self._model, 499, tag=self._tag)
         finally:
             sim._set_busy(self.connection, False)
             with sim._cv:
@@ -1952,7 +2033,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, obj: Any) -> None:
         if self._endpoint.startswith("/api/") or self._endpoint == "/":
-            self.sim._record(self._t0, self._endpoint, self._model, status, self._fault)
+            self.sim._record(self._t0, self._endpoint, self._model, status, self._fault, self._tag)
         body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
         self._send(status, body, "application/json; charset=utf-8")
 
@@ -1966,7 +2047,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._streaming:
             self._streaming = True
             self._status = 200
-            self.sim._record(self._t0, self._endpoint, self._model, 200, self._fault)
+            self.sim._record(self._t0, self._endpoint, self._model, 200, self._fault, self._tag)
             self.send_response(200)
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Transfer-Encoding", "chunked")
@@ -2035,11 +2116,13 @@ class _Handler(BaseHTTPRequestHandler):
         model = body.get("model") if isinstance(body, dict) else None
         self._model = model if isinstance(model, str) else None
         self._fault = fault.mode
+        if isinstance(body, dict):
+            self._tag = _bench_tag(body.get("prompt"))
         if fault.mode in ("hang", "close"):
             if fault.mode == "hang":
                 with contextlib.suppress(_ShuttingDown):
                     self.sim._sleep(fault.seconds)
-            self.sim._record(self._t0, path, self._model, 0, fault.mode)
+            self.sim._record(self._t0, path, self._model, 0, fault.mode, self._tag)
             self._status = 0
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -2252,12 +2335,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _api_generate(self, raw: bytes) -> None:
         body = _decode_body(raw, "GenerateRequest")
         _check_fields(body, "GenerateRequest", _GENERATE_FIELDS)
+        self._tag = _bench_tag(body.get("prompt"))
         keep_alive = _keep_alive_of(body)
         name = body.get("model") or ""
         self._model = name
         if not name:
             raise _HTTPError(404, "model '' not found")
         spec = self.sim._resolve(name, double_quote=False)
+        if not body.get("prompt") and keep_alive == 0:
+            # Ollama expires the runner before it checks capabilities: embedding models
+            # are unloaded this way too
+            self._load_or_unload(spec, RunnerOptions(), keep_alive, name, chat=False)
+            return
         if "completion" not in spec.capabilities:
             raise _HTTPError(400, f"{_go_quote(name)} does not support generate")
         _check_think(body, spec, name)
@@ -2294,12 +2383,17 @@ class _Handler(BaseHTTPRequestHandler):
                         f"into Go struct field ChatRequest.messages.{key} "
                         "of type string",
                     )
+        if messages:
+            self._tag = _bench_tag(messages[-1].get("content"))
         keep_alive = _keep_alive_of(body)
         name = body.get("model") or ""
         self._model = name
         if not name:
             raise _HTTPError(400, "model is required")
         spec = self.sim._resolve(name, double_quote=False)
+        if not messages and keep_alive == 0:  # unloads before the capability check
+            self._load_or_unload(spec, RunnerOptions(), keep_alive, name, chat=True)
+            return
         if "completion" not in spec.capabilities:
             raise _HTTPError(400, f"{_go_quote(name)} does not support chat")
         if body.get("tools") and "tools" not in spec.capabilities:
@@ -2455,6 +2549,8 @@ class _Handler(BaseHTTPRequestHandler):
             inputs = list(raw_input)
         elif raw_input is not None:
             raise _HTTPError(400, "invalid input type")
+        if inputs:
+            self._tag = _bench_tag(inputs[0])
         if not name:
             raise _HTTPError(404, 'model "" not found, try pulling it first')
         spec = self.sim._resolve(name, double_quote=True)
@@ -2593,6 +2689,14 @@ class _Handler(BaseHTTPRequestHandler):
 # Small helpers for the handler
 
 
+def _bench_tag(text: object) -> str | None:
+    """The ``<tag>`` of a ``[bench:<tag>]`` prefix of ``text``, else None."""
+    if not isinstance(text, str) or not text.startswith("[bench:"):
+        return None
+    match = BENCH_TAG_RE.match(text)
+    return match.group(1) if match else None
+
+
 def _keep_alive_of(body: dict[str, Any]) -> float | None:
     try:
         return parse_keep_alive(body.get("keep_alive"))
@@ -2679,6 +2783,12 @@ def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         help="seconds (scaled) before an unloaded runner's VRAM is free",
     )
     parser.add_argument(
+        "--request-log-size",
+        type=int,
+        default=DEFAULT_REQUEST_LOG_SIZE,
+        help="how many of the latest requests /_sim/stats lists",
+    )
+    parser.add_argument(
         "--no-scale-keep-alive",
         action="store_true",
         help="keep_alive counts real seconds, not scaled ones",
@@ -2703,6 +2813,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             default_keep_alive=-1.0 if math.isinf(keep_alive) else keep_alive,
             vram_release_lag=args.vram_release_lag,
             scale_keep_alive=not args.no_scale_keep_alive,
+            request_log_size=args.request_log_size,
         )
     except ValueError as exc:
         print(f"fake ollama: {exc}", file=sys.stderr)

@@ -1,0 +1,219 @@
+"""``tools/bench.py --quick`` runs and reports every workload and every field, sanely.
+
+Structure and arithmetic only: a benchmark's figures are never asserted here (the machine
+running the tests may be busy). The quick run takes about 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools.bench_report import TARGETS, render
+from tools.bench_service import drive
+from tools.bench_workloads import BenchJob, Workload, lower_bound
+from tools.fake_ollama import generate_seconds, load_seconds
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ("interleaved", "priority", "pressure", "embed_mix", "warm")
+MODE_FIELDS = {
+    "jobs": int,
+    "complete": int,
+    "failed": int,
+    "unfinished": int,
+    "capped": bool,
+    "makespan_s": float,
+    "makespan_estimate_s": float,
+    "loads": int,
+    "ooms": int,
+    "crashes": int,
+    "latency_p50_s": float,
+    "latency_p95_s": float,
+    "latency_by_priority": dict,
+    "dispatch_ms": dict,
+    "errors": dict,
+    "load_timeline": list,
+}
+RATIO_FIELDS = (
+    "makespan_managed_over_direct",
+    "direct_capped",
+    "p95_managed_over_direct",
+    "managed_over_lb",
+    "direct_over_lb",
+    "direct_estimate_over_lb",
+    "managed_loads_over_models",
+    "direct_loads_over_models",
+)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "tools/bench.py", "--quick", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _check_mode(name: str, r: dict[str, Any]) -> None:
+    for key, kind in MODE_FIELDS.items():
+        assert key in r, f"{name}: {key} missing"
+        if kind is float:
+            assert _number(r[key]), f"{name}: {key} = {r[key]!r}"
+        elif kind is int:
+            assert isinstance(r[key], int) and r[key] >= 0, f"{name}: {key} = {r[key]!r}"
+        else:
+            assert isinstance(r[key], kind), f"{name}: {key} = {r[key]!r}"
+    assert r["complete"] + r["failed"] + r["unfinished"] == r["jobs"] > 0, name
+    assert r["capped"] == (r["unfinished"] > 0), name
+    assert r["latency_p50_s"] <= r["latency_p95_s"], name
+    assert r["makespan_s"] <= r["makespan_estimate_s"] + 1e-6, name
+    prios = r["latency_by_priority"]
+    assert prios and set(prios) <= {"high", "normal", "low"}, name
+    assert sum(p["n"] for p in prios.values()) == r["complete"], name
+    for p in prios.values():
+        assert _number(p["p50_s"]) and p["p50_s"] <= p["p95_s"], name
+    d = r["dispatch_ms"]
+    assert 0 < d["n"] <= r["jobs"], name
+    assert all(_number(d[k]) for k in ("p50", "p95", "p99")), name
+    assert d["p50"] <= d["p95"] <= d["p99"], name
+    assert sum(r["errors"].values()) <= r["failed"] + r["unfinished"], name
+    for model, start, end in r["load_timeline"]:
+        assert isinstance(model, str) and start <= end, name
+
+
+def test_quick_run_reports_every_workload_and_field(report: dict[str, Any]) -> None:
+    assert report["command"].startswith("python3 tools/bench.py")
+    assert isinstance(report["machine"]["cores"], int) and report["machine"]["cores"] >= 1
+    assert report["settings"]["quick"] is True
+    assert report["settings"]["sqlite_synchronous_default"] in ("FULL", "NORMAL")
+    assert _number(report["elapsed_s"])
+    assert set(report["workloads"]) == set(WORKLOADS)
+    for key, wl in report["workloads"].items():
+        assert wl["title"] and wl["note"] and wl["jobs"] > 0 and wl["models"] >= 1, key
+        lb = wl["lower_bound"]
+        assert lb["lb_s"] > 0 and lb["binding"] in lb["terms"], key
+        assert lb["lb_s"] == max(lb["terms"].values()), key
+        for mode in ("direct", "managed"):
+            _check_mode(f"{key}/{mode}", wl[mode])
+            assert wl[mode]["jobs"] == wl["jobs"], key
+        assert set(RATIO_FIELDS) <= set(wl["ratios"]), key
+        counters = wl["managed"]["service_counters"]
+        warmup = 1 if key == "warm" else 0  # the untimed job that loads the warm model
+        assert counters["completed"] == wl["managed"]["complete"] + warmup, key
+    prio = report["workloads"]["priority"]
+    assert {"high", "low"} <= set(prio["managed"]["latency_by_priority"])
+    assert "managed_p95_high_over_low" in prio["ratios"]
+    assert "direct_p95_high_over_low" in prio["ratios"]
+    assert report["workloads"]["pressure"]["managed"]["other_program_peak_mb"] > 0
+    warm = report["workloads"]["warm"]
+    assert warm["managed"]["loads"] == warm["direct"]["loads"] == 0
+    assert set(warm["ratios"]["added_latency_ms"]) == {"p50", "p95"}
+
+
+def test_quick_run_reports_the_service_alone(report: dict[str, Any]) -> None:
+    s = report["service"]
+    assert s["driver"] in ("wrk", "python")
+    for mode in ("sync_full", "sync_normal"):
+        for figure in ("health", "submit"):
+            result = s[mode][figure]
+            assert result["driver"] == s["driver"] and result["requests"] > 0, (mode, figure)
+            assert result["non_2xx"] == 0 and _number(result["per_s"]), (mode, figure)
+    assert s["poll"]["requests"] > 0 and s["poll"]["non_2xx"] == 0
+    for key in ("submit_per_s", "poll_per_s", "submit_vs_health", "poll_vs_health"):
+        assert _number(s[key]) and s[key] > 0, key
+    assert _number(s["normal_over_full_submits"])
+    assert s["batch"]["jobs"] == s["batch"]["requests"] * s["batch"]["jobs_per_request"]
+    assert s["batch"]["jobs_per_s"] > 0
+    assert s["pending_for_rss"] >= 10_000 * 0.9
+    assert 0 < s["rss_idle_mb"] <= s["rss_peak_mb"] and s["rss_pending_mb"] <= s["rss_peak_mb"]
+    tick = s["tick"]
+    assert set(tick["sqlite_commit_us"]) == {"FULL", "NORMAL"}
+    assert all(v > 0 for v in tick["sqlite_commit_us"].values())
+    assert tick["pending"] > 0 and tick["ticks"] > 0
+    assert 0 <= tick["tick_p50_ms"] <= tick["tick_p95_ms"] <= tick["tick_max_ms"]
+
+
+def test_quick_run_checks_every_target_and_renders(report: dict[str, Any]) -> None:
+    assert [t["key"] for t in report["targets"]] == [key for key, _, _ in TARGETS]
+    for t in report["targets"]:
+        assert t["value"] is not None and isinstance(t["met"], bool), t
+    text = render(report)
+    assert "| workload | mode |" in text and "| target | measured | met |" in text
+    for wl in report["workloads"].values():
+        assert wl["title"] in text
+    assert "submits/s (synchronous=FULL)" in text and report["command"] in text
+
+
+def test_lower_bound_is_the_largest_term() -> None:
+    a = BenchJob(0, 0.0, "llama3.2:1b", "generate", "normal", "[bench:0] a b c")
+    b = BenchJob(1, 5.0, "gemma:2b", "generate", "high", "[bench:1] d e f")
+    wl = Workload("t", "t", "t", [a, b])
+    lb = lower_bound(wl, time_scale=1.0, num_parallel=1, max_loaded=3)
+    sa, sb = generate_seconds(a.model, a.text), generate_seconds(b.model, b.text)
+    la, lb_load = load_seconds(a.model), load_seconds(b.model)
+    terms = lb["terms"]
+    assert terms["loads"] == pytest.approx(la + lb_load + min(sa, sb))
+    assert terms["per_model"] == pytest.approx(max(la + sa, lb_load + sb))
+    assert terms["slots"] == pytest.approx(min(la, lb_load) + (sa + sb) / 3)
+    assert terms["seats"] == pytest.approx((la + sa + lb_load + sb) / 3)
+    assert terms["arrivals"] == pytest.approx(5.0 + sb)
+    assert lb["lb_s"] == max(terms.values()) and lb["binding"] == "arrivals"
+    serial = Workload("s", "s", "s", [a, b], sequential=True)
+    assert lower_bound(serial, time_scale=0.5, num_parallel=1, max_loaded=3)[
+        "lb_s"
+    ] == pytest.approx((sa + sb) / 2)
+
+
+class _Ok(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def tiny_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("driver", ["python", "wrk"])
+def test_throughput_drivers_count_requests(tiny_server: str, driver: str) -> None:
+    if driver == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    result = drive(driver, tiny_server, "GET", ["/a", "/b"], None, 1.0, 2)
+    assert result["driver"] == driver and result["requests"] > 0
+    assert result["non_2xx"] == 0 and result["errors"] == 0 and result["per_s"] > 0
+    assert 0 <= result["p50_ms"] <= result["p99_ms"]

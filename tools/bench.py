@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Benchmark: Model Manager against programs talking to Ollama directly, in one run.
+
+    python3 tools/bench.py                 # full run, about 10 minutes on 2 cores
+    python3 tools/bench.py --quick         # smoke run (< 45 s): small counts, time scale 0.1
+    python3 tools/bench.py --json          # machine-readable output instead of tables
+    options: --time-scale X --seed N --direct-cap S --only interleaved,warm,service
+             --driver auto|wrk|python --connections N --service-seconds S --rounds N
+             --pending N --modes direct,managed --keep
+
+Every workload runs twice against a fresh simulator (``tools/fake_ollama.py``, an 8 GiB
+GPU with Ollama's defaults: 1 parallel slot, 3 loaded models at most, so the workloads'
+models must swap): **direct**, each job sent straight to the simulator by its own client
+thread at its arrival time (no retries); **managed**, the same jobs submitted to a fresh
+Model Manager (``main.py``, default settings, reading the simulated GPU through fake
+NVML) and polled to completion. Both are subprocesses. Workloads, job counts and the
+lower bound are described in ``tools/bench_workloads.py``; what is measured in
+``tools/bench_run.py``; workload 6 (the service alone) in ``tools/bench_service.py``.
+
+A direct run that has not finished after ``--direct-cap`` seconds (default 150; it would
+take several minutes more, reloading on nearly every model switch) is stopped: its
+makespan is reported as at least the cap, with a linear estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config import Config
+from tools.bench_procs import Procs, Service, Sim, fake_nvml_lib, pct, rnd
+from tools.bench_report import render, targets
+from tools.bench_run import run_direct, run_managed
+from tools.bench_service import measure
+from tools.bench_workloads import Workload, build, lower_bound
+
+WORKLOADS = ("interleaved", "priority", "pressure", "embed_mix", "warm", "service")
+VRAM_MB = 8192
+NUM_PARALLEL = 1
+MAX_LOADED = 3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="short smoke run (under 45 s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    p.add_argument("--time-scale", type=float, help="simulator time scale (1.0; --quick 0.1)")
+    p.add_argument("--seed", type=int, default=7, help="workload seed")
+    p.add_argument("--direct-cap", type=float, help="stop a direct run after S s (150; 15)")
+    p.add_argument("--managed-cap", type=float, help="stop a managed run after S s (300; 30)")
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    p.add_argument("--modes", default="direct,managed", help="run only these modes (debugging)")
+    p.add_argument("--keep", action="store_true", help="keep the process logs (path on stderr)")
+    p.add_argument("--driver", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--connections", type=int, default=16, help="HTTP clients for workload 6")
+    p.add_argument("--service-seconds", type=float, help="seconds per throughput round (2; 1)")
+    p.add_argument("--rounds", type=int, help="rounds per throughput figure, median kept (3; 1)")
+    p.add_argument("--pending", type=int, help="pending jobs for tick and RSS (100000; 10000)")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.time_scale = args.time_scale or (0.1 if q else 1.0)
+    args.direct_cap = args.direct_cap or (15.0 if q else 150.0)
+    args.managed_cap = args.managed_cap or (30.0 if q else 300.0)
+    args.service_seconds = args.service_seconds or (1.0 if q else 2.0)
+    args.rounds = args.rounds or (1 if q else 3)
+    args.pending = args.pending or (10_000 if q else 100_000)
+    if args.driver == "auto":
+        args.driver = "wrk" if shutil.which("wrk") else "python"
+    only = set((args.only or ",".join(WORKLOADS)).split(","))
+    if only - set(WORKLOADS):
+        p.error(f"--only: unknown {', '.join(sorted(only - set(WORKLOADS)))}")
+    args.only = only
+    args.modes = set(args.modes.split(","))
+    return args
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }
+
+
+def run_workload(procs: Procs, wl: Workload, args: argparse.Namespace) -> dict[str, Any]:
+    lb = lower_bound(
+        wl, time_scale=args.time_scale, num_parallel=NUM_PARALLEL, max_loaded=MAX_LOADED
+    )
+    out: dict[str, Any] = {
+        "title": wl.title,
+        "note": wl.note,
+        "jobs": len(wl.jobs),
+        "models": len(wl.models),
+        "lower_bound": {k: rnd(v) if isinstance(v, float) else v for k, v in lb.items()},
+    }
+    out["lower_bound"]["terms"] = {k: rnd(v) for k, v in lb["terms"].items()}
+    for mode in ("direct", "managed"):
+        if mode not in args.modes:
+            out[mode] = _skipped(len(wl.jobs))
+            continue
+        sim = Sim(
+            procs,
+            vram_mb=VRAM_MB,
+            time_scale=args.time_scale,
+            num_parallel=NUM_PARALLEL,
+            max_loaded_models=MAX_LOADED,
+        )
+        try:
+            if mode == "direct":
+                out[mode] = run_direct(wl, sim, args.direct_cap)
+            else:
+                svc = Service(procs, sim)
+                try:
+                    out[mode] = run_managed(wl, svc, sim, args.managed_cap)
+                finally:
+                    svc.stop()
+        finally:
+            sim.stop()
+        _progress(f"{wl.key} {mode}: {_brief(out[mode])}")
+    out["ratios"] = ratios(out, lb["lb_s"], wl.sequential)
+    for mode in ("direct", "managed"):
+        out[mode].pop("_latency_by_job", None)
+    return out
+
+
+def _skipped(jobs: int) -> dict[str, Any]:
+    return {
+        "jobs": jobs,
+        "complete": 0,
+        "failed": 0,
+        "unfinished": jobs,
+        "capped": True,
+        "makespan_s": None,
+        "makespan_estimate_s": None,
+        "loads": 0,
+        "ooms": 0,
+        "crashes": 0,
+        "latency_p50_s": None,
+        "latency_p95_s": None,
+        "latency_by_priority": {},
+        "dispatch_ms": {"n": 0, "p50": None, "p95": None, "p99": None},
+        "errors": {"not run (--modes)": jobs},
+        "load_timeline": [],
+    }
+
+
+def ratios(res: dict[str, Any], lb: float, sequential: bool = False) -> dict[str, Any]:
+    """Managed/direct and each/lower-bound ratios of one workload (None where undefined)."""
+    d, m = res["direct"], res["managed"]
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return rnd(a / b) if a is not None and b else None
+
+    out: dict[str, Any] = {
+        "makespan_managed_over_direct": div(m["makespan_s"], d["makespan_s"]),
+        "direct_capped": d["capped"],
+        "p95_managed_over_direct": div(m["latency_p95_s"], d["latency_p95_s"]),
+        "managed_over_lb": div(m["makespan_s"], lb),
+        "direct_over_lb": div(d["makespan_s"], lb),
+        "direct_estimate_over_lb": div(d["makespan_estimate_s"], lb),
+        "managed_loads_over_models": div(m["loads"], res["models"]),
+        "direct_loads_over_models": div(d["loads"], res["models"]),
+    }
+    for mode, r in (("managed", m), ("direct", d)):
+        prio = r["latency_by_priority"]
+        if "high" in prio and "low" in prio:
+            out[f"{mode}_p95_high_over_low"] = div(prio["high"]["p95_s"], prio["low"]["p95_s"])
+    dl, ml = d.get("_latency_by_job", {}), m.get("_latency_by_job", {})
+    added = [(ml[i] - dl[i]) * 1000.0 for i in ml if i in dl]
+    if added and sequential:  # the same job alone on a warm model, in both modes
+        out["added_latency_ms"] = {"p50": rnd(pct(added, 50)), "p95": rnd(pct(added, 95))}
+    return out
+
+
+def _brief(r: dict[str, Any]) -> str:
+    return (
+        f"{r['complete']}/{r['jobs']} ok, {r['failed']} failed, {r['unfinished']} unfinished, "
+        f"makespan {r['makespan_s']} s, {r['loads']} loads"
+    )
+
+
+def _progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    tmp = Path(tempfile.mkdtemp(prefix="mm-bench-"))
+    procs = Procs(tmp)
+    started = time.monotonic()
+    # the command that reproduces the figures (output-only flags left out)
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--json", "--keep")]
+    command = " ".join(["python3 tools/bench.py", *given])
+    report: dict[str, Any] = {
+        "command": command,
+        "machine": machine(),
+        "settings": {
+            "quick": args.quick,
+            "time_scale": args.time_scale,
+            "seed": args.seed,
+            "vram_mb": VRAM_MB,
+            "num_parallel": NUM_PARALLEL,
+            "max_loaded_models": MAX_LOADED,
+            "direct_cap_s": args.direct_cap,
+            "managed_cap_s": args.managed_cap,
+            "vram_source": "nvml" if fake_nvml_lib() else "budget",
+            "sqlite_synchronous_default": Config.SQLITE_SYNCHRONOUS,
+        },
+        "workloads": {},
+    }
+    try:
+        for wl in build(args.quick, args.time_scale, args.seed):
+            if wl.key in args.only:
+                report["workloads"][wl.key] = run_workload(procs, wl, args)
+        if "service" in args.only:
+            report["service"] = measure(
+                procs,
+                driver=args.driver,
+                seconds=args.service_seconds,
+                rounds=args.rounds,
+                conns=args.connections,
+                pending=args.pending,
+                vram_mb=VRAM_MB,
+            )
+            _progress("service: done")
+        report["targets"] = targets(report)
+        report["elapsed_s"] = rnd(time.monotonic() - started, 1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        procs.close()
+        if args.keep:
+            _progress(f"process logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The workloads of ``tools/bench.py`` (deterministic, seeded) and their lower bounds.
+
+Every workload is a list of :class:`BenchJob` with arrival times in seconds after the
+start. Workloads are written in *simulated* seconds and multiplied by the simulator's
+time scale, so a workload has the same shape at any ``--time-scale``. Each job's text
+starts with ``[bench:<index>]``; the simulator copies that tag into its request log, which
+is how the benchmark learns when each job reached "Ollama".
+
+Lower bound of a workload's makespan (:func:`lower_bound`), with the simulator's own
+durations (``tools.fake_ollama.load_seconds`` / ``generate_seconds`` / ``embed_seconds``):
+``s_j`` is job j's time on a runner slot, ``w_m`` the sum of ``s_j`` over model m, ``l_m``
+the load time of m, ``P_m`` its parallel slots (1 for embedding models), ``K`` the most
+models Ollama holds at once (``OLLAMA_MAX_LOADED_MODELS``). It is the largest of:
+
+- ``loads``: ``sum(l_m) + min(w_m / P_m)``: Ollama loads one model at a time, each model
+  at least once, and the model whose first load ends last still has all its work to do;
+- ``per_model``: ``max(l_m + w_m / P_m)``: a model runs its jobs only once loaded;
+- ``slots``: ``min(l_m) + sum(w_m / P_m) / K``: nothing runs before the first load ends,
+  then at most ``K`` models work at once, each on its ``P_m`` slots;
+- ``seats``: ``sum(l_m + w_m / P_m) / K``: a model holds one of Ollama's ``K`` runner
+  seats from the start of its load (a loading runner counts as loaded) to its last job,
+  so the seats are busy for at least the sum of every model's load and work;
+- ``arrivals``: ``max(a_j + s_j)``: no job ends before it arrives plus its own work;
+- ``serial`` (closed-loop workloads, one job at a time on a warm model): ``sum(s_j)``.
+
+Evictions, the VRAM release lag after an unload and HTTP time count as zero, so the bound
+is optimistic: nothing can beat it, and a scheduler may come close only by overlapping
+loads with work and keeping every slot busy.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tools.fake_ollama import CATALOG, embed_seconds, generate_seconds, load_seconds
+
+#: The interleaved burst's eight models (the seed's text models); about 3 fit at once.
+TEXT_MODELS = (
+    "smollm:360m",
+    "qwen2.5:0.5b",
+    "tinyllama:1.1b",
+    "smollm:1.7b",
+    "llama3.2:1b",
+    "gemma:2b",
+    "qwen2.5:1.5b",
+    "phi3:mini",
+)
+EMBED_MODELS = ("nomic-embed-text:latest", "all-minilm:latest")
+_WORDS = (  # noqa: SIM905 - a sentence is easier to read than 33 quoted words
+    "gpu memory model queue batch token prompt answer latency cache layer weight scheduler "
+    "request result vector cluster metric report summary quality review dataset sample "
+    "label score river mountain forest city market energy signal"
+).split()
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """One job: sent straight to Ollama (direct) or submitted to Model Manager (managed)."""
+
+    idx: int
+    at: float  # arrival, seconds after the start (already time-scaled)
+    model: str
+    kind: str  # "generate" or "embed"
+    priority: str  # "high", "normal" or "low"
+    text: str  # the prompt, or the first embedding input
+    extra_inputs: tuple[str, ...] = ()
+    num_predict: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return str(self.idx)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.text, *self.extra_inputs]
+
+    def direct_request(self) -> tuple[str, bytes]:
+        """(path, body) of the request a program sends to Ollama itself."""
+        body: dict[str, Any] = {"model": self.model, "stream": False}
+        if self.kind == "embed":
+            body["input"] = self.inputs if self.extra_inputs else self.text
+            return "/api/embed", _encode(body)
+        body["prompt"] = self.text
+        if self.num_predict is not None:
+            body["options"] = {"num_predict": self.num_predict}
+        return "/api/generate", _encode(body)
+
+    def submission(self) -> dict[str, Any]:
+        """The same job as a Model Manager submission."""
+        body: dict[str, Any] = {"model": self.model, "priority": self.priority}
+        if self.kind == "embed":
+            body["input"] = self.inputs if self.extra_inputs else self.text
+        else:
+            body["prompt"] = self.text
+            if self.num_predict is not None:
+                body["options"] = {"num_predict": self.num_predict}
+        return body
+
+    def seconds(self, time_scale: float) -> float:
+        """Time on a runner slot in the simulator (no queueing, no load)."""
+        if self.kind == "embed":
+            return embed_seconds(self.model, self.inputs, time_scale)
+        return generate_seconds(
+            self.model, self.text, num_predict=self.num_predict, time_scale=time_scale
+        )
+
+
+@dataclass
+class Workload:
+    key: str
+    title: str
+    note: str
+    jobs: list[BenchJob]
+    #: another program's GPU memory: (start, end, target MiB) windows, time-scaled seconds
+    pressure: list[tuple[float, float, int]] = field(default_factory=list)
+    #: closed loop: one job at a time, each sent when the previous one ended
+    sequential: bool = False
+    #: a model warmed up (loaded by one untimed job) before the timed jobs
+    warm_model: str | None = None
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({j.model for j in self.jobs})
+
+    @property
+    def arrival_span(self) -> float:
+        return max((j.at for j in self.jobs), default=0.0)
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _sentence(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def _prompt(rng: random.Random, idx: int) -> str:
+    return f"[bench:{idx}] Write about {_sentence(rng, 6, 14)}."
+
+
+def _ping(rng: random.Random, idx: int) -> str:
+    return f"[bench:{idx}] ping {rng.choice(_WORDS)}"
+
+
+def _mean_seconds(model: str, seed: int) -> float:
+    rng = random.Random(seed)
+    samples = [generate_seconds(model, _prompt(rng, 10_000 + i)) for i in range(64)]
+    return sum(samples) / len(samples)
+
+
+# ---------------------------------------------------------------------------- workloads
+
+
+def interleaved(per_model: int, scale: float, seed: int) -> Workload:
+    """A burst of generate jobs over 8 models, all at once, in round-robin order."""
+    rng = random.Random(seed)
+    jobs = []
+    for i in range(per_model * len(TEXT_MODELS)):
+        model = TEXT_MODELS[i % len(TEXT_MODELS)]
+        jobs.append(BenchJob(i, 0.0, model, "generate", "normal", _prompt(rng, i)))
+    return Workload(
+        "interleaved",
+        "1. interleaved burst",
+        f"{len(jobs)} generate jobs over {len(TEXT_MODELS)} models, all at t=0, round-robin",
+        jobs,
+    )
+
+
+def priority_mix(duration: float, scale: float, seed: int, overload: float = 1.25) -> Workload:
+    """Low-priority background on 3 models at ``overload`` x each one's capacity (so a
+    backlog builds: priorities matter only under contention) plus a high-priority job every 3 s,
+    alternating between 2 other models."""
+    rng = random.Random(seed)
+    background = ("qwen2.5:0.5b", "llama3.2:1b", "tinyllama:1.1b")
+    foreground = ("gemma:2b", "qwen2.5:1.5b")
+    rates = [1.0 / _mean_seconds(m, seed) for m in background]  # jobs/s, 1 slot each
+    gap = 1.0 / (sum(rates) * overload)
+    arrivals: list[tuple[float, str, str]] = []
+    t = 0.0
+    while t < duration:  # each model gets jobs in proportion to its capacity
+        arrivals.append((t, rng.choices(background, weights=rates)[0], "low"))
+        t += gap * rng.uniform(0.8, 1.2)
+    t, n = 3.0, 0
+    while t < duration:
+        arrivals.append((t, foreground[n % len(foreground)], "high"))
+        t += 3.0
+        n += 1
+    arrivals.sort()
+    jobs = [
+        BenchJob(i, at * scale, model, "generate", prio, _prompt(rng, i))
+        for i, (at, model, prio) in enumerate(arrivals)
+    ]
+    lows = sum(1 for j in jobs if j.priority == "low")
+    return Workload(
+        "priority",
+        "2. priority mix",
+        f"{lows} low-priority jobs on 3 models at {overload:g}x their capacity for "
+        f"{duration:g} s, plus {len(jobs) - lows} high-priority jobs (one per 3 s) "
+        "for 2 other models",
+        jobs,
+    )
+
+
+def outside_pressure(duration: float, scale: float, seed: int, rate: float = 2.0) -> Workload:
+    """4 models round-robin at ``rate`` jobs/s while another program takes up to 3 GiB of
+    GPU memory (whatever is free, topping up as memory frees) in two windows."""
+    rng = random.Random(seed)
+    models = ("llama3.2:1b", "qwen2.5:1.5b", "smollm:1.7b", "gemma:2b")
+    count = int(duration * rate)
+    jobs = [
+        BenchJob(i, i / rate * scale, models[i % 4], "generate", "normal", _prompt(rng, i))
+        for i in range(count)
+    ]
+    windows = [(0.17, 0.43), (0.57, 0.83)]
+    pressure = [(a * duration * scale, b * duration * scale, 3072) for a, b in windows]
+    return Workload(
+        "pressure",
+        "3. outside pressure",
+        f"{count} generate jobs over 4 models at {rate:g}/s; another program holds up to "
+        "3 GiB (all it can get) during 2 windows covering half the run",
+        jobs,
+        pressure=pressure,
+    )
+
+
+def embed_mix(bursts: int, per_burst: int, scale: float, seed: int) -> Workload:
+    """Bursts every 5 s of jobs from 3 programs: one embedding model, two generate models."""
+    rng = random.Random(seed)
+    generators = ("smollm:360m", "qwen2.5:0.5b", "llama3.2:1b", "gemma:2b")
+    jobs: list[BenchJob] = []
+    for b in range(bursts):
+        programs = [rng.choice(EMBED_MODELS), *rng.sample(generators, 2)]
+        for k in range(per_burst):
+            model = programs[k % 3]
+            at = (b * 5.0 + rng.uniform(0.0, 0.3)) * scale
+            i = len(jobs)
+            if model in EMBED_MODELS:
+                chunks = tuple(_sentence(rng, 20, 40) for _ in range(7))
+                job = BenchJob(i, at, model, "embed", "normal", f"[bench:{i}] {chunks[0]}", chunks)
+            else:
+                job = BenchJob(i, at, model, "generate", "normal", _prompt(rng, i))
+            jobs.append(job)
+    jobs.sort(key=lambda j: (j.at, j.idx))
+    n_embed = sum(1 for j in jobs if j.kind == "embed")
+    return Workload(
+        "embed_mix",
+        "4. embed + generate, bursty",
+        f"{bursts} bursts (one per 5 s) of {per_burst} jobs from 3 programs (an embedding "
+        f"model and two text models, of {len(EMBED_MODELS) + len(generators)}); "
+        f"{n_embed} embed jobs of 8 inputs",
+        jobs,
+    )
+
+
+def warm(count: int, scale: float, seed: int) -> Workload:
+    """One warm model, many tiny jobs (1 token), one at a time: the per-job overhead."""
+    rng = random.Random(seed)
+    model = "smollm:360m"
+    jobs = [
+        BenchJob(i, 0.0, model, "generate", "normal", _ping(rng, i), (), 1) for i in range(count)
+    ]
+    return Workload(
+        "warm",
+        "5. warm model, small jobs",
+        f"{count} one-token generate jobs on a loaded {model}, one at a time (closed loop)",
+        jobs,
+        sequential=True,
+        warm_model=model,
+    )
+
+
+def build(quick: bool, scale: float, seed: int) -> list[Workload]:
+    """The five job workloads (the sixth, the service alone, is in bench_service.py)."""
+    if quick:
+        return [
+            interleaved(4, scale, seed),
+            priority_mix(8.0, scale, seed + 1),
+            outside_pressure(8.0, scale, seed + 2),
+            embed_mix(2, 12, scale, seed + 3),
+            warm(40, scale, seed + 4),
+        ]
+    return [
+        interleaved(30, scale, seed),
+        priority_mix(24.0, scale, seed + 1),
+        outside_pressure(30.0, scale, seed + 2),
+        embed_mix(6, 30, scale, seed + 3),
+        warm(300, scale, seed + 4),
+    ]
+
+
+# ------------------------------------------------------------------------- lower bound
+
+
+def lower_bound(
+    wl: Workload, *, time_scale: float, num_parallel: int, max_loaded: int
+) -> dict[str, Any]:
+    """The makespan no scheduler can beat (see the module docstring); seconds."""
+    seconds = {j.idx: j.seconds(time_scale) for j in wl.jobs}
+    if wl.sequential:
+        serial = sum(seconds.values())
+        return {"lb_s": serial, "binding": "serial", "terms": {"serial": serial}}
+    work: dict[str, float] = defaultdict(float)
+    for j in wl.jobs:
+        slots = 1 if CATALOG[j.model].is_embedding else num_parallel
+        work[j.model] += seconds[j.idx] / slots
+    loads = {m: load_seconds(m, num_parallel, time_scale) for m in work}
+    terms = {
+        "loads": sum(loads.values()) + min(work.values()),
+        "per_model": max(loads[m] + work[m] for m in work),
+        "slots": min(loads.values()) + sum(work.values()) / max_loaded,
+        "seats": sum(loads[m] + work[m] for m in work) / max_loaded,
+        "arrivals": max(j.at + seconds[j.idx] for j in wl.jobs),
+    }
+    binding = max(terms, key=lambda k: terms[k])
+    return {"lb_s": terms[binding], "binding": binding, "terms": terms}
