@@ -80,6 +80,8 @@ class ExecutionEngine:
         self._load_failures: Counter[str] = Counter()
         self._load_blocked_until: dict[str, float] = {}
         self._pulling: set[str] = set()
+        self._unload_failures: Counter[str] = Counter()
+        self._unload_blocked_until: dict[str, float] = {}
         self._memory_ops = 0  # loads/unloads under way (an NVML delta is exact only alone)
         self.counters: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(config.ENGINE_THREADS, thread_name_prefix="job")
@@ -265,6 +267,8 @@ class ExecutionEngine:
             state = self._models.get(model)
             if state is None or state.residency is not Residency.READY or state.in_flight:
                 return
+            if self._unload_blocked_until.get(model, 0.0) > self._clock():
+                return  # the last unload failed: wait out its backoff
             state.residency = Residency.UNLOADING
             self._memory_ops += 1
             self.counters["unloads"] += 1
@@ -275,22 +279,45 @@ class ExecutionEngine:
         self._side.submit(self._do_unload, model)
 
     def _do_unload(self, model: str, deadline_s: float = 60.0) -> None:
+        """Ask Ollama to unload; the model counts as gone only once /api/ps drops it."""
+        gone, why = False, "still listed in /api/ps"
         try:
             self.client.unload(model)
             # Ollama answers at once; the model leaves /api/ps once really unloaded.
             deadline = time.monotonic() + deadline_s
             while time.monotonic() < deadline:
                 if all(m.name != model for m in self.client.ps()):
+                    gone = True
                     break
                 time.sleep(0.02)  # polling Ollama, not waiting in a test
+        except ModelNotFound:
+            gone = True  # deleted from Ollama: nothing left to unload
         except OllamaError as exc:
-            log.warning("unload of %s: %s", model, escape(exc.message))
+            why = exc.message
         now = self._clock()
         with self._lock:
             self._memory_ops -= 1
-            self._models.pop(model, None)
-            self._gone_at[model] = now
-        log.info("unloaded %s", model)
+            if gone:
+                self._models.pop(model, None)
+                self._gone_at[model] = now
+                self._unload_failures.pop(model, None)
+            else:
+                state = self._models.get(model)
+                if state is not None:  # still loaded: manage it again, retry later
+                    state.residency = Residency.READY
+                    state.last_used = now
+                self._unload_failures[model] += 1
+                delay = backoff_delay(
+                    self._unload_failures[model],
+                    self.config.RETRY_BASE_SECONDS,
+                    self.config.RETRY_MAX_SECONDS,
+                    self._rng,
+                )
+                self._unload_blocked_until[model] = now + max(delay, 0.1)
+        if gone:
+            log.info("unloaded %s", model)
+        else:
+            log.warning("unload of %s failed (%s); it stays loaded", model, escape(why))
         self._stale()
         self._wake()
 

@@ -249,3 +249,24 @@ def test_log_never_holds_prompts_and_user_text_cannot_forge_lines(
     lines = text.splitlines()
     assert lines and all(line.startswith("[") and "] [" in line for line in lines)
     assert any(f"job {body['job_id']} complete" in line for line in lines)
+
+
+def test_failed_unload_keeps_the_model_managed_and_is_retried_with_backoff(
+    sim: Any, make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelmanager.ENGINE")
+    svc: Service = make_service(sim, MODEL_KEEP_ALIVE=0.2)
+    sim.set_gate(True)
+    job = svc.submit(model=MODEL, prompt="hold")
+    wait_until(lambda: svc.job(job)["status"] == "running")
+    sim.inject_fault(count=2, endpoint="/api/generate", status=500, error="unload refused")
+    sim.set_gate(False)
+    svc.wait_done([job])
+    wait_until(lambda: MODEL not in sim.loaded_models(), timeout=20)  # third try succeeds
+    generate_calls = sim.stats()["requests_by_endpoint"]["/api/generate"]
+    assert generate_calls <= 1 + 3 + 1  # the job, three unload tries (and a spare)
+    wait_until(lambda: MODEL not in svc.manager.engine.views())
+    assert svc.manager.engine.counters_snapshot()["unloads"] == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m == f"unloaded {MODEL}" for m in messages) == 1  # only the real one
+    assert sum("stays loaded" in m for m in messages) == 2
