@@ -57,6 +57,24 @@ def normalize(name: str) -> str:
     return name if ":" in last else f"{name}:latest"
 
 
+CONTEXT_ALLOWANCE = 512 * MIB  # a runner's CUDA context: in NVML, not in size_vram
+
+
+def plausible_footprint(ps_vram: int | None, nvml_delta: int | None) -> int | None:
+    """What a loaded model takes as NVML sees it.
+
+    The NVML delta of a load includes the runner's CUDA context, which ``size_vram`` lacks,
+    but it is polluted by memory other programs take or free meanwhile and by an evicted
+    model's memory that Ollama releases late. So it is trusted only within
+    [size_vram, size_vram x 1.25 + a context]; otherwise ``size_vram`` is used.
+    """
+    if not ps_vram:
+        return nvml_delta if nvml_delta and nvml_delta > 0 else None
+    if nvml_delta and ps_vram <= nvml_delta <= ps_vram * 1.25 + CONTEXT_ALLOWANCE:
+        return nvml_delta
+    return ps_vram
+
+
 @dataclass
 class ModelInfo:
     name: str
@@ -172,7 +190,7 @@ class ModelRegistry:
         """Record a finished load. The NVML delta (when no other load overlapped) is what
         the planner compares with NVML free memory, so it wins over ``size_vram``."""
         name = normalize(model)
-        vram = nvml_delta_bytes if nvml_delta_bytes and nvml_delta_bytes > 0 else ps_vram_bytes
+        vram = plausible_footprint(ps_vram_bytes, nvml_delta_bytes)
         with self._lock:
             entry = self._learned.setdefault(name, {"loads": 0})
             if vram:

@@ -9,9 +9,17 @@ from typing import Any
 import pytest
 
 from modelmanager.errors import BackendUnavailable
-from modelmanager.model_registry import CATALOG, OOM_GROWTH, ModelRegistry, normalize
-from modelmanager.models import GIB
+from modelmanager.model_registry import (
+    CATALOG,
+    OOM_GROWTH,
+    ModelRegistry,
+    normalize,
+    plausible_footprint,
+)
+from modelmanager.models import GIB, MIB
 from modelmanager.store import Store
+
+MB = MIB
 
 MULTIPLIER = 1.3
 
@@ -229,3 +237,20 @@ def test_registry_known_models_lists_catalog_learned_and_installed(
     assert set(CATALOG) <= set(known)
     assert {"custom:3b", "mystery:7b", "embedder:latest"} <= set(known)
     assert known == sorted(known)
+
+
+@pytest.mark.parametrize(
+    ("ps_vram", "delta", "expected"),
+    [
+        (1_500 * MB, 1_750 * MB, 1_750 * MB),  # size_vram + a CUDA context: trusted
+        (1_500 * MB, 133 * MB, 1_500 * MB),  # an evicted model's memory came back meanwhile
+        (2_400 * MB, 5_468 * MB, 2_400 * MB),  # another program grew during the load
+        (1_500 * MB, None, 1_500 * MB),  # the load overlapped another one: no delta
+        (None, 900 * MB, 900 * MB),  # no /api/ps figure: the delta is all there is
+        (None, None, None),
+    ],
+)
+def test_registry_trusts_the_nvml_delta_only_when_plausible(
+    ps_vram: int | None, delta: int | None, expected: int | None
+) -> None:
+    assert plausible_footprint(ps_vram, delta) == expected
