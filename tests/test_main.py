@@ -65,7 +65,7 @@ def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
-        assert "Model Manager listening on" in out
+        assert f"Model Manager listening on http://127.0.0.1:{port}" in out  # default host
         log = (tmp_path / "mm.log").read_text()
         assert "[SYSTEM] Model Manager started" in log and f"job {job} complete" in log
     finally:
