@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -138,8 +138,8 @@ class Service:
     url: str
     manager: Any
     server: Any
-    thread: threading.Thread
     session: requests.Session
+    thread: threading.Thread | None = None
 
     def submit(self, **job: Any) -> str:
         r = self.session.post(f"{self.url}/api/submit", json=job, timeout=10)
@@ -165,9 +165,23 @@ class Service:
         wait_until(all_done, timeout, interval=0.02)
         return done
 
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def serve(self) -> None:
+        """The HTTP loop (in ``thread``). Closing waitress from another thread can make its
+        select() see a closed descriptor; that is the expected end of a stop, nothing else."""
+        try:
+            self.server.run()
+        except OSError:
+            if not self.stopping.is_set():
+                raise
+
     def stop(self) -> None:
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
         self.manager.stop(timeout=5.0)
-        self.server.close()
+        self.server.close()  # its daemon thread may linger in select(); serve() covers it
         self.session.close()
 
 
@@ -200,9 +214,9 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         manager = Manager(config, gpu=NvmlGpuSource() if nvml else None).start()
         server = create_server(create_app(manager.api, config), host="127.0.0.1", port=0)
         port = server.getsockname()[1]
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        service = Service(f"http://127.0.0.1:{port}", manager, server, thread, requests.Session())
+        service = Service(f"http://127.0.0.1:{port}", manager, server, requests.Session())
+        service.thread = threading.Thread(target=service.serve, daemon=True)
+        service.thread.start()
         started.append(service)
         return service
 
