@@ -185,13 +185,25 @@ class Service:
         self.session.close()
 
 
+def serve_manager(manager: Any, config: Any) -> Service:
+    """Serve a started Manager's HTTP API on 127.0.0.1 (a free port) in a daemon thread."""
+    from waitress import create_server
+
+    from modelmanager.http_api import create_app
+
+    server = create_server(create_app(manager.api, config), host="127.0.0.1", port=0)
+    port = server.getsockname()[1]
+    service = Service(f"http://127.0.0.1:{port}", manager, server, requests.Session())
+    service.thread = threading.Thread(target=service.serve, daemon=True)
+    service.thread.start()
+    return service
+
+
 @pytest.fixture
 def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Factory: ``make_service(sim, **config)`` starts a service against ``sim``."""
-    from waitress import create_server
 
     from config import Config
-    from modelmanager.http_api import create_app
     from modelmanager.manager import Manager
     from modelmanager.resource_monitor import NvmlGpuSource
 
@@ -212,11 +224,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         settings.update(overrides)
         config = Config.load(environ={}, overrides=settings)
         manager = Manager(config, gpu=NvmlGpuSource() if nvml else None).start()
-        server = create_server(create_app(manager.api, config), host="127.0.0.1", port=0)
-        port = server.getsockname()[1]
-        service = Service(f"http://127.0.0.1:{port}", manager, server, requests.Session())
-        service.thread = threading.Thread(target=service.serve, daemon=True)
-        service.thread.start()
+        service = serve_manager(manager, config)
         started.append(service)
         return service
 

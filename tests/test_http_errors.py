@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from waitress import create_server
 
 from config import Config
 from modelmanager.api import MAX_BATCH, MAX_LIST
@@ -34,7 +32,7 @@ from modelmanager.validation import (
     MAX_NUM_CTX,
     MAX_TEXT_BYTES,
 )
-from tests.conftest import Service
+from tests.conftest import Service, serve_manager
 from tools.fake_ollama import FakeOllama
 
 MODEL = "qwen2.5:0.5b"
@@ -57,13 +55,7 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             "SQLITE_SYNCHRONOUS": "NORMAL",
         },
     )
-    manager = Manager(config).start()
-    server = create_server(create_app(manager.api, config), host="127.0.0.1", port=0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    service = Service(
-        f"http://127.0.0.1:{server.getsockname()[1]}", manager, server, thread, requests.Session()
-    )
+    service = serve_manager(Manager(config).start(), config)
     try:
         yield service
     finally:
