@@ -24,10 +24,6 @@ class ConfigError(ModelManagerError):
     """A setting has a bad value; the message names the setting and the value."""
 
 
-class InvalidTransition(ModelManagerError):
-    """A job status change that the lifecycle table does not allow."""
-
-
 class DataDirLocked(ModelManagerError):
     """Another Model Manager instance already uses this data directory."""
 

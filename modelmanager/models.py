@@ -10,8 +10,6 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidTransition
-
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -45,12 +43,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset({JobStatus.PENDING}),
     JobStatus.CANCELLED: frozenset(),
 }
-
-
-def check_transition(old: JobStatus, new: JobStatus) -> None:
-    """Raise :class:`InvalidTransition` unless ``old -> new`` is in :data:`TRANSITIONS`."""
-    if new not in TRANSITIONS[old]:
-        raise InvalidTransition(f"job cannot go from {old.value} to {new.value}")
 
 
 class Priority(enum.StrEnum):
@@ -148,6 +140,3 @@ class ResourceSnapshot:
     loaded: tuple[LoadedModel, ...] = ()
     backend_up: bool = True
     backend_error: str | None = None
-
-    def loaded_names(self) -> frozenset[str]:
-        return frozenset(m.name for m in self.loaded)

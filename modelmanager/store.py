@@ -242,13 +242,6 @@ class Store:
         rows = self._read(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(rows[0]) if rows else None
 
-    def get_many(self, job_ids: list[str]) -> list[Job]:
-        if not job_ids:
-            return []
-        marks = ",".join("?" * len(job_ids))
-        rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", job_ids)
-        return [_row_to_job(r) for r in rows]
-
     def list_jobs(
         self, *, status: str | None = None, model: str | None = None, limit: int = 100
     ) -> list[Job]:
@@ -270,12 +263,6 @@ class Store:
     def counts_by_status(self) -> dict[str, int]:
         rows = self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         return {status: n for status, n in rows}
-
-    def unfinished_count(self) -> int:
-        rows = self._read(
-            "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','queued','running')"
-        )
-        return int(rows[0][0])
 
     def waiting_jobs(self) -> list[tuple[str, str, str, int, float, float]]:
         """(id, model, priority, seq, submitted_at, not_before) of every pending job."""
