@@ -171,10 +171,11 @@ class ExecutionEngine:
             self._load_failed(model, size, OllamaError(str(exc)))
             return
         seconds = time.monotonic() - t0
-        ps_vram = self._ps_vram(model)
         with self._lock:
             alone = self._memory_ops == 1
-        after = self._used_bytes()
+        snap = self.monitor.snapshot()  # one read gives both size_vram and NVML used
+        ps_vram = next((m.vram_bytes for m in snap.loaded if m.name == model), None)
+        after = snap.used_bytes if snap.source == "nvml" else None
         delta = after - before if alone and before is not None and after is not None else None
         learned = self.registry.learn_load(
             model, ps_vram_bytes=ps_vram, nvml_delta_bytes=delta, load_seconds=seconds
@@ -218,15 +219,6 @@ class ExecutionEngine:
             self.fail_model(model, f"loading {model} failed: {exc.message}", exc.code)
         self._stale()
         self._wake()
-
-    def _ps_vram(self, model: str) -> int | None:
-        try:
-            for m in self.client.ps():
-                if m.name == model:
-                    return m.vram_bytes
-        except OllamaError:
-            pass
-        return None
 
     def _used_bytes(self) -> int | None:
         snap = self.monitor.snapshot()
