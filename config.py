@@ -42,7 +42,9 @@ class Config:
         300.0, "Seconds an idle model stays loaded before the manager unloads it.", minimum=0
     )
     MAX_CONCURRENT_PER_MODEL: int = _setting(
-        20, "Jobs in flight to Ollama at once for one model.", minimum=1
+        20,
+        "Most jobs in flight to Ollama at once for one model (also capped by OLLAMA_NUM_PARALLEL).",
+        minimum=1,
     )
     QUEUE_MAX_SIZE: int = _setting(
         1000, "Unfinished jobs accepted at once; beyond it submit answers 429.", minimum=1
@@ -58,11 +60,20 @@ class Config:
     OLLAMA_MAX_LOADED_MODELS: int = _setting(
         3, "Models Ollama keeps loaded at once (its OLLAMA_MAX_LOADED_MODELS).", minimum=1
     )
+    OLLAMA_NUM_PARALLEL: int = _setting(
+        1,
+        "Requests Ollama runs at once per model (its OLLAMA_NUM_PARALLEL; embedding "
+        "models 1); the manager sends one more, so waiting jobs stay in its priority queue.",
+        minimum=1,
+    )
     AGING_SECONDS: float = _setting(
         60.0, "A waiting job gains one priority level per this many seconds.", minimum=0.001
     )
     MIN_RESIDENCY: float = _setting(
-        10.0, "Seconds a loaded model with waiting jobs is kept before eviction.", minimum=0
+        10.0,
+        "Seconds a loaded model with waiting jobs is kept before a higher-priority group "
+        "may evict it, unless it already finished a job.",
+        minimum=0,
     )
     MAX_ATTEMPTS: int = _setting(3, "Tries per job before it fails (crashes count).", minimum=1)
     RETRY_BASE_SECONDS: float = _setting(

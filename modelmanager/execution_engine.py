@@ -41,7 +41,9 @@ class _ModelState:
     size_bytes: int
     loaded_at: float
     last_used: float
+    slots: int  # requests Ollama runs at once for this model
     in_flight: int = 0
+    jobs_done: int = 0  # jobs finished since it became ready
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -97,7 +99,14 @@ class ExecutionEngine:
         with self._lock:
             return {
                 name: ModelView(
-                    name, s.residency, s.in_flight, s.loaded_at, s.last_used, s.size_bytes
+                    name,
+                    s.residency,
+                    s.in_flight,
+                    s.loaded_at,
+                    s.last_used,
+                    s.size_bytes,
+                    s.slots,
+                    s.jobs_done,
                 )
                 for name, s in self._models.items()
             }
@@ -136,8 +145,12 @@ class ExecutionEngine:
                     continue
                 size = max(m.vram_bytes, self.registry.estimate(name) or 0)
                 now = self._clock()
-                self._models[name] = _ModelState(Residency.READY, size, now, now)
+                self._models[name] = _ModelState(Residency.READY, size, now, now, self.slots(name))
                 log.info("%s found loaded in Ollama (%d MB); managing it", name, size // MIB)
+
+    def slots(self, model: str) -> int:
+        """Ollama's parallel requests for a model: OLLAMA_NUM_PARALLEL, 1 for embedders."""
+        return 1 if self.registry.info(model).is_embedding else self.config.OLLAMA_NUM_PARALLEL
 
     # ----------------------------------------------------------------------- loads
 
@@ -147,7 +160,7 @@ class ExecutionEngine:
         with self._lock:
             if model in self._models or self._closed:
                 return
-            self._models[model] = _ModelState(Residency.LOADING, size, now, now)
+            self._models[model] = _ModelState(Residency.LOADING, size, now, now, self.slots(model))
             self._memory_ops += 1
         self.store.mark_queued(model)
         self._side.submit(self._do_load, model, size)
@@ -180,6 +193,12 @@ class ExecutionEngine:
         learned = self.registry.learn_load(
             model, ps_vram_bytes=ps_vram, nvml_delta_bytes=delta, load_seconds=seconds
         )
+        if ps_vram is None and snap.backend_up and not learned:
+            # Loaded, yet already gone from /api/ps: Ollama evicted it again at once, to
+            # reload a model it had dropped to fit this one. The estimate was too low.
+            learned = self.registry.raise_estimate(
+                model, at_least=int(size * 1.25), why="Ollama dropped it right after loading it"
+            )
         now = self._clock()
         with self._lock:
             self._memory_ops -= 1
@@ -366,6 +385,7 @@ class ExecutionEngine:
         )
 
     def _run(self, job: Job) -> None:
+        done = False
         try:
             try:
                 res = self._call(job)
@@ -384,6 +404,8 @@ class ExecutionEngine:
                 "eval_count": res.eval_count,
                 "eval_duration": res.eval_duration_ns,
             }
+            self.registry.learn_job(job.model, (res.total_duration_ns - res.load_duration_ns) / 1e9)
+            done = True
             if self.store.complete(job.id, job.attempts, result, timings, self._clock()):
                 self.count("completed")
                 log.info("job %s complete (%s, %d tokens)", job.id, job.model, res.eval_count)
@@ -395,6 +417,7 @@ class ExecutionEngine:
                 state = self._models.get(job.model)
                 if state is not None:
                     state.in_flight = max(0, state.in_flight - 1)
+                    state.jobs_done += done
                     state.last_used = now
             self._wake()
 

@@ -26,7 +26,7 @@ from .logger import escape, get_logger
 from .model_registry import ModelRegistry
 from .models import ResourceSnapshot
 from .ollama_client import OllamaClient
-from .queue_manager import QueueManager
+from .queue_manager import ModelDemand, QueueManager
 from .resource_monitor import NvmlGpuSource, ResourceMonitor
 from .store import Store
 from .vram_scheduler import PlannerSettings, plan
@@ -228,7 +228,8 @@ class Manager:
         blocked = self.engine.load_blocked(now)
         demand = [d for d in demand if d.model in views or d.model not in blocked]
         estimates = self._estimates([d.model for d in demand if d.model not in views])
-        result = plan(demand, views, snap, estimates, self.settings, now)
+        work = {m: self._queued_work(d) for d in demand if (m := d.model) in estimates}
+        result = plan(demand, views, snap, estimates, self.settings, now, work)
         for model, reason in result.fail:
             self.engine.fail_model(model, reason, "MODEL_TOO_LARGE")
         for model, reason in result.unloads:
@@ -238,6 +239,11 @@ class Manager:
         for model, n in result.dispatch.items():
             self.engine.dispatch(model, n, now)
         self._log_waiting(result.waiting_for_memory, snap)
+
+    def _queued_work(self, d: ModelDemand) -> float:
+        """Estimated seconds the waiting jobs of a model keep its runner busy."""
+        slots = self.engine.slots(d.model)
+        return d.waiting * self.registry.job_seconds(d.model) / slots
 
     def _estimates(self, models: list[str]) -> dict[str, int | None]:
         """VRAM estimates of models that wait to be loaded; fails jobs of absent models."""

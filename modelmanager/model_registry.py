@@ -6,11 +6,18 @@ Estimate of the VRAM a model takes once loaded, as NVML sees it, best source fir
 2. the built-in catalog (the seed's 10 small models);
 3. the on-disk size Ollama reports in ``/api/tags`` x ``VRAM_ESTIMATION_MULTIPLIER``.
 
+Seconds a job takes on a runner slot, per model (:meth:`job_seconds`), for ranking
+groups by their queued work: a moving average of Ollama's own durations of finished jobs
+(kept in memory only); before a model has one, its VRAM estimate at the seconds per GiB
+the models that have one show (median), or ``PRIOR_SECONDS_PER_GIB``: bigger models are
+slower per token.
+
 Thread safety: one lock; ``refresh_tags`` does HTTP and is called off the request path.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +26,7 @@ from typing import Any
 
 from .errors import OllamaError
 from .logger import get_logger
-from .models import MIB
+from .models import GIB, MIB
 from .store import Store
 
 log = get_logger("REGISTRY")
@@ -48,6 +55,8 @@ CATALOG: dict[str, CatalogEntry] = {
 }
 
 OOM_GROWTH = 1.25  # an out-of-memory answer raises the estimate by this factor
+PRIOR_SECONDS_PER_GIB = 1.0  # job seconds per GiB of model before any job finished
+JOB_SECONDS_WEIGHT = 0.2  # weight of the newest job in the moving average
 
 
 def normalize(name: str) -> str:
@@ -109,6 +118,7 @@ class ModelRegistry:
         self._tags_ttl = tags_ttl
         self._lock = threading.Lock()
         self._learned = store.load_model_stats()
+        self._job_seconds: dict[str, float] = {}
         self._installed: dict[str, dict[str, Any]] | None = None
         self._tags_at = -1e18
 
@@ -207,16 +217,45 @@ class ModelRegistry:
             now=self._clock(),
             count_load=True,
         )
-        log.info(
-            "learned %s: %s MB VRAM (%s), load %.2fs",
-            name,
-            (vram or 0) // MIB,
-            "nvml delta" if vram == nvml_delta_bytes else "api/ps",
-            load_seconds,
-        )
+        if vram:
+            source = "nvml delta" if vram == nvml_delta_bytes else "api/ps"
+            log.info(
+                "learned %s: %d MB VRAM (%s), load %.2fs", name, vram // MIB, source, load_seconds
+            )
+        else:
+            log.info("learned %s: load %.2fs (no VRAM figure to trust)", name, load_seconds)
         return vram
 
-    def raise_estimate(self, model: str, *, at_least: int | None = None) -> int | None:
+    def learn_job(self, model: str, seconds: float) -> None:
+        """Record how long a finished job ran on its slot (load time excluded)."""
+        if seconds <= 0:
+            return
+        name = normalize(model)
+        with self._lock:
+            old = self._job_seconds.get(name)
+            self._job_seconds[name] = (
+                seconds if old is None else old + JOB_SECONDS_WEIGHT * (seconds - old)
+            )
+
+    def job_seconds(self, model: str) -> float:
+        """Expected seconds of one job of ``model`` on a runner slot (see the module doc)."""
+        name = normalize(model)
+        with self._lock:
+            known = self._job_seconds.get(name)
+            learned = dict(self._job_seconds)
+        if known is not None:
+            return known
+        per_gib = [
+            secs / (size / GIB)
+            for other, secs in learned.items()
+            if (size := self.estimate(other) or 0) > 0
+        ]
+        rate = statistics.median(per_gib) if per_gib else PRIOR_SECONDS_PER_GIB
+        return rate * (self.estimate(name) or GIB) / GIB
+
+    def raise_estimate(
+        self, model: str, *, at_least: int | None = None, why: str = "out-of-memory"
+    ) -> int | None:
         """After an out-of-memory answer: grow the estimate so the next plan frees more."""
         name = normalize(model)
         current = self.estimate(name)
@@ -233,5 +272,5 @@ class ModelRegistry:
             now=self._clock(),
             count_load=False,
         )
-        log.info("raised VRAM estimate of %s to %d MB after out-of-memory", name, grown // MIB)
+        log.info("raised VRAM estimate of %s to %d MB after %s", name, grown // MIB, why)
         return grown

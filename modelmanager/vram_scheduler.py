@@ -4,14 +4,22 @@ No I/O, no clock, no threads, no logging: every scheduling rule is a plain unit 
 Policy "demand_based" (DESIGN.md):
 
 1. Dispatch first: each ready model with waiting jobs gets up to
-   ``max_concurrent - in_flight`` more jobs.
-2. Rank waiting model groups: best effective priority (aging included), then oldest wait.
+   ``min(max_concurrent, slots + 1) - in_flight`` more jobs, where ``slots`` is how many
+   requests Ollama runs at once for it. More would only wait inside Ollama's runner,
+   where there is no priority, and make a drained model take longer to go idle; the one
+   extra keeps the runner from going idle between jobs (Ollama evicts an idle runner
+   when a load needs room, even one we are still feeding).
+2. Rank waiting model groups: best effective priority (aging included), then the most
+   overdue: the oldest job's submit time minus the group's estimated queued work, so
+   within a burst (equal waits) the longest group starts first and no seat is left
+   running a long group alone at the end; equal work falls back to oldest wait.
 3. For the top groups whose model is not loaded: load if the estimate fits in
    ``free - safety margin - loads in progress`` (and Ollama's loaded-model cap allows).
    Otherwise evict idle models -- models with no demand first (least recently used
-   first), then models whose demand the group strictly outranks and that have been
-   resident ``min_residency`` -- never a model with jobs in flight. If idle models cannot
-   make room, stop feeding outranked models (drain) so they go idle, then evict them.
+   first), then models whose demand the group strictly outranks and that have finished
+   a job since they loaded or been resident ``min_residency`` -- never a model with jobs
+   in flight. If idle models cannot make room, stop feeding just enough outranked models
+   (drain) that they finish the jobs they have, go idle, and are evicted.
 4. A model larger than the whole GPU fails its jobs at once.
 5. A ready model idle longer than ``keep_alive`` is unloaded.
 
@@ -26,6 +34,11 @@ from dataclasses import dataclass, field
 
 from .models import MIB, ResourceSnapshot
 from .queue_manager import ModelDemand
+
+#: no slot count known: only ``max_concurrent_per_model`` limits dispatch
+MAX_SLOTS = 1 << 30
+#: jobs sent to a model beyond its slots, queued in Ollama ready for the next free slot
+QUEUED_AHEAD = 1
 
 
 class Residency(enum.StrEnum):
@@ -44,6 +57,8 @@ class ModelView:
     loaded_at: float  # when it became ready (load start while loading)
     last_used: float  # when its last job finished (or it became ready)
     size_bytes: int  # learned or estimated VRAM
+    slots: int | None = None  # requests Ollama runs at once for it (None: unknown)
+    jobs_done: int = 0  # jobs finished since it became ready
 
 
 @dataclass(frozen=True)
@@ -80,8 +95,11 @@ def plan(
     estimates: Mapping[str, int | None],
     settings: PlannerSettings,
     now: float,
+    work: Mapping[str, float] | None = None,
 ) -> Plan:
-    """Decide what to dispatch, load, unload, drain and fail in this pass."""
+    """Decide what to dispatch, load, unload, drain and fail in this pass.
+
+    ``work``: estimated seconds of queued work per waiting model (missing: 0)."""
     result = Plan()
     if not snapshot.backend_up:
         return result  # Ollama unreachable: everything waits
@@ -91,7 +109,8 @@ def plan(
     for d in demands.values():
         v = views.get(d.model)
         if v is not None and v.residency is Residency.READY:
-            room = settings.max_concurrent_per_model - v.in_flight
+            cap = v.slots + QUEUED_AHEAD if v.slots else MAX_SLOTS
+            room = min(settings.max_concurrent_per_model, cap) - v.in_flight
             if room > 0:
                 result.dispatch[d.model] = min(room, d.waiting)
 
@@ -113,7 +132,11 @@ def plan(
     # Ollama counts a model until it is really gone, so unloading ones hold a slot too
     resident = len(views)
     load_slots = settings.max_parallel_loads - len(loading)
-    waiting_groups = sorted((d for d in demands.values() if d.model not in views), key=_key)
+    overdue = work or {}
+    waiting_groups = sorted(
+        (d for d in demands.values() if d.model not in views),
+        key=lambda d: (d.rank, d.oldest_submitted_at - overdue.get(d.model, 0.0)),
+    )
 
     for group in waiting_groups:
         need = estimates.get(group.model)
@@ -163,9 +186,15 @@ def plan(
             result.waiting_for_memory.append(group.model)
             continue
 
-        # not enough idle victims: stop feeding outranked models so they drain
-        draining = _drainable(group, views, demands, unloading, settings, now)
-        if draining and free + freed + sum(v.size_bytes for v in draining) >= need:
+        # not enough idle victims: stop feeding just enough outranked models so they drain
+        draining: list[ModelView] = []
+        # a model another group already drains is spoken for
+        for v in _drainable(group, views, demands, unloading | result.drain):
+            if free + freed >= need and (slot_free or chosen or draining):
+                break
+            draining.append(v)
+            freed += v.size_bytes
+        if draining and free + freed >= need:
             # the idle victims counted in `freed` must stay idle too, or they and the
             # drained models take turns being busy and the group waits for their queues
             for v in [*chosen, *draining]:
@@ -174,10 +203,6 @@ def plan(
             free = 0  # keep memory for this group while the drained models finish
         result.waiting_for_memory.append(group.model)
     return result
-
-
-def _key(d: ModelDemand) -> tuple[int, float]:
-    return d.key()
 
 
 def _outranks(group: ModelDemand, other: ModelDemand | None) -> bool:
@@ -202,9 +227,10 @@ def _evictable(
         own = demands.get(v.name)
         if own is None:
             no_demand.append(v)
-        elif _outranks(group, own) and now - v.loaded_at >= settings.min_residency:
-            rank, oldest = own.key()
-            outranked.append(((-rank, -oldest), v))
+        elif _outranks(group, own) and (
+            v.jobs_done > 0 or now - v.loaded_at >= settings.min_residency
+        ):
+            outranked.append((_last_first(own), v))
     no_demand.sort(key=lambda v: v.last_used)
     outranked.sort(key=lambda item: item[0])
     return no_demand + [v for _, v in outranked]
@@ -215,15 +241,24 @@ def _drainable(
     views: Mapping[str, ModelView],
     demands: Mapping[str, ModelDemand],
     unloading: set[str],
-    settings: PlannerSettings,
-    now: float,
 ) -> list[ModelView]:
-    """Busy ready models that will go idle if we stop feeding them."""
-    out = []
+    """Busy ready models that go idle if we stop feeding them: those without demand,
+    then the outranked ones, lowest ranked first. Draining lets a model finish the jobs
+    it has (its batch), so it needs no ``min_residency``."""
+    no_demand: list[ModelView] = []
+    outranked: list[tuple[tuple[int, float, int], ModelView]] = []
     for v in views.values():
         if v.residency is not Residency.READY or v.in_flight == 0 or v.name in unloading:
             continue
         own = demands.get(v.name)
-        if own is None or (_outranks(group, own) and now - v.loaded_at >= settings.min_residency):
-            out.append(v)
-    return out
+        if own is None:
+            no_demand.append(v)
+        elif _outranks(group, own):
+            outranked.append(((*_last_first(own), v.in_flight), v))
+    outranked.sort(key=lambda item: item[0])
+    return no_demand + [v for _, v in outranked]
+
+
+def _last_first(d: ModelDemand) -> tuple[int, float]:
+    """Sort key putting the least urgent demand first: worst rank, then youngest."""
+    return (-d.rank, -d.oldest_submitted_at)

@@ -11,7 +11,9 @@ import pytest
 from modelmanager.errors import BackendUnavailable
 from modelmanager.model_registry import (
     CATALOG,
+    JOB_SECONDS_WEIGHT,
     OOM_GROWTH,
+    PRIOR_SECONDS_PER_GIB,
     ModelRegistry,
     normalize,
     plausible_footprint,
@@ -254,3 +256,34 @@ def test_registry_trusts_the_nvml_delta_only_when_plausible(
     ps_vram: int | None, delta: int | None, expected: int | None
 ) -> None:
     assert plausible_footprint(ps_vram, delta) == expected
+
+
+def test_registry_job_seconds_before_any_job_grow_with_model_size(
+    store: Store, tags: FakeTags
+) -> None:
+    reg = registry(store, tags)
+    small, big = reg.job_seconds("smollm:360m"), reg.job_seconds("phi3:mini")
+    assert 0 < small < big
+    assert big == pytest.approx(PRIOR_SECONDS_PER_GIB * reg.estimate("phi3:mini") / GIB)
+
+
+def test_registry_job_seconds_learn_a_moving_average_of_finished_jobs(
+    store: Store, tags: FakeTags
+) -> None:
+    reg = registry(store, tags)
+    reg.learn_job("qwen2.5:0.5b", 2.0)
+    assert reg.job_seconds("qwen2.5:0.5b") == pytest.approx(2.0)
+    reg.learn_job("qwen2.5:0.5b", 4.0)
+    assert reg.job_seconds("qwen2.5:0.5b") == pytest.approx(2.0 + JOB_SECONDS_WEIGHT * 2.0)
+    reg.learn_job("qwen2.5:0.5b", 0.0)  # no duration reported: ignored
+    assert reg.job_seconds("qwen2.5:0.5b") == pytest.approx(2.0 + JOB_SECONDS_WEIGHT * 2.0)
+
+
+def test_registry_job_seconds_of_unseen_models_scale_what_others_taught(
+    store: Store, tags: FakeTags
+) -> None:
+    reg = registry(store, tags)
+    per_gib = 0.5
+    reg.learn_job("gemma:2b", per_gib * reg.estimate("gemma:2b") / GIB)  # type: ignore[operator]
+    unseen = reg.job_seconds("tinyllama:1.1b")
+    assert unseen == pytest.approx(per_gib * reg.estimate("tinyllama:1.1b") / GIB)  # type: ignore[operator]

@@ -99,6 +99,25 @@ def test_aging_lets_a_waiting_low_job_overtake_later_high_jobs(sim: Any, make_se
     assert done[low]["started_at"] < min(done[h]["started_at"] for h in highs)
 
 
+def test_high_priority_job_for_another_model_does_not_wait_for_a_low_backlog(
+    gpu_state: Any, make_sim: Any, make_service: Any
+) -> None:
+    # Ollama holds one model at a time; TEXT has a backlog of low-priority jobs. A
+    # high-priority job for OTHER must not wait for that backlog: TEXT finishes the jobs
+    # Ollama already has (one running, one queued for the slot), makes way, comes back.
+    sim = make_sim(vram_mb=24576, nvml_state=str(gpu_state), max_loaded_models=1)
+    svc: Service = make_service(sim, OLLAMA_MAX_LOADED_MODELS=1)
+    sim.set_gate(True)
+    lows = [svc.submit(model=TEXT, prompt=f"backlog {i}", priority="low") for i in range(8)]
+    wait_until(lambda: svc.job(lows[0])["status"] == "running")
+    high = svc.submit(model=OTHER, prompt="urgent", priority="high")
+    sim.set_gate(False)
+    done = svc.wait_done([*lows, high])
+    assert all(d["status"] == "complete" for d in done.values())
+    before_high = [i for i in lows if done[i]["started_at"] < done[high]["started_at"]]
+    assert before_high == lows[:2]  # only those already sent: one running, one queued
+
+
 # ----------------------------------------------------------------------- 2. grouping
 
 
@@ -120,8 +139,10 @@ def test_grouping_loads_each_model_about_once_where_ollama_alone_thrashes(
 
     from tools.fake_ollama import FakeOllama
 
-    jobs = _burst(6)  # 30 jobs round-robin over 5 models; about 2 fit at once
-    with FakeOllama(vram_mb=4096, time_scale=0.02) as direct:
+    # 30 jobs round-robin over 5 models; about 2 fit at once in 4.5 GiB less the default
+    # 1 GiB safety margin (which absorbs the catalog's first estimates being low)
+    jobs = _burst(6)
+    with FakeOllama(vram_mb=4608, time_scale=0.02) as direct:
         with ThreadPoolExecutor(8) as pool:
             statuses = list(
                 pool.map(
@@ -136,9 +157,12 @@ def test_grouping_loads_each_model_about_once_where_ollama_alone_thrashes(
         direct_loads = sim_stats(direct)["loads"]
     assert statuses.count(200) == len(jobs)
 
-    with FakeOllama(vram_mb=4096, time_scale=0.02, nvml_state=str(gpu_state)) as managed:
-        svc: Service = make_service(managed, VRAM_SAFETY_MARGIN_MB=256)
-        ids = [svc.submit(**j) for j in jobs]
+    with FakeOllama(vram_mb=4608, time_scale=0.02, nvml_state=str(gpu_state)) as managed:
+        svc: Service = make_service(managed)
+        # one request, so the burst is whole before the first job ends (at this time
+        # scale a job takes milliseconds, less than one submit after another)
+        r = svc.session.post(f"{svc.url}/api/submit_batch", json={"jobs": jobs}, timeout=10)
+        ids = r.json()["job_ids"]
         done = svc.wait_done(ids, timeout=60)
         managed_loads = sim_stats(managed)["loads"]
         svc.stop()
@@ -240,7 +264,8 @@ def test_out_of_memory_raises_the_estimate_and_the_job_still_completes(
 
 
 def test_several_jobs_per_model_and_several_models_at_once(sim: Any, make_service: Any) -> None:
-    svc: Service = make_service(sim, MAX_CONCURRENT_PER_MODEL=3)
+    # Ollama runs 4 at once per model here, so MAX_CONCURRENT_PER_MODEL is the cap
+    svc: Service = make_service(sim, MAX_CONCURRENT_PER_MODEL=3, OLLAMA_NUM_PARALLEL=4)
     sim.set_gate(True)
     ids = [svc.submit(model=m, prompt=f"c{i}") for i in range(4) for m in (TEXT, OTHER)]
 

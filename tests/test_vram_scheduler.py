@@ -32,6 +32,8 @@ def view(
     size_gb: float = 4,
     loaded_ago: float = 3600,
     used_ago: float = 1,
+    slots: int | None = None,
+    jobs_done: int = 0,
 ) -> ModelView:
     return ModelView(
         name=name,
@@ -40,6 +42,8 @@ def view(
         loaded_at=NOW - loaded_ago,
         last_used=NOW - used_ago,
         size_bytes=int(size_gb * GIB),
+        slots=slots,
+        jobs_done=jobs_done,
     )
 
 
@@ -110,6 +114,18 @@ def test_plan_dispatch_fills_up_to_max_concurrent_minus_in_flight(
 ) -> None:
     vs = views_of(view("a", in_flight=in_flight))
     result = plan([want("a", waiting)], vs, snap(views=vs.values()), {}, settings(), NOW)
+    assert result.dispatch.get("a") == expected
+
+
+@pytest.mark.parametrize(
+    ("slots", "in_flight", "expected"), [(1, 0, 2), (1, 1, 1), (1, 2, None), (2, 1, 2)]
+)
+def test_plan_dispatch_sends_what_ollama_runs_at_once_plus_one_queued(
+    slots: int, in_flight: int, expected: int | None
+) -> None:
+    # the rest wait in our queue, where priorities apply, not inside Ollama's runner
+    vs = views_of(view("a", in_flight=in_flight, slots=slots))
+    result = plan([want("a", 10)], vs, snap(views=vs.values()), {}, settings(), NOW)
     assert result.dispatch.get("a") == expected
 
 
@@ -209,6 +225,30 @@ def test_plan_loads_in_rank_order(demand: list[ModelDemand], expected: list[str]
     # with one load at a time only the top group loads
     one = settings(max_parallel_loads=1, max_loaded_models=10)
     assert plan(demand, {}, snap(64), estimates, one, NOW).loads == expected[:1]
+
+
+@pytest.mark.parametrize(
+    ("work", "expected"),
+    [
+        # a burst (same wait): the group with the most queued work starts first, so no
+        # long group is left running alone at the end
+        ({"small": 5.0, "big": 60.0}, ["big", "small"]),
+        # equal work: oldest wait first
+        ({"small": 5.0, "big": 5.0}, ["small", "big"]),
+        # a wait longer than the difference in work wins
+        ({"small": 5.0, "big": 40.0}, ["small", "big"]),
+    ],
+)
+def test_plan_same_priority_ranks_by_oldest_wait_plus_queued_work(
+    work: dict[str, float], expected: list[str]
+) -> None:
+    demand = [want("small", oldest=NOW - 40), want("big", oldest=NOW - 1)]
+    estimates = {d.model: gb(1) for d in demand}
+    wide = settings(max_parallel_loads=10, max_loaded_models=10)
+    assert plan(demand, {}, snap(64), estimates, wide, NOW, work).loads == expected
+    # priority still comes first
+    urgent = [want("small", rank=HIGH, oldest=NOW), want("big", oldest=NOW - 1)]
+    assert plan(urgent, {}, snap(64), estimates, wide, NOW, work).loads == ["small", "big"]
 
 
 def test_plan_higher_ranked_group_keeps_memory_from_lower_ones() -> None:
@@ -317,11 +357,14 @@ def test_plan_never_evicts_a_model_whose_demand_is_equal_or_better(
     assert ("loaded" in result.dispatch) is not evicted
 
 
-@pytest.mark.parametrize(("loaded_ago", "evicted"), [(5, False), (9.99, False), (10, True)])
-def test_plan_outranked_model_with_demand_evicted_only_after_min_residency(
-    loaded_ago: float, evicted: bool
+@pytest.mark.parametrize(
+    ("loaded_ago", "jobs_done", "evicted"),
+    [(5, 0, False), (9.99, 0, False), (10, 0, True), (5, 1, True)],
+)
+def test_plan_outranked_model_with_demand_evicted_after_min_residency_or_a_finished_job(
+    loaded_ago: float, jobs_done: int, evicted: bool
 ) -> None:
-    vs = views_of(view("loaded", size_gb=12, loaded_ago=loaded_ago))
+    vs = views_of(view("loaded", size_gb=12, loaded_ago=loaded_ago, jobs_done=jobs_done))
     demand = [want("loaded", rank=LOW), want("g", rank=HIGH)]
     result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW)
     assert (unloaded(result.unloads) == ["loaded"]) is evicted
@@ -349,16 +392,43 @@ def test_plan_drains_outranked_busy_model_instead_of_evicting_it() -> None:
     assert result.waiting_for_memory == ["g"]
 
 
-@pytest.mark.parametrize(
-    ("own_rank", "loaded_ago"),
-    [(HIGH, 3600), (NORMAL, 3600), (LOW, 1)],  # not outranked / too recently loaded
-)
-def test_plan_does_not_drain_a_model_it_may_not_evict(own_rank: int, loaded_ago: float) -> None:
-    vs = views_of(view("busy", in_flight=2, size_gb=12, loaded_ago=loaded_ago))
+@pytest.mark.parametrize("own_rank", [HIGH, NORMAL])
+def test_plan_does_not_drain_a_model_it_does_not_outrank(own_rank: int) -> None:
+    vs = views_of(view("busy", in_flight=2, size_gb=12))
     demand = [want("busy", 10, rank=own_rank), want("g", rank=NORMAL)]
     result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW)
     assert result.drain == set()
     assert result.dispatch == {"busy": 2}
+
+
+def test_plan_drain_needs_no_min_residency_the_model_finishes_its_batch() -> None:
+    # loaded 1 s ago and running its first jobs: a higher-priority group may stop feeding
+    # it at once; it is evicted when those jobs are done, not MIN_RESIDENCY later
+    vs = views_of(view("busy", in_flight=2, size_gb=12, loaded_ago=1))
+    demand = [want("busy", 10, rank=LOW), want("g", rank=HIGH)]
+    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW)
+    assert result.drain == {"busy"}
+    done = views_of(view("busy", size_gb=12, loaded_ago=2, jobs_done=2))
+    result = plan(demand, done, snap(16, views=done.values()), {"g": gb(8)}, settings(), NOW)
+    assert unloaded(result.unloads) == ["busy"]
+
+
+def test_plan_drains_just_enough_models_lowest_ranked_first() -> None:
+    # "g" needs one of the three seats: draining one model is enough, the least urgent
+    vs = views_of(
+        view("normal", in_flight=1, size_gb=3),
+        view("low_old", in_flight=1, size_gb=3),
+        view("low_new", in_flight=1, size_gb=3),
+    )
+    demand = [
+        want("normal", 5, rank=NORMAL),
+        want("low_old", 5, rank=LOW, oldest=NOW - 50),
+        want("low_new", 5, rank=LOW, oldest=NOW - 5),
+        want("g", rank=HIGH),
+    ]
+    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(3)}, settings(), NOW)
+    assert result.drain == {"low_new"}
+    assert result.dispatch == {"normal": 3, "low_old": 3}
 
 
 def test_plan_drained_model_is_evicted_once_idle() -> None:
