@@ -63,7 +63,7 @@ class Config:
     OLLAMA_NUM_PARALLEL: int = _setting(
         1,
         "Requests Ollama runs at once per model (its OLLAMA_NUM_PARALLEL; embedding "
-        "models 1); the manager sends one more, so waiting jobs stay in its priority queue.",
+        "models 1); the manager sends no more, so waiting jobs stay in its priority queue.",
         minimum=1,
     )
     AGING_SECONDS: float = _setting(

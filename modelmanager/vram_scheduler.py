@@ -4,11 +4,9 @@ No I/O, no clock, no threads, no logging: every scheduling rule is a plain unit 
 Policy "demand_based" (DESIGN.md):
 
 1. Dispatch first: each ready model with waiting jobs gets up to
-   ``min(max_concurrent, slots + 1) - in_flight`` more jobs, where ``slots`` is how many
+   ``min(max_concurrent, slots) - in_flight`` more jobs, where ``slots`` is how many
    requests Ollama runs at once for it. More would only wait inside Ollama's runner,
-   where there is no priority, and make a drained model take longer to go idle; the one
-   extra keeps the runner from going idle between jobs (Ollama evicts an idle runner
-   when a load needs room, even one we are still feeding).
+   where there is no priority, and make a drained model take longer to go idle.
 2. Rank waiting model groups: best effective priority (aging included), then the most
    overdue: the oldest job's submit time minus the group's estimated queued work, so
    within a burst (equal waits) the longest group starts first and no seat is left
@@ -37,8 +35,6 @@ from .queue_manager import ModelDemand
 
 #: no slot count known: only ``max_concurrent_per_model`` limits dispatch
 MAX_SLOTS = 1 << 30
-#: jobs sent to a model beyond its slots, queued in Ollama ready for the next free slot
-QUEUED_AHEAD = 1
 
 
 class Residency(enum.StrEnum):
@@ -109,8 +105,7 @@ def plan(
     for d in demands.values():
         v = views.get(d.model)
         if v is not None and v.residency is Residency.READY:
-            cap = v.slots + QUEUED_AHEAD if v.slots else MAX_SLOTS
-            room = min(settings.max_concurrent_per_model, cap) - v.in_flight
+            room = min(settings.max_concurrent_per_model, v.slots or MAX_SLOTS) - v.in_flight
             if room > 0:
                 result.dispatch[d.model] = min(room, d.waiting)
 

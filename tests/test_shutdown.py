@@ -76,7 +76,7 @@ def refused_submit(svc: ServiceProcess, accepted: list[str]) -> list[requests.Re
 def test_shutdown_sigterm_drains_running_jobs_and_keeps_waiting_ones(
     sim: SimProcess, services: Callable[..., ServiceProcess]
 ) -> None:
-    svc = services(MAX_CONCURRENT_PER_MODEL=2, SHUTDOWN_TIMEOUT=30).start()
+    svc = services(MAX_CONCURRENT_PER_MODEL=2, OLLAMA_NUM_PARALLEL=2, SHUTDOWN_TIMEOUT=30).start()
     ids, running = hold_running(svc, sim, n_jobs=5, n_running=2)
 
     svc.signal(signal.SIGTERM)
@@ -125,7 +125,9 @@ def test_shutdown_sigterm_past_timeout_leaves_held_jobs_to_rerun(
     start reruns them (a second attempt) and the jobs that waited run once."""
     # REQUEST_TIMEOUT short: the process lingers until its held requests time out (see
     # the next test), which must not make this one slow
-    svc = services(MAX_CONCURRENT_PER_MODEL=2, SHUTDOWN_TIMEOUT=0.5, REQUEST_TIMEOUT=3).start()
+    svc = services(
+        MAX_CONCURRENT_PER_MODEL=2, OLLAMA_NUM_PARALLEL=2, SHUTDOWN_TIMEOUT=0.5, REQUEST_TIMEOUT=3
+    ).start()
     ids, running = hold_running(svc, sim, n_jobs=3, n_running=2)
 
     svc.signal(signal.SIGTERM)
@@ -150,7 +152,7 @@ def test_shutdown_sigkill_during_drain_loses_nothing(
     sim: SimProcess, services: Callable[..., ServiceProcess]
 ) -> None:
     """A stop that escalates to SIGKILL mid-drain: the next start reruns what ran."""
-    svc = services(MAX_CONCURRENT_PER_MODEL=2, SHUTDOWN_TIMEOUT=30).start()
+    svc = services(MAX_CONCURRENT_PER_MODEL=2, OLLAMA_NUM_PARALLEL=2, SHUTDOWN_TIMEOUT=30).start()
     ids, running = hold_running(svc, sim, n_jobs=4, n_running=2)
     svc.signal(signal.SIGTERM)
     wait_until(lambda: svc.health()["accepting"] is False, 10, what="draining")
