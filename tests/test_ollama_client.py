@@ -1145,6 +1145,51 @@ def test_own_session_pools_connections_for_a_thread_pool() -> None:
     c.close()
 
 
+def test_concurrent_requests_to_one_endpoint_each_send_their_own_body(
+    mock: responses.RequestsMock, client: OllamaClient
+) -> None:
+    mock.add(responses.POST, GENERATE, json=GENERATE_DONE)
+    prompts = [f"prompt {i} " + "x" * i for i in range(32)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda p: client.generate("m", p, keep_alive=1), prompts))
+    requests_sent = [call.request for call in mock.calls]
+    assert sorted(json.loads(r.body)["prompt"] for r in requests_sent) == sorted(prompts)
+    for request in requests_sent:
+        assert request.headers["Content-Length"] == str(len(request.body))
+        assert request.headers["Content-Type"] == "application/json"
+
+
+def test_requests_without_a_body_send_no_body_headers(
+    mock: responses.RequestsMock, client: OllamaClient
+) -> None:
+    mock.add(responses.POST, GENERATE, json=GENERATE_DONE)
+    mock.add(responses.GET, f"{BASE}/api/ps", json={"models": []})
+    client.generate("m", "p", keep_alive=1)
+    client.ps()
+    ps = mock.calls[-1].request
+    assert ps.body is None
+    assert "Content-Type" not in ps.headers
+    assert "Content-Length" not in ps.headers
+
+
+def test_a_given_sessions_headers_and_url_credentials_reach_every_request(
+    mock: responses.RequestsMock,
+) -> None:
+    session = requests.Session()
+    session.headers["X-Team"] = "inference"
+    url = "http://user:secret@ollama.test:11434"
+    mock.add(responses.POST, f"{url}/api/generate", json=GENERATE_DONE)
+    mock.add(responses.GET, f"{url}/api/ps", json={"models": []})
+    client = OllamaClient(url, session=session)
+    client.generate("m", "one", keep_alive=1)
+    client.generate("m", "two", keep_alive=1)
+    client.ps()
+    assert [sent(mock, 0)["prompt"], sent(mock, 1)["prompt"]] == ["one", "two"]
+    for call in mock.calls:
+        assert call.request.headers["X-Team"] == "inference"
+        assert call.request.headers["Authorization"].startswith("Basic ")
+
+
 def test_close_closes_only_a_session_the_client_built(monkeypatch: pytest.MonkeyPatch) -> None:
     closed: list[str] = []
     given = requests.Session()
