@@ -7,6 +7,8 @@ the loop is woken.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -58,6 +60,10 @@ def job_to_json(job: Job) -> dict[str, Any]:
     }
 
 
+def _encode_job(job: Job) -> bytes:
+    return json.dumps(job_to_json(job), separators=(",", ":")).encode()
+
+
 class Api:
     def __init__(
         self,
@@ -81,6 +87,10 @@ class Api:
         self._clock = clock
         self.accepting = True
         self.started_at = clock()
+        # jobs of submits between the room check and the queue: concurrent submits share
+        # commits, so without counting these they could pass QUEUE_MAX_SIZE together
+        self._reserved = 0
+        self._room_lock = threading.Lock()
 
     # ------------------------------------------------------------------------ submit
 
@@ -91,15 +101,18 @@ class Api:
                 headers={"Retry-After": "5"},
             )
 
-    def _check_room(self, n: int) -> None:
-        unfinished = len(self.queue) + self.engine.in_flight()
-        if unfinished + n > self.config.QUEUE_MAX_SIZE:
-            raise QueueFull(
-                f"the queue is full ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is "
-                f"{self.config.QUEUE_MAX_SIZE}); retry later",
-                details={"unfinished": unfinished, "max": self.config.QUEUE_MAX_SIZE},
-                headers={"Retry-After": "5"},
-            )
+    def _reserve_room(self, n: int) -> None:
+        """Count ``n`` jobs against QUEUE_MAX_SIZE until ``_accept`` has queued them."""
+        with self._room_lock:
+            unfinished = len(self.queue) + self.engine.in_flight() + self._reserved
+            if unfinished + n > self.config.QUEUE_MAX_SIZE:
+                raise QueueFull(
+                    f"the queue is full ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is "
+                    f"{self.config.QUEUE_MAX_SIZE}); retry later",
+                    details={"unfinished": unfinished, "max": self.config.QUEUE_MAX_SIZE},
+                    headers={"Retry-After": "5"},
+                )
+            self._reserved += n
 
     def _new_job(self, sub: Submission, now: float) -> Job:
         return Job(
@@ -115,12 +128,16 @@ class Api:
 
     def _accept(self, subs: list[Submission]) -> list[Job]:
         self._check_accepting()
-        self._check_room(len(subs))
-        now = self._clock()
-        stored = self.store.insert_jobs([self._new_job(s, now) for s in subs])
-        for job, created in stored:
-            if created:
-                self.queue.add(job.id, job.model, job.priority, job.seq, job.submitted_at)
+        self._reserve_room(len(subs))
+        try:
+            now = self._clock()
+            stored = self.store.insert_jobs([self._new_job(s, now) for s in subs])
+            for job, created in stored:
+                if created:
+                    self.queue.add(job.id, job.model, job.priority, job.seq, job.submitted_at)
+        finally:
+            with self._room_lock:
+                self._reserved -= len(subs)
         self._wake()
         return [job for job, _ in stored]
 
@@ -161,6 +178,13 @@ class Api:
         if job is None:
             raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
         return job_to_json(job)
+
+    def get_encoded(self, job_id: str) -> bytes:
+        """``get`` as compact JSON bytes, from the store's cache of job views (polls)."""
+        body = self.store.job_view(job_id, _encode_job)
+        if body is None:
+            raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
+        return body
 
     def list_jobs(self, status: str | None, model: str | None, limit: str | None) -> dict[str, Any]:
         if status is not None and status not in {s.value for s in JobStatus}:

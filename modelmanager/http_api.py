@@ -109,7 +109,7 @@ class FastPaths:
             if method == "GET" and path.startswith("/api/job/"):
                 job_id = path[9:]
                 if job_id and job_id.isascii() and job_id.isprintable() and "/" not in job_id:
-                    return _reply(start_response, 200, self.api.get(job_id))
+                    return _send(start_response, 200, self.api.get_encoded(job_id))
             elif method == "POST" and path == "/api/submit":
                 length = environ.get("CONTENT_LENGTH") or ""
                 chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
@@ -129,6 +129,12 @@ def _reply(
     start_response: Any, status: int, payload: Any, headers: dict[str, str] | None = None
 ) -> list[bytes]:
     body = json.dumps(payload, separators=(",", ":")).encode()
+    return _send(start_response, status, body, headers)
+
+
+def _send(
+    start_response: Any, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> list[bytes]:
     extra = list(headers.items()) if headers else []
     start_response(
         f"{status} {_REASONS.get(status, 'ERROR')}",

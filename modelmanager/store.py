@@ -5,6 +5,13 @@ Thread safety: one writer connection behind a lock (every state change is one sh
 waits behind a write. Status changes are guarded in SQL by the allowed-moves table in
 ``models.TRANSITIONS``; result writes are *fenced* by the attempt number, so a superseded
 attempt's late answer is dropped.
+
+Two things keep the hot paths cheap. Concurrent submits are *group-committed*: the
+submits that arrive while one transaction syncs are committed together by the next one,
+so one fsync acknowledges many jobs (each submitter still returns only after the commit
+holding its jobs). Polls are answered from a bounded in-memory cache of rendered job
+views, which every job-changing transaction clears for its jobs before it commits
+(:class:`_Views`).
 """
 
 from __future__ import annotations
@@ -12,12 +19,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .models import TRANSITIONS, Job, JobKind, JobStatus, Priority
+
+_Inserted = list[tuple[Job, bool]]
+_Outcome = tuple[_Inserted | None, BaseException | None]  # what one insert_jobs call gets
 
 SCHEMA_VERSION = 1
 
@@ -77,26 +87,8 @@ def _dump(value: Any) -> str | None:
 
 
 def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
-    (
-        seq,
-        id_,
-        model,
-        kind,
-        priority,
-        status,
-        payload,
-        metadata,
-        result,
-        error,
-        code,
-        submitted,
-        started,
-        completed,
-        attempts,
-        not_before,
-        timings,
-        key,
-    ) = row
+    seq, id_, model, kind, priority, status, payload, metadata, result = row[:9]
+    error, code, submitted, started, completed, attempts, not_before, timings, key = row[9:]
     return Job(
         id=id_,
         model=model,
@@ -119,6 +111,104 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
     )
 
 
+class _InsertRequest:
+    """One ``insert_jobs`` call in the group-commit line.
+
+    ``wake`` stays held until the call is done or is handed the lead; the fields are set
+    under ``Store._group`` before it is released.
+    """
+
+    __slots__ = ("done", "error", "inserted", "jobs", "wake")
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+        self.done = False
+        self.inserted: _Inserted | None = None
+        self.error: BaseException | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+    def finish(self, inserted: _Inserted | None, error: BaseException | None) -> None:
+        self.inserted, self.error, self.done = inserted, error, True
+
+    def outcome(self) -> _Inserted:
+        if self.error is not None:
+            # a fresh exception per submitter: the group's one is shared between threads
+            raise _copy_error(self.error) from self.error
+        assert self.inserted is not None
+        return self.inserted
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    try:
+        return type(error)(*error.args)
+    except Exception:
+        return RuntimeError(f"the job store failed: {error}")
+
+
+class _Views:
+    """Rendered public views of jobs (what a poll answers), by job id; thread-safe.
+
+    Never stale once a change is committed: every transaction that may change stored
+    jobs runs between ``begin()`` and ``end()`` and drops their views before it commits,
+    and a read fills in a view only if no such transaction ran at any moment between
+    its ``ticket()`` and its ``fill()`` (a generation count). A hit therefore returns a
+    state that no committed change has replaced. Bounded to ``max_bytes`` in all, oldest
+    dropped first; a view over ``max_entry`` bytes is not kept.
+    """
+
+    def __init__(self, max_bytes: int = 16 << 20, max_entry: int = 64 << 10) -> None:
+        self._lock = threading.Lock()
+        self._views: dict[str, bytes] = {}
+        self._bytes = 0
+        self._max_bytes, self._max_entry = max_bytes, max_entry
+        self._gen = 0
+        self._writers = 0
+
+    def get(self, job_id: str) -> bytes | None:
+        return self._views.get(job_id)  # one dict read: atomic, no lock needed
+
+    def ticket(self) -> int | None:
+        """Taken before reading the store; None while a change is in progress."""
+        with self._lock:
+            return None if self._writers else self._gen
+
+    def fill(self, ticket: int | None, job_id: str, view: bytes) -> None:
+        if ticket is None or len(view) > self._max_entry:
+            return
+        with self._lock:
+            if ticket != self._gen or job_id in self._views:
+                return
+            self._views[job_id] = view
+            self._bytes += len(view)
+            while self._bytes > self._max_bytes:
+                self._bytes -= len(self._views.pop(next(iter(self._views))))
+
+    def begin(self, job_ids: Iterable[str] | None) -> None:
+        """A change is starting; drop the views of ``job_ids`` (None: of every job)."""
+        with self._lock:
+            self._writers += 1
+            self._gen += 1
+        self.drop(job_ids)
+
+    def drop(self, job_ids: Iterable[str] | None) -> None:
+        """Forget these views (None: all); only between ``begin()`` and ``end()``."""
+        with self._lock:
+            if job_ids is None:
+                self._views.clear()
+                self._bytes = 0
+                return
+            for job_id in job_ids:
+                view = self._views.pop(job_id, None)
+                if view is not None:
+                    self._bytes -= len(view)
+
+    def end(self) -> None:
+        with self._lock:
+            self._gen += 1
+            self._writers -= 1
+
+
 class Store:
     """The job store. ``path`` may be ``":memory:"`` only for single-threaded unit tests."""
 
@@ -129,6 +219,11 @@ class Store:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        # group commit of inserts (see insert_jobs): calls waiting for the next group
+        self._group = threading.Lock()
+        self._waiting: list[_InsertRequest] = []
+        self._committing = False
+        self._views = _Views()
         self._writer = self._connect()
         # executescript commits on its own, so it runs outside _write(); it is idempotent.
         self._writer.executescript(_SCHEMA)
@@ -145,8 +240,16 @@ class Store:
         return db
 
     @contextmanager
-    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def _write(
+        self, *, durable: bool = True, views: bool = True, touches: Iterable[str] | None = None
+    ) -> Iterator[sqlite3.Connection]:
         """One short write transaction on the writer connection.
+
+        Cached job views: ``touches`` names the jobs the transaction may change, whose
+        views are dropped before it starts (None: every job); one that learns which jobs
+        it changed only as it runs passes ``()`` and drops them with ``_views.drop()``
+        inside the block. ``views=False`` for writes that change no stored job (inserts,
+        model stats): they leave the cache alone.
 
         ``durable=False`` commits with ``synchronous=NORMAL`` even when the store runs
         FULL: for internal transitions (claim, result, retry) that a crash keeps anyway
@@ -159,15 +262,20 @@ class Store:
             db = self._writer
             if relax:
                 db.execute("PRAGMA synchronous=NORMAL")  # only outside a transaction
+            if views:
+                self._views.begin(touches)
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     yield db
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:  # SQLite may have rolled it back already
+                        db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
             finally:
+                if views:
+                    self._views.end()
                 if relax:
                     db.execute("PRAGMA synchronous=FULL")
 
@@ -197,43 +305,101 @@ class Store:
 
     # ------------------------------------------------------------------ submit / read
 
-    def insert_jobs(self, jobs: list[Job]) -> list[tuple[Job, bool]]:
-        """Commit new jobs in one transaction; return (job with ``seq`` set, created).
+    def insert_jobs(self, jobs: list[Job]) -> _Inserted:
+        """Commit new jobs; return (job with ``seq`` set, created), in order.
 
         A job whose ``idempotency_key`` is already stored is not inserted again: the stored
-        job is returned in its place with ``created`` False.
+        job is returned in its place with ``created`` False. The call's jobs are committed
+        all or none, and it returns only once they are durable.
+
+        Group commit: calls that arrive while a group is committing wait; when it is done,
+        the first of them commits every waiting call in one transaction (one sync), each
+        in its own savepoint, in arrival order (so ``seq`` follows arrival). A call whose
+        own statements fail gets that error and the rest of its group commits; if the
+        transaction itself fails, every call in the group gets the error.
         """
-        out: list[tuple[Job, bool]] = []
-        with self._write() as db:
-            for job in jobs:
-                if job.idempotency_key is not None:
-                    row = db.execute(
-                        f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
-                        (job.idempotency_key,),
-                    ).fetchone()
-                    if row is not None:
-                        out.append((_row_to_job(row), False))
-                        continue
-                cur = db.execute(
-                    "INSERT INTO jobs (id, model, kind, priority, status, payload, metadata,"
-                    " submitted_at, attempts, not_before, idempotency_key)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        job.id,
-                        job.model,
-                        job.kind.value,
-                        job.priority.value,
-                        job.status.value,
-                        _dump(job.payload),
-                        _dump(job.metadata),
-                        job.submitted_at,
-                        job.attempts,
-                        job.not_before,
-                        job.idempotency_key,
-                    ),
-                )
-                job.seq = int(cur.lastrowid or 0)
-                out.append((job, True))
+        request = _InsertRequest(jobs)
+        with self._group:
+            self._waiting.append(request)
+            lead = not self._committing
+            self._committing = True
+        if not lead:
+            request.wake.acquire()  # until a group committed it or it is handed the lead
+            if request.done:
+                return request.outcome()
+        with self._group:
+            group, self._waiting = self._waiting, []
+        outcomes: list[_Outcome] = []
+        try:
+            outcomes = self._commit_group(group)
+        finally:
+            failed = RuntimeError("the group commit was interrupted")
+            with self._group:
+                for i, member in enumerate(group):
+                    member.finish(*(outcomes[i] if outcomes else (None, failed)))
+                successor = self._waiting[0] if self._waiting else None
+                self._committing = successor is not None
+            for member in group:
+                if member is not request:
+                    member.wake.release()
+            if successor is not None:  # it commits whatever waits now, itself included
+                successor.wake.release()
+        return request.outcome()
+
+    def _commit_group(self, group: list[_InsertRequest]) -> list[_Outcome]:
+        """One transaction for every request of ``group``; returns each one's outcome."""
+        outcomes: list[_Outcome] = []
+        try:
+            with self._write(views=False) as db:
+                if len(group) == 1:
+                    outcomes.append((self._insert(db, group[0].jobs), None))
+                    return outcomes
+                for member in group:
+                    db.execute("SAVEPOINT submit")
+                    try:
+                        outcomes.append((self._insert(db, member.jobs), None))
+                    except Exception as exc:
+                        if not db.in_transaction:
+                            raise  # SQLite rolled the whole transaction back
+                        db.execute("ROLLBACK TO submit")
+                        outcomes.append((None, exc))
+                    db.execute("RELEASE submit")
+        except Exception as exc:  # nothing of the group was committed
+            return [(None, exc)] * len(group)
+        return outcomes
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, jobs: list[Job]) -> _Inserted:
+        out: _Inserted = []
+        for job in jobs:
+            if job.idempotency_key is not None:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                    (job.idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    out.append((_row_to_job(row), False))
+                    continue
+            cur = db.execute(
+                "INSERT INTO jobs (id, model, kind, priority, status, payload, metadata,"
+                " submitted_at, attempts, not_before, idempotency_key)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    job.model,
+                    job.kind.value,
+                    job.priority.value,
+                    job.status.value,
+                    _dump(job.payload),
+                    _dump(job.metadata),
+                    job.submitted_at,
+                    job.attempts,
+                    job.not_before,
+                    job.idempotency_key,
+                ),
+            )
+            job.seq = int(cur.lastrowid or 0)
+            out.append((job, True))
         return out
 
     def get(self, job_id: str, *, payload: bool = True) -> Job | None:
@@ -241,6 +407,23 @@ class Store:
         columns = _COLUMNS if payload else _PUBLIC_COLUMNS
         rows = self._read(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(rows[0]) if rows else None
+
+    def job_view(self, job_id: str, render: Callable[[Job], bytes]) -> bytes | None:
+        """``render`` of the job without its payload, or None if unknown.
+
+        Served from memory while the job is unchanged: ``render`` must depend only on the
+        job, and the same ``render`` must be passed on every call.
+        """
+        view = self._views.get(job_id)
+        if view is not None:
+            return view
+        ticket = self._views.ticket()
+        job = self.get(job_id, payload=False)
+        if job is None:
+            return None
+        view = render(job)
+        self._views.fill(ticket, job_id, view)
+        return view
 
     def list_jobs(
         self, *, status: str | None = None, model: str | None = None, limit: int = 100
@@ -275,21 +458,25 @@ class Store:
 
     def mark_queued(self, model: str) -> int:
         """pending -> queued for every waiting job of ``model`` (its load was planned)."""
-        with self._write(durable=False) as db:
-            cur = db.execute(
-                "UPDATE jobs SET status = 'queued' WHERE model = ? AND status = 'pending'",
+        with self._write(durable=False, touches=()) as db:
+            rows = db.execute(
+                "UPDATE jobs SET status = 'queued' WHERE model = ? AND status = 'pending'"
+                " RETURNING id",
                 (model,),
-            )
-            return cur.rowcount
+            ).fetchall()
+            self._views.drop(r[0] for r in rows)
+        return len(rows)
 
     def unmark_queued(self, model: str) -> int:
         """queued -> pending for ``model`` (its load failed or was dropped)."""
-        with self._write(durable=False) as db:
-            cur = db.execute(
-                "UPDATE jobs SET status = 'pending' WHERE model = ? AND status = 'queued'",
+        with self._write(durable=False, touches=()) as db:
+            rows = db.execute(
+                "UPDATE jobs SET status = 'pending' WHERE model = ? AND status = 'queued'"
+                " RETURNING id",
                 (model,),
-            )
-            return cur.rowcount
+            ).fetchall()
+            self._views.drop(r[0] for r in rows)
+        return len(rows)
 
     def claim(self, job_ids: list[str], now: float) -> list[Job]:
         """pending/queued -> running for these jobs, counting the attempt now.
@@ -299,7 +486,7 @@ class Store:
         if not job_ids:
             return []
         marks = ",".join("?" * len(job_ids))
-        with self._write(durable=False) as db:
+        with self._write(durable=False, touches=job_ids) as db:
             rows = db.execute(
                 f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?"
                 f" WHERE id IN ({marks}) AND status IN ('pending','queued')"
@@ -315,7 +502,7 @@ class Store:
         self, job_id: str, attempt: int, result: Any, timings: dict[str, int], now: float
     ) -> bool:
         """running -> complete, only for the current attempt. False if superseded."""
-        with self._write(durable=False) as db:
+        with self._write(durable=False, touches=(job_id,)) as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'complete', result = ?, timings = ?, completed_at = ?,"
                 " error = NULL, error_code = NULL"
@@ -326,7 +513,7 @@ class Store:
 
     def fail(self, job_id: str, attempt: int | None, error: str, code: str, now: float) -> bool:
         """-> failed. ``attempt`` fences a running job; None fails a waiting job."""
-        with self._write(durable=False) as db:
+        with self._write(durable=False, touches=(job_id,)) as db:
             if attempt is None:
                 cur = db.execute(
                     f"UPDATE jobs SET status = 'failed', error = ?, error_code = ?,"
@@ -344,7 +531,7 @@ class Store:
 
     def requeue(self, job_id: str, attempt: int, error: str, code: str, not_before: float) -> bool:
         """running -> pending for a retry after ``not_before``; fenced by attempt."""
-        with self._write(durable=False) as db:
+        with self._write(durable=False, touches=(job_id,)) as db:
             cur = db.execute(
                 "UPDATE jobs SET status = 'pending', error = ?, error_code = ?, not_before = ?"
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
@@ -357,7 +544,7 @@ class Store:
         if not job_ids:
             return 0
         marks = ",".join("?" * len(job_ids))
-        with self._write(durable=False) as db:
+        with self._write(durable=False, touches=job_ids) as db:
             cur = db.execute(
                 f"UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0)"
                 f" WHERE id IN ({marks}) AND status = 'running'",
@@ -367,7 +554,7 @@ class Store:
 
     def cancel(self, job_id: str, now: float) -> JobStatus | None:
         """-> cancelled if not finished. Returns the status it had, or None if unknown."""
-        with self._write() as db:
+        with self._write(touches=(job_id,)) as db:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
@@ -381,7 +568,7 @@ class Store:
 
     def retry(self, job_id: str) -> Job | None:
         """failed -> pending with a fresh attempt budget. None unless it was failed."""
-        with self._write() as db:
+        with self._write(touches=(job_id,)) as db:
             row = db.execute(
                 f"UPDATE jobs SET status = 'pending', attempts = 0, not_before = 0,"
                 f" error = NULL, error_code = NULL, completed_at = NULL, started_at = NULL"
@@ -413,7 +600,7 @@ class Store:
 
         A running job's late result is then dropped by the fence. Returns the ids.
         """
-        with self._write(durable=False) as db:
+        with self._write(durable=False, touches=()) as db:
             rows = db.execute(
                 "UPDATE jobs SET status = 'failed', error_code = 'JOB_TIMEOUT', completed_at = ?,"
                 " error = 'the job did not finish within JOB_TIMEOUT (' || ? || ' s)'"
@@ -421,16 +608,20 @@ class Store:
                 " RETURNING id",
                 (now, timeout, submitted_before),
             ).fetchall()
-        return [r[0] for r in rows]
+            expired = [r[0] for r in rows]
+            self._views.drop(expired)
+        return expired
 
     def purge(self, completed_before: float) -> int:
         """Delete finished jobs (and results) completed before the cutoff (RESULT_TTL)."""
-        with self._write(durable=False) as db:
-            return db.execute(
+        with self._write(durable=False, touches=()) as db:
+            rows = db.execute(
                 "DELETE FROM jobs WHERE completed_at < ?"
-                " AND status IN ('complete','failed','cancelled')",
+                " AND status IN ('complete','failed','cancelled') RETURNING id",
                 (completed_before,),
-            ).rowcount
+            ).fetchall()
+            self._views.drop(r[0] for r in rows)
+        return len(rows)
 
     # ------------------------------------------------------------------ model stats
 
@@ -453,7 +644,7 @@ class Store:
         now: float,
         count_load: bool,
     ) -> None:
-        with self._write(durable=False) as db:
+        with self._write(durable=False, views=False) as db:
             db.execute(
                 "INSERT INTO model_stats (model, vram_bytes, ps_vram_bytes, load_seconds,"
                 " loads, updated_at) VALUES (?,?,?,?,?,?)"

@@ -68,6 +68,8 @@ class Submitter(threading.Thread):
         self.acked: dict[str, dict[str, Any]] = {}
         self.unanswered = 0
         self.rejected: Counter[int] = Counter()
+        # with keys: a submit that got no answer, to send again (it may be stored already)
+        self.unsent: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     def acked_ids(self) -> set[str]:
@@ -80,24 +82,23 @@ class Submitter(threading.Thread):
 
     def run(self) -> None:
         session = requests.Session()
-        unsent: dict[str, Any] | None = None
         n = 0
         try:
             while not self.stop.is_set() and len(self.acked) < self.limit:
-                body = unsent or job_body(self.rng)
-                if self.keys and unsent is None:
+                body = self.unsent or job_body(self.rng)
+                if self.keys and self.unsent is None:
                     n += 1
                     body["idempotency_key"] = f"submitter-{n}"
                 try:
                     r = session.post(f"{self.url}/api/submit", json=body, timeout=10)
                 except requests.RequestException:
                     self.unanswered += 1
-                    unsent = body if self.keys else None
+                    self.unsent = body if self.keys else None
                     session.close()
                     session = requests.Session()
                     self.stop.wait(0.02)  # the service is down: try again shortly
                     continue
-                unsent = None
+                self.unsent = None
                 if r.status_code == 200:
                     with self._lock:
                         job_id = str(r.json()["job_id"])
@@ -165,6 +166,8 @@ def test_crash_sigkill_rounds_lose_nothing_and_complete_once(
                     )
 
         svc.start()
+        # a submit the last kill left unanswered may be stored: let its resend be answered
+        wait_until(lambda: submitter.unsent is None, 15, what="the unanswered submit resent")
         submitter.stop.set()
         submitter.join(15)
         assert not submitter.is_alive()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
+import requests
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from modelmanager.http_api import FastPaths, create_app
@@ -54,3 +57,39 @@ def test_fast_path_matches_flask(
     else:
         assert f_body == s_body
     sim.set_gate(False)
+
+
+def test_poll_never_answers_an_older_state_than_one_already_answered(
+    sim: Any, make_service: Any
+) -> None:
+    """Clients poll the same jobs over several connections while they run: once any poll
+    has answered a job complete, every poll sent after that answers complete too."""
+    svc: Service = make_service(sim)
+    ids = [svc.submit(model="qwen2.5:0.5b", prompt=f"poll race {i}") for i in range(12)]
+    polls: list[tuple[str, float, float, str]] = []  # job, sent, answered, status
+    done = threading.Event()
+
+    def poller() -> None:
+        with requests.Session() as session:
+            while not done.is_set():
+                for job_id in ids:
+                    sent = time.monotonic()
+                    r = session.get(f"{svc.url}/api/job/{job_id}", timeout=10)
+                    polls.append((job_id, sent, time.monotonic(), r.json()["status"]))
+
+    pollers = [threading.Thread(target=poller) for _ in range(4)]
+    for p in pollers:
+        p.start()
+    try:
+        svc.wait_done(ids)
+        seen = len(polls)
+        wait_until(lambda: len(polls) > seen + 4 * len(ids), what="polls after the end")
+    finally:
+        done.set()
+        for p in pollers:
+            p.join(timeout=30)
+    for job_id in ids:
+        mine = [p for p in polls if p[0] == job_id]
+        first_complete = min(answered for _, _, answered, status in mine if status == "complete")
+        late = {status for _, sent, _, status in mine if sent > first_complete}
+        assert late == {"complete"}, f"{job_id}: {late}"

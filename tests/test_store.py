@@ -1,16 +1,20 @@
-"""The SQLite job store, on a real file: round trips, fencing, recovery, persistence."""
+"""The SQLite job store, on a real file: round trips, fencing, recovery, persistence,
+group commit of concurrent submits, and the cached job views that polls read."""
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelmanager.models import Job, JobKind, JobStatus, Priority
-from modelmanager.store import Store
+from modelmanager.store import Store, _Views
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000.0
 
@@ -512,8 +516,8 @@ def test_store_internal_transitions_relax_sync_but_client_writes_stay_full(
     seen: list[int] = []
     orig = store._write
 
-    def spy(*, durable: bool = True) -> Any:
-        ctx = orig(durable=durable)
+    def spy(*, durable: bool = True, **kwargs: Any) -> Any:
+        ctx = orig(durable=durable, **kwargs)
 
         class Wrapped:
             def __enter__(self) -> Any:
@@ -534,3 +538,249 @@ def test_store_internal_transitions_relax_sync_but_client_writes_stay_full(
     assert seen == [2, 1, 1]
     assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # restored
     store.close()
+
+
+# ------------------------------------------------------------------------- group commit
+
+
+def test_store_concurrent_inserts_are_all_durable_and_keep_each_callers_order(
+    db_path: Path,
+) -> None:
+    store = Store(db_path)
+    threads, calls = 8, 40
+    answers: list[list[list[tuple[Job, bool]]]] = [[] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def submitter(t: int) -> None:
+        start.wait()
+        for i in range(calls):
+            size = 3 if i % 5 == 0 else 1  # some calls are small batches
+            answers[t].append(store.insert_jobs([make_job(f"t{t}-c{i}-{k}") for k in range(size)]))
+
+    workers = [threading.Thread(target=submitter, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    acked = [job for per_thread in answers for call in per_thread for job, _ in call]
+    assert len(acked) == threads * (calls + (calls // 5) * 2)
+    for per_thread in answers:
+        seqs = [job.seq for call in per_thread for job, _ in call]
+        assert seqs == sorted(seqs)  # each caller's jobs queue in the order it sent them
+        for call in per_thread:  # a batch is contiguous
+            assert [j.seq for j, _ in call] == list(
+                range(call[0][0].seq, call[0][0].seq + len(call))
+            )
+    assert len({job.seq for job in acked}) == len(acked)
+    # the process dies here: no close(); a new store sees every acknowledged job
+    reopened = Store(db_path)
+    try:
+        assert {row[0]: row[3] for row in reopened.waiting_jobs()} == {j.id: j.seq for j in acked}
+    finally:
+        reopened.close()
+        store.close()
+
+
+def test_store_concurrent_submits_with_one_idempotency_key_make_one_job(store: Store) -> None:
+    start = threading.Barrier(8)
+    answers: list[tuple[Job, bool]] = []
+
+    def submitter(t: int) -> None:
+        start.wait()
+        answers.extend(store.insert_jobs([make_job(f"j{t}", key="same-key")]))
+
+    workers = [threading.Thread(target=submitter, args=(t,)) for t in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=30)
+    assert len({job.id for job, _ in answers}) == 1
+    assert sorted(created for _, created in answers) == [False] * 7 + [True]
+    assert store.counts_by_status() == {"pending": 1}
+
+
+def _add_trigger(db_path: Path, model: str, action: str) -> None:
+    """Make SQLite itself refuse inserts of ``model``: ABORT fails the statement,
+    ROLLBACK the whole transaction (as a disk error would)."""
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute(
+        f"CREATE TRIGGER refuse_{action.lower()} BEFORE INSERT ON jobs"
+        f" WHEN NEW.model = '{model}' BEGIN SELECT RAISE({action}, 'refused by the disk'); END"
+    )
+    db.close()
+
+
+def run_as_one_group(
+    store: Store, db_path: Path, first: list[Job], rest: list[list[Job]]
+) -> list[Any]:
+    """Insert ``first`` while another connection holds SQLite's write lock, queue every
+    call of ``rest`` behind it in order, then let go: ``rest`` commit as one group.
+    Returns what each call returned or raised, ``first``'s first."""
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    outcomes: dict[int, Any] = {}
+
+    def call(i: int, jobs: list[Job]) -> None:
+        try:
+            outcomes[i] = store.insert_jobs(jobs)
+        except Exception as exc:  # what the caller would see
+            outcomes[i] = exc
+
+    workers = [threading.Thread(target=call, args=(0, first))]
+    workers[0].start()
+    # the store's group-commit line, read only to order the callers deterministically
+    wait_until(lambda: store._committing and not store._waiting, what="first call committing")
+    for i, jobs in enumerate(rest, start=1):
+        workers.append(threading.Thread(target=call, args=(i, jobs)))
+        workers[-1].start()
+        wait_until(lambda i=i: len(store._waiting) == i, what=f"call {i} waiting")
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    for w in workers:
+        w.join(timeout=30)
+    return [outcomes[i] for i in range(len(workers))]
+
+
+def test_store_a_refused_call_in_a_group_fails_alone_and_all_or_nothing(
+    store: Store, db_path: Path
+) -> None:
+    _add_trigger(db_path, "refused:latest", "ABORT")
+    first, before, after = [make_job("first")], [make_job("before")], [make_job("after")]
+    batch = [make_job("batch-ok"), make_job("batch-refused", "refused:latest")]
+    out = run_as_one_group(store, db_path, first, [before, batch, after])
+    assert [o[0][0].id for o in (out[0], out[1], out[3])] == ["first", "before", "after"]
+    assert isinstance(out[2], sqlite3.IntegrityError) and "refused" in str(out[2])
+    assert {j.id for j in store.list_jobs()} == {"first", "before", "after"}  # no "batch-ok"
+
+
+def test_store_a_failed_group_commit_reaches_every_caller(store: Store, db_path: Path) -> None:
+    _add_trigger(db_path, "doomed:latest", "ROLLBACK")
+    first = [make_job("first")]
+    group = [[make_job("h1")], [make_job("doomed", "doomed:latest")], [make_job("h2")]]
+    out = run_as_one_group(store, db_path, first, group)
+    assert out[0][0][0].id == "first"
+    for failed in out[1:]:  # each caller of the failed group gets the error, none a job
+        assert isinstance(failed, sqlite3.Error) and "refused by the disk" in str(failed)
+    assert len({id(e) for e in out[1:]}) == 3  # its own exception, not a shared one
+    assert {j.id for j in store.list_jobs()} == {"first"}
+    assert add(store, make_job("later"))[0].seq > 0  # the line is not stuck
+    assert store.integrity_check() == "ok"
+
+
+# ---------------------------------------------------------------------------- job views
+
+
+def counting_render(calls: list[str]) -> Callable[[Job], bytes]:
+    def render(job: Job) -> bytes:
+        calls.append(job.id)
+        return f"{job.status.value}/{job.attempts}/{job.error_code}".encode()
+
+    return render
+
+
+def test_store_job_view_follows_every_change_and_is_cached_between(store: Store) -> None:
+    calls: list[str] = []
+    render = counting_render(calls)
+
+    def view(job_id: str) -> str | None:
+        raw = store.job_view(job_id, render)
+        return None if raw is None else raw.decode()
+
+    add(store, make_job("a"), make_job("b"), make_job("c", "other:latest"))
+    assert view("a") == view("a") == "pending/0/None"
+    assert calls == ["a"]  # the second poll came from memory
+    steps: list[tuple[Callable[[], object], str, str]] = [
+        (lambda: store.mark_queued("llama3.2:1b"), "a", "queued/0/None"),
+        (lambda: store.unmark_queued("llama3.2:1b"), "a", "pending/0/None"),
+        (lambda: store.claim(["a"], T0), "a", "running/1/None"),
+        (lambda: store.requeue("a", 1, "oom", "OUT_OF_MEMORY", T0), "a", "pending/1/OUT_OF_MEMORY"),
+        (lambda: store.claim(["a"], T0), "a", "running/2/OUT_OF_MEMORY"),
+        (lambda: store.release(["a"]), "a", "pending/1/OUT_OF_MEMORY"),
+        (lambda: store.claim(["a"], T0), "a", "running/2/OUT_OF_MEMORY"),
+        (lambda: store.complete("a", 2, "ok", {}, T0), "a", "complete/2/None"),
+        (lambda: store.claim(["b"], T0), "b", "running/1/None"),
+        (lambda: store.fail("b", 1, "bad", "BACKEND_ERROR", T0), "b", "failed/1/BACKEND_ERROR"),
+        (lambda: store.retry("b"), "b", "pending/0/None"),
+        (lambda: store.cancel("b", T0), "b", "cancelled/0/None"),
+        (
+            lambda: store.fail("c", None, "gone", "MODEL_NOT_FOUND", T0),
+            "c",
+            "failed/0/MODEL_NOT_FOUND",
+        ),
+        (lambda: store.retry("c"), "c", "pending/0/None"),
+        (lambda: store.expire(T0 + 1, T0 + 2, 1.0), "c", "failed/0/JOB_TIMEOUT"),
+    ]
+    for change, job_id, expected in steps:
+        assert view(job_id) is not None  # cached before the change
+        change()
+        assert view(job_id) == expected
+    store.claim(["a"], T0)  # refused (complete): nothing changes, the view stays right
+    assert view("a") == "complete/2/None"
+    assert store.purge(T0 + 10) == 3
+    assert view("a") is None and view("b") is None and view("c") is None
+
+
+def test_store_job_view_after_recover_shows_the_requeued_job(db_path: Path) -> None:
+    store = Store(db_path)
+    add(store, make_job("a"))
+    store.claim(["a"], T0)
+    render = counting_render([])
+    assert store.job_view("a", render) == b"running/1/None"
+    store.recover(max_attempts=3, now=T0)
+    assert store.job_view("a", render) == b"pending/1/None"
+    store.close()
+
+
+def test_store_job_view_is_never_stale_while_readers_race_the_writer(store: Store) -> None:
+    """Polls race every change: once a change has returned, every later read shows it,
+    and no reader ever sees a job go back from a state it has already seen."""
+    render = counting_render([])
+    ids = [f"j{i}" for i in range(200)]
+    add(store, *(make_job(i) for i in ids))
+    order = {"pending": 0, "running": 1, "complete": 2}
+    current = [ids[0]]  # the job the writer is changing; readers poll it and the one before
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        last: dict[str, int] = {}
+        try:
+            while not done.is_set():
+                now = current[0]
+                for job_id in (now, ids[max(0, ids.index(now) - 1)]):
+                    raw = store.job_view(job_id, render)
+                    assert raw is not None
+                    rank = order[raw.decode().split("/")[0]]
+                    assert rank >= last.get(job_id, 0), f"{job_id} went back to {raw!r}"
+                    last[job_id] = rank
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # switch threads often: more interleavings, no GIL convoy
+    for r in readers:
+        r.start()
+    try:
+        for job_id in ids:
+            current[0] = job_id
+            store.claim([job_id], T0)
+            assert store.job_view(job_id, render) == b"running/1/None"
+            store.complete(job_id, 1, "ok", {}, T0)
+            assert store.job_view(job_id, render) == b"complete/1/None"
+    finally:
+        done.set()
+        for r in readers:
+            r.join(timeout=30)
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+
+
+def test_store_job_views_stay_within_their_memory_bound() -> None:
+    views = _Views(max_bytes=1000, max_entry=300)
+    for i in range(50):
+        views.fill(views.ticket(), f"j{i}", b"x" * 100)
+    views.fill(views.ticket(), "huge", b"x" * 301)
+    kept = [f"j{i}" for i in range(50) if views.get(f"j{i}") is not None]
+    assert kept == [f"j{i}" for i in range(40, 50)]  # the newest, 1000 bytes in all
+    assert views.get("huge") is None
