@@ -52,6 +52,11 @@ class Config:
     # --- added by this design
     HOST: str = _setting("127.0.0.1", "Address the HTTP API binds to.")
     HTTP_PORT: int = _setting(5001, "Port of the HTTP API.", minimum=0)
+    HTTP_THREADS: int = _setting(
+        16,
+        "Threads answering HTTP requests (concurrent submits share one disk sync).",
+        minimum=1,
+    )
     DATA_DIR: str = _setting("data", "Folder of the SQLite job store and its lock file.")
     LOG_FILE: str = _setting("model_manager.log", "Log file ('' for stderr only).")
     VRAM_BUDGET_MB: int = _setting(

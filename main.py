@@ -17,10 +17,12 @@ import argparse
 import ctypes
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,38 @@ def start_simulator(config: Config, time_scale: float) -> tuple[Any, Any]:
     return sim, NvmlGpuSource()
 
 
+class _Handoff(QueueHandler):
+    """Hands records to the logging thread with the message and traceback already
+    rendered (as ``LineFormatter`` would), so nothing changes in what gets written."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        message = record.getMessage()
+        if record.exc_info:
+            message += " | " + logging.Formatter().formatException(record.exc_info)
+        record = logging.makeLogRecord(record.__dict__)
+        record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
+        return record
+
+
+def log_in_background() -> QueueListener:
+    """Move the writing of log lines to one thread; return it, started (``stop()`` drains).
+
+    Request threads then only queue a record. Every submit logs a line, and with many
+    HTTP threads writing and flushing lines under the handler's lock, submits/s halved in
+    the service benchmark. The price: a kill -9 loses the lines still queued (the last
+    milliseconds); a clean stop writes them all.
+    """
+    root = logging.getLogger("modelmanager")
+    handlers = list(root.handlers)
+    for handler in handlers:
+        root.removeHandler(handler)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root.addHandler(_Handoff(records))
+    listener = QueueListener(records, *handlers)
+    listener.start()
+    return listener
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -119,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.LOG_FILE or None)
+    writer = log_in_background()
     # waitress warns "Task queue depth is N" whenever all its threads are busy, which is
     # expected under load; thousands of such lines a second cost throughput and say nothing
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -141,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         if sim is not None:
             sim.stop()
+        writer.stop()
         return 3
     manager.start()
     if config.HOST not in ("127.0.0.1", "localhost", "::1") and not config.API_KEY:
@@ -154,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         app,
         host=config.HOST,  # always explicit: waitress would bind every interface
         port=config.HTTP_PORT,
-        threads=8,
+        threads=config.HTTP_THREADS,
         connection_limit=200,
         channel_timeout=60,
         max_request_body_size=MAX_BODY_BYTES,
@@ -169,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         if stop.is_set():  # a second signal: cold stop, unfinished jobs rerun next start
             log.warning("second signal: stopping now")
+            writer.stop()
             logging.shutdown()
             os._exit(1)
         stop.set()
@@ -186,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         sim.stop()
     # Jobs still running after the drain stay "running" in the store and rerun at the
     # next start; their threads must not hold the exit (they wait on Ollama).
+    writer.stop()
     logging.shutdown()
     os._exit(0)
 

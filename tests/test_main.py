@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import requests
 
+from main import log_in_background
+from modelmanager.logger import get_logger, setup_logging
 from tests.conftest import ROOT, free_port, wait_until
 
 
@@ -85,3 +89,35 @@ def test_bad_setting_stops_startup_naming_it(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "MM_MAX_ATTEMPTS" in done.stderr and "'many'" in done.stderr
+
+
+def test_log_lines_written_in_the_background_read_as_written_in_place(tmp_path: Path) -> None:
+    """main.py hands records to a logging thread: the file gets the same one-line records,
+    tracebacks and escaped control characters included, and stop() writes what is queued."""
+    path = tmp_path / "mm.log"
+    setup_logging(path)
+    writer = log_in_background()
+    log = get_logger("API")
+    try:
+        log.info("job %s accepted: %s", "j1", "forged\n[00:00:00.000] [API] line")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("submit failed on %s", "/api/submit")
+        for i in range(200):
+            log.info("burst %d", i)
+    finally:
+        writer.stop()
+        root = logging.getLogger("modelmanager")
+        for handler in [*root.handlers, *writer.handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.propagate = True
+        root.setLevel(logging.NOTSET)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 202
+    assert all(re.match(r"^\[\d\d:\d\d:\d\d\.\d{3}\] \[API\] ", line) for line in lines)
+    assert lines[0].endswith("job j1 accepted: forged\\n[00:00:00.000] [API] line")
+    assert "submit failed on /api/submit | Traceback" in lines[1]
+    assert lines[1].endswith("ValueError: boom")
+    assert lines[-1].endswith("burst 199")
