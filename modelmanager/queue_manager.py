@@ -32,10 +32,6 @@ class ModelDemand:
     rank: int
     oldest_submitted_at: float
 
-    def key(self) -> tuple[int, float]:
-        """Sort key: most urgent first, then longest waiting."""
-        return (self.rank, self.oldest_submitted_at)
-
 
 def effective_rank(priority: Priority, submitted_at: float, now: float, aging: float) -> int:
     return priority.rank - math.floor(max(0.0, now - submitted_at) / aging)
