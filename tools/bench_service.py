@@ -3,7 +3,8 @@
 - HTTP throughput from concurrent keep-alive clients, each figure next to baselines
   measured with the same driver in the same run: the service's ``GET /api/health``, and
   the ceilings of the stack: a bare Flask "hello" and a raw WSGI callable, each on
-  waitress with the service's settings (8 threads). The driver is ``wrk`` when it is
+  waitress with 8 threads (the service has ``HTTP_THREADS``, 16; 8 or 16 measured the
+  same for these two). The driver is ``wrk`` when it is
   installed, else a lean Python one (raw sockets, pre-encoded requests, one process, one
   event loop) run as a subprocess so it does not share a GIL with the benchmark.
 - ``POST /api/submit`` (jobs/s), ``GET /api/job/<id>`` (polls/s), ``POST
