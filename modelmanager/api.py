@@ -21,8 +21,9 @@ from .errors import Conflict, InvalidRequest, NotFound, QueueFull, ServiceUnavai
 from .execution_engine import ExecutionEngine
 from .logger import get_logger
 from .model_registry import ModelRegistry, normalize
-from .models import Job, JobStatus, ResourceSnapshot
+from .models import Job, JobKind, JobStatus, ResourceSnapshot
 from .queue_manager import QueueManager
+from .runners import runner_of
 from .store import Store
 from .validation import Submission, validate_submission
 
@@ -38,14 +39,26 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: Fields of a job's stored output shown beside ``result`` (see ``job_output``).
+OUTPUT_FIELDS = ("thinking", "tool_calls", "done_reason", "message", "context", "logprobs")
+
+
 def job_to_json(job: Job) -> dict[str, Any]:
-    return {
+    """The public view of a job. ``result`` is the text (generate, chat) or the vectors
+    (embed); what else Ollama answered sits beside it, ``null`` when absent."""
+    output = job.result
+    if isinstance(output, dict):  # this version's stored shape
+        result = output.get("embeddings") if job.kind is JobKind.EMBED else output.get("text")
+    else:  # a result stored by an older version: the text or the vectors themselves
+        result, output = output, {}
+    view = {
         "job_id": job.id,
         "status": job.status.value,
         "model": job.model,
         "kind": job.kind.value,
         "priority": job.priority.value,
-        "result": job.result,
+        "result": result,
+        **{key: output.get(key) for key in OUTPUT_FIELDS},
         "error": job.error,
         "error_code": job.error_code,
         "submitted_at": _iso(job.submitted_at),
@@ -58,6 +71,7 @@ def job_to_json(job: Job) -> dict[str, Any]:
         "prompt_eval_count": job.timings.get("prompt_eval_count"),
         "eval_count": job.timings.get("eval_count"),
     }
+    return view
 
 
 def _encode_job(job: Job) -> bytes:
@@ -117,7 +131,8 @@ class Api:
     def _new_job(self, sub: Submission, now: float) -> Job:
         return Job(
             id=str(uuid.uuid4()),
-            model=normalize(sub.model),
+            model=sub.model,
+            runner=runner_of(sub.model, sub.payload.get("options")),
             kind=sub.kind,
             priority=sub.priority,
             payload=sub.payload,
@@ -134,7 +149,9 @@ class Api:
             stored = self.store.insert_jobs([self._new_job(s, now) for s in subs])
             for job, created in stored:
                 if created:
-                    self.queue.add(job.id, job.model, job.priority, job.seq, job.submitted_at)
+                    self.queue.add(
+                        job.id, job.runner, job.priority, job.seq, job.submitted_at, name=job.model
+                    )
         finally:
             with self._room_lock:
                 self._reserved -= len(subs)
@@ -212,6 +229,8 @@ class Api:
         if old.terminal:
             raise Conflict(f"job {job_id} is already {old.value}", details={"status": old.value})
         self.queue.remove(job_id)
+        if old is JobStatus.RUNNING:
+            self.engine.abort([job_id])  # Ollama stops generating and frees the slot now
         log.info("job %s cancelled (was %s)", job_id, old.value)
         return {"job_id": job_id, "status": JobStatus.CANCELLED.value, "was": old.value}
 
@@ -225,7 +244,7 @@ class Api:
                 f"only failed jobs can be retried; job {job_id} is {current.status.value}",
                 details={"status": current.status.value},
             )
-        self.queue.add(job.id, job.model, job.priority, job.seq, job.submitted_at)
+        self.queue.add(job.id, job.runner, job.priority, job.seq, job.submitted_at, name=job.model)
         self._wake()
         log.info("job %s put back in the queue by request", job_id)
         return {"job_id": job_id, "status": job.status.value}
@@ -243,7 +262,10 @@ class Api:
                 "total_jobs": sum(by_status.values()),
                 "by_status": by_status,
                 "waiting": len(self.queue),
-                "by_model": self.queue.depth_by_model(),
+                "by_model": {
+                    self.engine.label(runner): depth
+                    for runner, depth in self.queue.depth_by_model().items()
+                },
             },
             "resources": {
                 "source": snap.source,
@@ -254,7 +276,7 @@ class Api:
                 },
                 "loaded_models": sorted(m.name for m in snap.loaded),
                 "managed_models": {
-                    n: {
+                    self.engine.label(n): {
                         "state": v.residency.value,
                         "in_flight": v.in_flight,
                         "vram_bytes": v.size_bytes,
@@ -300,7 +322,8 @@ class Api:
             view = views.get(name)
             out.append(
                 {
-                    "name": name,
+                    "name": self.engine.label(name),
+                    "key": name,
                     "estimated_vram_bytes": info.estimate_bytes,
                     "estimate_source": info.source,
                     "learned_vram_bytes": info.learned_vram_bytes,

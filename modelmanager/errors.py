@@ -179,9 +179,28 @@ class BackendUnavailable(OllamaError):
 
 
 class BackendTimeout(OllamaError):
-    """Ollama accepted the connection but did not answer in time."""
+    """Ollama accepted the connection but went silent for longer than the read timeout.
+
+    Answers are read as a stream, so this means "no progress", not "too long".
+    ``chunks`` is how many pieces of the answer had arrived: with none, the same request
+    would most likely wait the same way again (a prompt that takes longer to read than
+    the timeout), so it is not transient; a stall after progress is.
+    """
 
     code = "BACKEND_TIMEOUT"
+
+    def __init__(self, message: str, *, chunks: int = 0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.chunks = chunks
+        self.transient = chunks > 0
+
+
+class RequestAborted(OllamaError):
+    """The request was aborted on purpose (the job was cancelled, timed out, or the
+    service stopped); Ollama saw the connection close and stopped the work."""
+
+    code = "ABORTED"
+    transient = False
 
 
 class StreamError(OllamaError):

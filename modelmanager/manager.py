@@ -23,7 +23,7 @@ from .api import Api
 from .errors import DataDirLocked
 from .execution_engine import ExecutionEngine
 from .logger import escape, get_logger
-from .model_registry import ModelRegistry
+from .model_registry import ModelInfo, ModelRegistry
 from .models import ResourceSnapshot
 from .ollama_client import OllamaClient
 from .queue_manager import ModelDemand, QueueManager
@@ -65,6 +65,7 @@ class Manager:
             self.store,
             multiplier=config.VRAM_ESTIMATION_MULTIPLIER,
             tags=self.client.tags,
+            show=self.client.show,
             clock=clock,
         )
         self.queue = QueueManager(config.AGING_SECONDS)
@@ -181,6 +182,7 @@ class Manager:
             expired = self.store.expire(now - timeout, now, timeout)
             for job_id in expired:
                 self.queue.remove(job_id)
+            self.engine.abort(expired)  # Ollama stops the expired ones that were running
             if expired:
                 log.warning(
                     "%d job(s) failed: not finished within JOB_TIMEOUT (%gs)", len(expired), timeout
@@ -227,9 +229,11 @@ class Manager:
         views = self.engine.views()
         blocked = self.engine.load_blocked(now)
         demand = [d for d in demand if d.model in views or d.model not in blocked]
-        estimates = self._estimates([d.model for d in demand if d.model not in views])
+        infos = self._estimates([d.model for d in demand if d.model not in views])
+        estimates = {m: info.estimate_bytes for m, info in infos.items()}
+        evidence = {m: e for m, info in infos.items() if (e := info.evidence_bytes) is not None}
         work = {m: self._queued_work(d) for d in demand if (m := d.model) in estimates}
-        result = plan(demand, views, snap, estimates, self.settings, now, work)
+        result = plan(demand, views, snap, estimates, self.settings, now, work, evidence)
         for model, reason in result.fail:
             self.engine.fail_model(model, reason, "MODEL_TOO_LARGE")
         for model, reason in result.unloads:
@@ -245,36 +249,41 @@ class Manager:
         slots = self.engine.slots(d.model)
         return d.waiting * self.registry.job_seconds(d.model) / slots
 
-    def _estimates(self, models: list[str]) -> dict[str, int | None]:
-        """VRAM estimates of models that wait to be loaded; fails jobs of absent models."""
-        out: dict[str, int | None] = {}
-        if not models:
+    def _estimates(self, runners: list[str]) -> dict[str, ModelInfo]:
+        """What is known of runners that wait to be loaded; fails jobs of absent models."""
+        out: dict[str, ModelInfo] = {}
+        if not runners:
             return out
         self.registry.refresh_tags()
-        for model in models:
-            if self.engine.is_pulling(model):
+        for runner in runners:
+            if self.engine.is_pulling(runner):
                 continue
-            installed = self.registry.installed(model)
+            installed = self.registry.installed(runner)
             if installed is False and self.registry.refresh_tags(force=True):
-                installed = self.registry.installed(model)
+                installed = self.registry.installed(runner)
             if installed is False and self.config.AUTO_PULL:
-                self.engine.start_pull(model)
+                self.engine.start_pull(runner)
                 continue
             if installed is False:
+                name = self.queue.name_of(runner) or runner
                 self.engine.fail_model(
-                    model,
-                    f"model '{model}' is not installed in Ollama; pull it first "
-                    f"(ollama pull {model})",
+                    runner,
+                    f"model '{name}' is not installed in Ollama; pull it first "
+                    f"(ollama pull {name})",
                     "MODEL_NOT_FOUND",
                 )
                 continue
-            out[model] = self.registry.estimate(model)
+            out[runner] = self.registry.info(runner)
         return out
 
     def _log_waiting(self, waiting: list[str], snap: ResourceSnapshot) -> None:
         now_waiting = set(waiting)
-        for model in now_waiting - self._waiting_logged:
-            log.info("%s waits for VRAM (%d MB free)", model, snap.free_bytes // (1024 * 1024))
+        for runner in now_waiting - self._waiting_logged:
+            log.info(
+                "%s waits for VRAM (%d MB free)",
+                self.engine.label(runner),
+                snap.free_bytes // (1024 * 1024),
+            )
         self._waiting_logged = now_waiting
 
 

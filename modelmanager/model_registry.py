@@ -1,18 +1,31 @@
-"""Model catalog, VRAM estimates, and what loads taught us (persisted in the store).
+"""Model catalog, VRAM estimates per runner, and what loads taught us (persisted).
 
-Estimate of the VRAM a model takes once loaded, as NVML sees it, best source first:
-1. learned: the NVML delta of a load no other load overlapped, else ``size_vram`` from
-   ``/api/ps`` (both persisted, so they survive restarts); raised after an out-of-memory;
-2. the built-in catalog (the seed's 10 small models);
-3. the on-disk size Ollama reports in ``/api/tags`` x ``VRAM_ESTIMATION_MULTIPLIER``.
+Identity: a model is its :func:`~modelmanager.names.model_key`; a runner is a model with
+its runner options (:mod:`modelmanager.runners`). Sizes are learned and estimated per
+runner, because the KV cache grows with ``num_ctx``.
+
+Estimate of the VRAM a runner takes once loaded, as NVML sees it, best source first:
+
+1. learned for this runner: the NVML delta of a load no other load overlapped, else
+   ``size_vram`` from ``/api/ps`` (persisted, so they survive restarts);
+2. the model's default-runner size (learned, else the built-in catalog of 10 small
+   models, else Ollama's on-disk size x ``VRAM_ESTIMATION_MULTIPLIER``), plus the KV cache
+   the runner's ``num_ctx`` adds or saves against Ollama's default context (KV bytes per
+   token from ``/api/show``: ``2 x layers x kv_heads x head_dim x 2`` bytes, f16).
+
+On top of that evidence, failures (an out-of-memory answer, a runner Ollama drops right
+after loading it) *raise* the estimate, in memory only and at most to
+:data:`RAISE_CAP` x the evidence, so that the next plan frees more room. A successful
+load replaces the raise with what was measured, and a restart forgets it: a raise can
+make a model wait, never make it permanently impossible.
 
 Seconds a job takes on a runner slot, per model (:meth:`job_seconds`), for ranking
 groups by their queued work: a moving average of Ollama's own durations of finished jobs
 (kept in memory only); before a model has one, its VRAM estimate at the seconds per GiB
-the models that have one show (median), or ``PRIOR_SECONDS_PER_GIB``: bigger models are
-slower per token.
+the models that have one show (median), or ``PRIOR_SECONDS_PER_GIB``.
 
-Thread safety: one lock; ``refresh_tags`` does HTTP and is called off the request path.
+Thread safety: one lock; ``refresh_tags`` and ``show`` do HTTP and are called off the
+request path (the scheduler thread).
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ from typing import Any
 from .errors import OllamaError
 from .logger import get_logger
 from .models import GIB, MIB
+from .names import InvalidModelName, model_key
+from .runners import model_of, options_of
 from .store import Store
 
 log = get_logger("REGISTRY")
@@ -40,30 +55,40 @@ class CatalogEntry:
     capabilities: tuple[str, ...]
 
 
-# The seed's 10 small models (on-disk sizes as `ollama list` shows them).
+# Ten small models every setup knows before Ollama answers (on-disk sizes as `ollama
+# list` shows them), by model identity.
 CATALOG: dict[str, CatalogEntry] = {
-    "smollm:360m": CatalogEntry(int(0.23 * GB), ("completion",)),
-    "all-minilm:latest": CatalogEntry(int(0.046 * GB), ("embedding",)),
-    "nomic-embed-text:latest": CatalogEntry(int(0.274 * GB), ("embedding",)),
-    "qwen2.5:0.5b": CatalogEntry(int(0.397 * GB), ("completion",)),
-    "tinyllama:1.1b": CatalogEntry(int(0.638 * GB), ("completion",)),
-    "smollm:1.7b": CatalogEntry(int(0.99 * GB), ("completion",)),
-    "llama3.2:1b": CatalogEntry(1_321_098_329, ("completion",)),
-    "gemma:2b": CatalogEntry(int(1.7 * GB), ("completion",)),
-    "qwen2.5:1.5b": CatalogEntry(int(0.986 * GB), ("completion",)),
-    "phi3:mini": CatalogEntry(int(2.2 * GB), ("completion",)),
+    model_key(name): entry
+    for name, entry in {
+        "smollm:360m": CatalogEntry(int(0.23 * GB), ("completion",)),
+        "all-minilm:latest": CatalogEntry(int(0.046 * GB), ("embedding",)),
+        "nomic-embed-text:latest": CatalogEntry(int(0.274 * GB), ("embedding",)),
+        "qwen2.5:0.5b": CatalogEntry(int(0.397 * GB), ("completion",)),
+        "tinyllama:1.1b": CatalogEntry(int(0.638 * GB), ("completion",)),
+        "smollm:1.7b": CatalogEntry(int(0.99 * GB), ("completion",)),
+        "llama3.2:1b": CatalogEntry(1_321_098_329, ("completion",)),
+        "gemma:2b": CatalogEntry(int(1.7 * GB), ("completion",)),
+        "qwen2.5:1.5b": CatalogEntry(int(0.986 * GB), ("completion",)),
+        "phi3:mini": CatalogEntry(int(2.2 * GB), ("completion",)),
+    }.items()
 }
 
-OOM_GROWTH = 1.25  # an out-of-memory answer raises the estimate by this factor
+OOM_GROWTH = 1.25  # a failure raises the estimate by this factor
+RAISE_CAP = 2.0  # failures never raise an estimate past this many times the evidence
 PRIOR_SECONDS_PER_GIB = 1.0  # job seconds per GiB of model before any job finished
 JOB_SECONDS_WEIGHT = 0.2  # weight of the newest job in the moving average
+DEFAULT_NUM_CTX = 4096  # Ollama's default context (OLLAMA_CONTEXT_LENGTH)
+FALLBACK_KV_PER_TOKEN = 128 * 1024  # bytes per token when /api/show does not tell
+SHOW_RETRY_SECONDS = 60.0  # a failed /api/show is asked again after this long
 
 
 def normalize(name: str) -> str:
-    """``llama3.2`` -> ``llama3.2:latest``; lower-case, as Ollama matches names."""
-    name = name.strip().lower()
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
+    """The runner key of the default runner of ``name`` (its model identity); a name
+    Ollama's grammar refuses is kept, lower-cased, so lookups never raise."""
+    try:
+        return model_key(name)
+    except InvalidModelName:
+        return name.strip().lower()
 
 
 CONTEXT_ALLOWANCE = 512 * MIB  # a runner's CUDA context: in NVML, not in size_vram
@@ -86,8 +111,11 @@ def plausible_footprint(ps_vram: int | None, nvml_delta: int | None) -> int | No
 
 @dataclass
 class ModelInfo:
+    """What the registry knows of one runner (``name`` is its runner key)."""
+
     name: str
     estimate_bytes: int | None  # None: unknown until Ollama tells us its size
+    evidence_bytes: int | None  # the estimate without failure raises
     source: str  # learned | catalog | ollama | unknown
     installed: bool | None  # None: Ollama not reachable yet
     capabilities: tuple[str, ...]
@@ -95,10 +123,22 @@ class ModelInfo:
     learned_ps_vram_bytes: int | None
     learned_load_seconds: float | None
     loads: int
+    stored_name: str | None = None  # the model's name as Ollama stores it
 
     @property
     def is_embedding(self) -> bool:
         return "embedding" in self.capabilities and "completion" not in self.capabilities
+
+
+def _sane(entry: dict[str, Any]) -> dict[str, Any]:
+    """A stored stats row, minus a VRAM figure that no load measured: older versions
+    persisted failure raises, which must not outlive a restart."""
+    vram, ps_vram = entry.get("vram_bytes"), entry.get("ps_vram_bytes")
+    if vram and not ps_vram and not entry.get("loads"):
+        entry = {**entry, "vram_bytes": None}
+    elif vram and ps_vram and vram > ps_vram * 1.25 + CONTEXT_ALLOWANCE:
+        entry = {**entry, "vram_bytes": ps_vram}
+    return entry
 
 
 class ModelRegistry:
@@ -108,19 +148,27 @@ class ModelRegistry:
         *,
         multiplier: float,
         tags: Callable[[], list[dict[str, Any]]],
+        show: Callable[[str], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
         tags_ttl: float = 10.0,
     ) -> None:
         self.store = store
         self.multiplier = multiplier
         self._tags = tags
+        self._show = show
         self._clock = clock
         self._tags_ttl = tags_ttl
         self._lock = threading.Lock()
-        self._learned = store.load_model_stats()
+        self._learned: dict[str, dict[str, Any]] = {}
+        for name, entry in store.load_model_stats().items():
+            key = name if ("|" in name or "/" in name) else normalize(name)
+            self._learned[key] = _sane(entry)
+        self._raised: dict[str, int] = {}  # runner -> failure-raised estimate (memory only)
         self._job_seconds: dict[str, float] = {}
         self._installed: dict[str, dict[str, Any]] | None = None
         self._tags_at = -1e18
+        self._kv: dict[str, tuple[int, int]] = {}  # model -> (KV bytes per token, max ctx)
+        self._show_failed_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ Ollama's list
 
@@ -141,35 +189,52 @@ class ModelRegistry:
         return True
 
     def installed(self, model: str) -> bool | None:
-        """True/False once Ollama answered; None while it never has."""
+        """True/False once Ollama answered; None while it never has. ``model`` may be a
+        name in any spelling or a runner key."""
         with self._lock:
             if self._installed is None:
                 return None
-            return normalize(model) in self._installed
+            return model_of(normalize(model)) in self._installed
+
+    def stored_name(self, model: str) -> str | None:
+        """The model's name as Ollama stores (and reports) it, if ``/api/tags`` listed it."""
+        with self._lock:
+            tag = (self._installed or {}).get(model_of(normalize(model)))
+        if tag is None:
+            return None
+        name = tag.get("name") or tag.get("model")
+        return str(name) if name else None
 
     # ---------------------------------------------------------------------- lookups
 
-    def info(self, model: str) -> ModelInfo:
-        name = normalize(model)
+    def info(self, runner: str) -> ModelInfo:
+        """What is known of ``runner`` (a runner key, or a model name in any spelling)."""
+        runner = runner if "|" in runner else normalize(runner)
+        model = model_of(runner)
         with self._lock:
-            learned = self._learned.get(name, {})
-            tag = (self._installed or {}).get(name)
+            learned = self._learned.get(runner, {})
+            default = self._learned.get(model, {})
+            tag = (self._installed or {}).get(model)
             installed = None if self._installed is None else tag is not None
-        entry = CATALOG.get(name)
+            raised = self._raised.get(runner)
+        entry = CATALOG.get(model)
         capabilities: tuple[str, ...] = entry.capabilities if entry else ()
         if tag is not None and tag.get("capabilities"):
             capabilities = tuple(tag["capabilities"])
+        evidence: int | None
         if learned.get("vram_bytes"):
-            estimate, source = int(learned["vram_bytes"]), "learned"
-        elif entry is not None:
-            estimate, source = int(entry.disk_bytes * self.multiplier), "catalog"
-        elif tag is not None and tag.get("size"):
-            estimate, source = int(int(tag["size"]) * self.multiplier), "ollama"
+            evidence, source = int(learned["vram_bytes"]), "learned"
         else:
-            estimate, source = None, "unknown"
+            base, source = self._base(default, entry, tag)
+            evidence = None if base is None else self._with_context(model, runner, base)
+        estimate = evidence
+        if evidence is not None and raised is not None:
+            estimate = max(evidence, min(raised, int(evidence * RAISE_CAP)))
+        stored = tag.get("name") or tag.get("model") if tag is not None else None
         return ModelInfo(
-            name=name,
+            name=runner,
             estimate_bytes=estimate,
+            evidence_bytes=evidence,
             source=source,
             installed=installed,
             capabilities=capabilities,
@@ -177,12 +242,59 @@ class ModelRegistry:
             learned_ps_vram_bytes=learned.get("ps_vram_bytes"),
             learned_load_seconds=learned.get("load_seconds"),
             loads=int(learned.get("loads") or 0),
+            stored_name=str(stored) if stored else None,
         )
 
-    def estimate(self, model: str) -> int | None:
-        return self.info(model).estimate_bytes
+    def _base(
+        self, default: dict[str, Any], entry: CatalogEntry | None, tag: dict[str, Any] | None
+    ) -> tuple[int | None, str]:
+        """The model's default-runner size and where it came from."""
+        if default.get("vram_bytes"):
+            return int(default["vram_bytes"]), "learned"
+        if entry is not None:
+            return int(entry.disk_bytes * self.multiplier), "catalog"
+        if tag is not None and tag.get("size"):
+            return int(int(tag["size"]) * self.multiplier), "ollama"
+        return None, "unknown"
+
+    def _with_context(self, model: str, runner: str, base: int) -> int:
+        """``base`` (the default runner's size) adjusted for the runner's ``num_ctx``."""
+        num_ctx = options_of(runner).get("num_ctx")
+        if not isinstance(num_ctx, int) or isinstance(num_ctx, bool):
+            return base
+        per_token, max_ctx = self._kv_figures(model)
+        default_ctx = min(DEFAULT_NUM_CTX, max_ctx)
+        delta = per_token * (min(num_ctx, max_ctx) - default_ctx)
+        return max(base // 2, base + delta)
+
+    def _kv_figures(self, model: str) -> tuple[int, int]:
+        """(KV-cache bytes per token of context, training context) from ``/api/show``."""
+        with self._lock:
+            known = self._kv.get(model)
+            failed_at = self._show_failed_at.get(model)
+        if known is not None:
+            return known
+        fallback = (FALLBACK_KV_PER_TOKEN, 1 << 30)
+        if self._show is None or (
+            failed_at is not None and self._clock() - failed_at < SHOW_RETRY_SECONDS
+        ):
+            return fallback
+        try:
+            shown = self._show(self.stored_name(model) or model)
+        except OllamaError:
+            with self._lock:
+                self._show_failed_at[model] = self._clock()
+            return fallback
+        figures = kv_figures(shown.get("model_info") or {}) or fallback
+        with self._lock:
+            self._kv[model] = figures
+        return figures
+
+    def estimate(self, runner: str) -> int | None:
+        return self.info(runner).estimate_bytes
 
     def known_models(self) -> list[str]:
+        """Runner keys of every model the catalog, Ollama or a load told us of."""
         with self._lock:
             names = set(CATALOG) | set(self._learned) | set(self._installed or {})
         return sorted(names)
@@ -191,26 +303,28 @@ class ModelRegistry:
 
     def learn_load(
         self,
-        model: str,
+        runner: str,
         *,
         ps_vram_bytes: int | None,
         nvml_delta_bytes: int | None,
         load_seconds: float,
     ) -> int | None:
-        """Record a finished load. The NVML delta (when no other load overlapped) is what
-        the planner compares with NVML free memory, so it wins over ``size_vram``."""
-        name = normalize(model)
+        """Record a finished load of ``runner``. The NVML delta (when no other load
+        overlapped) is what the planner compares with NVML free memory, so it wins over
+        ``size_vram``; either replaces a failure raise."""
+        runner = runner if "|" in runner else normalize(runner)
         vram = plausible_footprint(ps_vram_bytes, nvml_delta_bytes)
         with self._lock:
-            entry = self._learned.setdefault(name, {"loads": 0})
+            entry = self._learned.setdefault(runner, {"loads": 0})
             if vram:
                 entry["vram_bytes"] = vram
+                self._raised.pop(runner, None)
             if ps_vram_bytes:
                 entry["ps_vram_bytes"] = ps_vram_bytes
             entry["load_seconds"] = load_seconds
             entry["loads"] = int(entry.get("loads") or 0) + 1
         self.store.save_model_stats(
-            name,
+            runner,
             vram_bytes=vram or None,
             ps_vram_bytes=ps_vram_bytes or None,
             load_seconds=load_seconds,
@@ -220,17 +334,17 @@ class ModelRegistry:
         if vram:
             source = "nvml delta" if vram == nvml_delta_bytes else "api/ps"
             log.info(
-                "learned %s: %d MB VRAM (%s), load %.2fs", name, vram // MIB, source, load_seconds
+                "learned %s: %d MB VRAM (%s), load %.2fs", runner, vram // MIB, source, load_seconds
             )
         else:
-            log.info("learned %s: load %.2fs (no VRAM figure to trust)", name, load_seconds)
+            log.info("learned %s: load %.2fs (no VRAM figure to trust)", runner, load_seconds)
         return vram
 
     def learn_job(self, model: str, seconds: float) -> None:
         """Record how long a finished job ran on its slot (load time excluded)."""
         if seconds <= 0:
             return
-        name = normalize(model)
+        name = model_of(normalize(model))
         with self._lock:
             old = self._job_seconds.get(name)
             self._job_seconds[name] = (
@@ -239,7 +353,7 @@ class ModelRegistry:
 
     def job_seconds(self, model: str) -> float:
         """Expected seconds of one job of ``model`` on a runner slot (see the module doc)."""
-        name = normalize(model)
+        name = model_of(normalize(model))
         with self._lock:
             known = self._job_seconds.get(name)
             learned = dict(self._job_seconds)
@@ -251,26 +365,63 @@ class ModelRegistry:
             if (size := self.estimate(other) or 0) > 0
         ]
         rate = statistics.median(per_gib) if per_gib else PRIOR_SECONDS_PER_GIB
-        return rate * (self.estimate(name) or GIB) / GIB
+        return rate * (self.estimate(model) or GIB) / GIB
 
     def raise_estimate(
-        self, model: str, *, at_least: int | None = None, why: str = "out-of-memory"
+        self, runner: str, *, at_least: int | None = None, why: str = "out-of-memory"
     ) -> int | None:
-        """After an out-of-memory answer: grow the estimate so the next plan frees more."""
-        name = normalize(model)
-        current = self.estimate(name)
-        if current is None:
+        """After a failure: grow the estimate so the next plan frees more room.
+
+        In memory only, and never past :data:`RAISE_CAP` x the evidence (see the module
+        doc). Returns the new estimate (None while the size is unknown).
+        """
+        runner = runner if "|" in runner else normalize(runner)
+        info = self.info(runner)
+        if info.estimate_bytes is None or info.evidence_bytes is None:
             return None
-        grown = max(int(current * OOM_GROWTH), at_least or 0)
+        cap = int(info.evidence_bytes * RAISE_CAP)
+        grown = min(cap, max(int(info.estimate_bytes * OOM_GROWTH), at_least or 0))
         with self._lock:
-            self._learned.setdefault(name, {"loads": 0})["vram_bytes"] = grown
-        self.store.save_model_stats(
-            name,
-            vram_bytes=grown,
-            ps_vram_bytes=None,
-            load_seconds=None,
-            now=self._clock(),
-            count_load=False,
-        )
-        log.info("raised VRAM estimate of %s to %d MB after %s", name, grown // MIB, why)
+            self._raised[runner] = grown
+        if grown > info.estimate_bytes:
+            log.info("raised VRAM estimate of %s to %d MB after %s", runner, grown // MIB, why)
+        else:
+            log.info(
+                "VRAM estimate of %s stays at %d MB after %s (at its cap of %gx what was measured)",
+                runner,
+                grown // MIB,
+                why,
+                RAISE_CAP,
+            )
         return grown
+
+
+def kv_figures(model_info: dict[str, Any]) -> tuple[int, int] | None:
+    """(KV bytes per token, training context) from ``/api/show``'s ``model_info``.
+
+    Ollama names the keys after the architecture (``general.architecture``):
+    ``<arch>.block_count``, ``<arch>.attention.head_count_kv``, ``<arch>.attention.
+    key_length`` (else ``embedding_length / attention.head_count``), ``<arch>.context_length``.
+    The cache is f16: ``2 (K and V) x layers x kv_heads x head_dim x 2 bytes``.
+    """
+    arch = model_info.get("general.architecture")
+    if not isinstance(arch, str):
+        return None
+
+    def number(key: str) -> int | None:
+        value = model_info.get(f"{arch}.{key}")
+        if isinstance(value, list) and value:  # per-layer lists in some architectures
+            value = max(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return int(value)
+
+    layers = number("block_count")
+    kv_heads = number("attention.head_count_kv") or number("attention.head_count")
+    head_dim = number("attention.key_length")
+    if head_dim is None:
+        embedding, heads = number("embedding_length"), number("attention.head_count")
+        head_dim = embedding // heads if embedding and heads else None
+    if not (layers and kv_heads and head_dim):
+        return None
+    return 2 * layers * kv_heads * head_dim * 2, number("context_length") or (1 << 30)

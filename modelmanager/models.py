@@ -67,7 +67,12 @@ class JobKind(enum.StrEnum):
 
 @dataclass
 class Job:
-    """One inference job. ``payload`` holds what goes to Ollama (prompt, messages, ...)."""
+    """One inference job. ``payload`` holds what goes to Ollama (prompt, messages, ...).
+
+    ``model`` is the name as the client sent it (what it sees back, and what is sent to
+    Ollama, which resolves names itself); ``runner`` is the runner key the job is grouped
+    and scheduled by (:func:`modelmanager.runners.runner_key`).
+    """
 
     id: str
     model: str
@@ -87,6 +92,7 @@ class Job:
     timings: dict[str, int] = field(default_factory=dict)  # Ollama's *_duration (ns), counts
     idempotency_key: str | None = None
     seq: int = 0  # store insertion order: FIFO within a priority
+    runner: str = ""
 
 
 # ------------------------------------------------------------------------- resources
@@ -112,7 +118,8 @@ class GpuDevice:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model Ollama reports in ``/api/ps``. ``name`` is normalised to ``name:tag``."""
+    """A model Ollama reports in ``/api/ps``: ``name`` as Ollama stores it (case kept,
+    ``:tag`` added); :func:`modelmanager.names.model_key` of it is its identity."""
 
     name: str
     size_bytes: int

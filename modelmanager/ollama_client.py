@@ -11,35 +11,36 @@ Contract for the engine above:
   for an ``{"error"}`` line inside a stream, ``None`` when no answer arrived) and the model
   in ``.model`` where one was involved. The class's ``transient`` flag tells the caller
   whether a retry may help; this module never retries.
-* Model names are normalised to ``name:tag`` (see :func:`normalize_name`) both in what is
-  sent and in what :meth:`OllamaClient.ps` returns.
+* Requests go out as the caller gives them: model names as spelled (Ollama resolves them
+  case-insensitively, with its defaults), options unchanged. Only :meth:`OllamaClient.ps`
+  normalises names (``name:tag``, case kept).
 * ``keep_alive`` is always sent as a JSON number of **seconds** (negative: forever, 0:
   unload once idle). Durations that Ollama reports are integer **nanoseconds** (``*_ns``).
-* Runner options (:data:`RUNNER_OPTIONS`) are pinned per model, so Ollama never reloads a
-  model because two requests disagree on ``num_ctx`` and the like.
-* Thread-safe: one pooled ``requests.Session`` shared by all threads, the pin table behind a
-  lock. Nothing is logged here, so prompts and outputs never reach a log.
+* Generate and chat are streamed, so timeouts measure silence; any request can be aborted
+  from another thread through a :class:`~modelmanager.abortable.Call`.
+* Thread-safe: one pooled ``requests.Session`` shared by all threads. Nothing is logged
+  here, so prompts and outputs never reach a log.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
+from .abortable import AbortableAdapter, Call, calling
 from .errors import (
     BackendTimeout,
     BackendUnavailable,
     LoadTimeout,
     OllamaBadRequest,
     OllamaError,
+    RequestAborted,
     StreamError,
 )
 from .models import LoadedModel
@@ -63,8 +64,9 @@ from .ollama_wire import (
 )
 
 __all__ = [
-    "RUNNER_OPTIONS",
+    "Call",
     "InferenceResult",
+    "Kind",
     "OllamaClient",
     "classify_failure",
     "normalize_name",
@@ -72,13 +74,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: Options fixed when Ollama starts a model's runner; a different value forces a reload.
-#: ``use_mlock``, ``numa`` and ``low_vram`` only exist in older versions (newer ones ignore
-#: them), and pinning them costs nothing.
-RUNNER_OPTIONS: frozenset[str] = frozenset(
-    {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"}
-    | {"use_mlock", "numa", "low_vram"}
-)
+Kind = Literal["generate", "chat", "embed"]
+_PATHS: dict[str, str] = {"generate": "/api/generate", "chat": "/api/chat", "embed": "/api/embed"}
 
 
 class OllamaClient:
@@ -93,9 +90,11 @@ class OllamaClient:
     * version, tags, show, ps: ``(connect_timeout, info_timeout)``.
 
     Safe for concurrent use from a thread pool. The session built here pools up to
-    ``pool_size`` connections and ignores proxy settings from the environment (Ollama is a
-    local backend); a ``session`` passed in is used as it is (its headers, auth and cookies
-    as they stand at the first request to each endpoint) and not closed by :meth:`close`.
+    ``pool_size`` connections, can abort calls (:class:`Call`) and ignores proxy settings
+    from the environment (Ollama is a local backend); a ``session`` passed in is used as
+    it is (its headers, auth and cookies as they stand at the first request to each
+    endpoint; aborting needs its adapter to be an ``AbortableAdapter``) and not closed by
+    :meth:`close`.
     """
 
     def __init__(
@@ -129,13 +128,11 @@ class OllamaClient:
         if session is None:
             session = requests.Session()
             session.trust_env = False
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+            adapter = AbortableAdapter(pool_connections=4, pool_maxsize=pool_size)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self._session = session
         self._endpoints: dict[tuple[str, str, bool], _Endpoint] = {}
-        self._pins: dict[str, dict[str, Any]] = {}
-        self._pins_lock = threading.Lock()
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -170,9 +167,8 @@ class OllamaClient:
 
         Raises :class:`ModelNotFound` when the model is not installed.
         """
-        name = normalize_name(model)
         return self._json(
-            "POST", "/api/show", {"model": name}, timeout=self._info_timeout, model=name
+            "POST", "/api/show", {"model": model}, timeout=self._info_timeout, model=model
         )
 
     def ps(self) -> list[LoadedModel]:
@@ -185,34 +181,66 @@ class OllamaClient:
 
     # ------------------------------------------------------------------------ inference
 
+    def infer(
+        self,
+        kind: Kind,
+        model: str,
+        fields: Mapping[str, Any],
+        *,
+        keep_alive: float,
+        call: Call | None = None,
+        on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    ) -> InferenceResult:
+        """One generate, chat or embed request with ``fields`` sent as they are.
+
+        ``fields`` are Ollama's request fields for the endpoint (``prompt``, ``messages``,
+        ``input``, ``options``, ``think``, ``tools``, ...); ``None`` values are left out and
+        nothing is added but ``model``, ``keep_alive`` (seconds) and, for generate and chat,
+        ``"stream": true``: the answer is read as it is produced, so the read timeout
+        measures silence, not length (:class:`BackendTimeout` carries how many chunks had
+        arrived). ``on_chunk`` sees each streamed object as it arrives. ``call`` lets
+        another thread abort the request (:class:`RequestAborted`); Ollama then stops the
+        work. Embed answers in one piece.
+
+        ``text`` of the result is generate's ``response`` or chat's ``message.content``;
+        ``embeddings`` is embed's vectors; ``raw`` the whole final object.
+        """
+        path = _PATHS.get(kind)
+        if path is None:
+            raise ValueError(f"kind must be one of {', '.join(_PATHS)}, got {kind!r}")
+        body: dict[str, Any] = {"model": model}
+        body.update((key, value) for key, value in fields.items() if value is not None)
+        if kind != "embed":
+            body["stream"] = True
+        body["keep_alive"] = keep_alive_seconds(keep_alive)
+        raw = self._json(
+            "POST", path, body, timeout=self._timeout, model=model, call=call, on_chunk=on_chunk
+        )
+        if kind == "embed":
+            return inference_result(model, raw, embeddings=embedding_vectors(path, raw, model))
+        text = chat_text(raw, model) if kind == "chat" else text_field(path, raw, model)
+        return inference_result(model, raw, text=text)
+
     def generate(
         self,
         model: str,
         prompt: str,
         *,
         keep_alive: float,
-        system: str | None = None,
-        images: Sequence[str] | None = None,
-        format: str | Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
+        call: Call | None = None,
+        on_chunk: Callable[[dict[str, Any]], None] | None = None,
+        **fields: Any,
     ) -> InferenceResult:
-        """One completion (``/api/generate``); ``text`` is the whole response.
-
-        ``keep_alive`` is seconds; ``images`` are base64 strings; ``format`` is ``"json"`` or
-        a JSON schema. An empty prompt makes Ollama only load the model (``done_reason``
-        ``"load"``).
-        """
-        name = normalize_name(model)
-        body: dict[str, Any] = {"model": name, "prompt": prompt, "stream": False}
-        if system is not None:
-            body["system"] = system
-        if images is not None:
-            body["images"] = list(images)
-        if format is not None:
-            body["format"] = format if isinstance(format, str) else dict(format)
-        self._add_common(body, name, keep_alive, options)
-        raw = self._json("POST", "/api/generate", body, timeout=self._timeout, model=name)
-        return inference_result(name, raw, text=text_field("/api/generate", raw, name))
+        """A completion (``/api/generate``); ``fields`` as in :meth:`infer` (``system``,
+        ``images`` as base64 strings, ``format`` "json" or a schema, ``options``, ...)."""
+        return self.infer(
+            "generate",
+            model,
+            {"prompt": prompt, **fields},
+            keep_alive=keep_alive,
+            call=call,
+            on_chunk=on_chunk,
+        )
 
     def chat(
         self,
@@ -220,24 +248,20 @@ class OllamaClient:
         messages: Sequence[Mapping[str, Any]],
         *,
         keep_alive: float,
-        format: str | Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
+        call: Call | None = None,
+        on_chunk: Callable[[dict[str, Any]], None] | None = None,
+        **fields: Any,
     ) -> InferenceResult:
-        """One chat turn (``/api/chat``); ``text`` is the assistant's ``message.content``.
-
-        ``keep_alive`` is seconds. Empty ``messages`` make Ollama only load the model.
-        """
-        name = normalize_name(model)
-        body: dict[str, Any] = {
-            "model": name,
-            "messages": [dict(message) for message in messages],
-            "stream": False,
-        }
-        if format is not None:
-            body["format"] = format if isinstance(format, str) else dict(format)
-        self._add_common(body, name, keep_alive, options)
-        raw = self._json("POST", "/api/chat", body, timeout=self._timeout, model=name)
-        return inference_result(name, raw, text=chat_text(raw, name))
+        """A chat turn (``/api/chat``); ``fields`` as in :meth:`infer` (``tools``, ...)."""
+        listed = [dict(message) for message in messages]
+        return self.infer(
+            "chat",
+            model,
+            {"messages": listed, **fields},
+            keep_alive=keep_alive,
+            call=call,
+            on_chunk=on_chunk,
+        )
 
     def embed(
         self,
@@ -245,21 +269,14 @@ class OllamaClient:
         input: str | Sequence[str],
         *,
         keep_alive: float,
-        options: Mapping[str, Any] | None = None,
+        call: Call | None = None,
+        **fields: Any,
     ) -> InferenceResult:
-        """Embeddings (``/api/embed``): one L2-normalised vector per input, in order.
-
-        ``keep_alive`` is seconds. An empty input makes Ollama only load the model.
-        """
-        name = normalize_name(model)
-        body: dict[str, Any] = {
-            "model": name,
-            "input": input if isinstance(input, str) else list(input),
-            "stream": False,
-        }
-        self._add_common(body, name, keep_alive, options)
-        raw = self._json("POST", "/api/embed", body, timeout=self._timeout, model=name)
-        return inference_result(name, raw, embeddings=embedding_vectors("/api/embed", raw, name))
+        """Embeddings (``/api/embed``): one L2-normalised vector per input, in order."""
+        given = input if isinstance(input, str) else list(input)
+        return self.infer(
+            "embed", model, {"input": given, **fields}, keep_alive=keep_alive, call=call
+        )
 
     # --------------------------------------------------------------------- residency
 
@@ -273,6 +290,8 @@ class OllamaClient:
     ) -> InferenceResult:
         """Load ``model`` and keep it for ``keep_alive`` seconds (negative: forever).
 
+        ``options`` are sent as given: a job's runner options (``num_ctx``, ...) must reach
+        the load, or Ollama starts a runner with its defaults and reloads it for the job.
         ``kind="generate"`` sends an empty prompt to ``/api/generate``; ``kind="embed"`` an
         empty input to ``/api/embed`` (embedding models cannot generate). Blocks until the
         model is loaded, up to ``load_timeout``; a read timeout raises :class:`LoadTimeout`.
@@ -281,8 +300,7 @@ class OllamaClient:
         seconds = keep_alive_seconds(keep_alive)
         if seconds == 0:
             raise ValueError("load() with keep_alive 0 would unload the model; use unload()")
-        name = normalize_name(model)
-        body: dict[str, Any] = {"model": name}
+        body: dict[str, Any] = {"model": model}
         if kind == "generate":
             path = "/api/generate"
             body["prompt"] = ""
@@ -292,32 +310,30 @@ class OllamaClient:
         else:
             raise ValueError(f"load kind must be 'generate' or 'embed', got {kind!r}")
         body["stream"] = False
-        self._add_common(body, name, seconds, options)
+        body["keep_alive"] = seconds
+        if options:
+            body["options"] = dict(options)
         raw = self._json(
             "POST",
             path,
             body,
             timeout=self._load_timeout,
-            model=name,
+            model=model,
             timeout_error=LoadTimeout,
         )
         if kind == "embed":
-            return inference_result(name, raw, embeddings=embedding_vectors(path, raw, name))
-        return inference_result(name, raw, text=text_field(path, raw, name))
+            return inference_result(model, raw, embeddings=embedding_vectors(path, raw, model))
+        return inference_result(model, raw, text=text_field(path, raw, model))
 
     def unload(self, model: str) -> None:
-        """Ask Ollama to unload ``model`` (empty prompt, ``keep_alive`` 0) and forget its pin.
+        """Ask Ollama to unload ``model`` (empty prompt, ``keep_alive`` 0).
 
         Ollama answers at once; the runner leaves ``/api/ps`` once its in-flight requests
         finish and its VRAM is freed some time after that, so poll ps (and NVML) to see it
-        gone. The pin is cleared even when the request fails.
+        gone.
         """
-        name = normalize_name(model)
-        body = {"model": name, "prompt": "", "keep_alive": 0, "stream": False}
-        try:
-            self._json("POST", "/api/generate", body, timeout=self._timeout, model=name)
-        finally:
-            self.unpin(name)
+        body = {"model": model, "prompt": "", "keep_alive": 0, "stream": False}
+        self._json("POST", "/api/generate", body, timeout=self._timeout, model=model)
 
     # -------------------------------------------------------------------- management
 
@@ -329,7 +345,7 @@ class OllamaClient:
         line :class:`StreamError`. An exception from ``progress`` aborts the pull and
         propagates unchanged. The read timeout applies between two lines.
         """
-        name = normalize_name(model)
+        name = model
 
         def consume(resp: requests.Response) -> None:
             last_status: object = None
@@ -351,47 +367,8 @@ class OllamaClient:
 
     def delete(self, model: str) -> None:
         """Remove ``model`` from disk. Does not unload it if it is running."""
-        name = normalize_name(model)
-        body = {"model": name}
-        self._exchange("DELETE", "/api/delete", body, self._timeout, name, BackendTimeout, _drain)
-
-    # ---------------------------------------------------------------- runner options
-
-    def pinned_runner_options(self, model: str) -> dict[str, Any] | None:
-        """A copy of the runner options pinned for ``model``, or None if none are pinned."""
-        with self._pins_lock:
-            pinned = self._pins.get(_pin_key(model))
-            return dict(pinned) if pinned is not None else None
-
-    def unpin(self, model: str) -> None:
-        """Forget ``model``'s pinned runner options; the next request that carries some
-        pins anew. :meth:`unload` does this itself."""
-        with self._pins_lock:
-            self._pins.pop(_pin_key(model), None)
-
-    def _options_for(self, name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-        """``options`` with their runner options replaced by ``name``'s pinned ones.
-
-        The first request that carries runner options pins them; from then on every request
-        for the model carries exactly the pinned set (its own runner options are dropped),
-        and sampling options pass through. A ``None`` value counts as not set.
-        """
-        given = {key: value for key, value in (options or {}).items() if value is not None}
-        sampling = {key: value for key, value in given.items() if key not in RUNNER_OPTIONS}
-        runner = {key: value for key, value in given.items() if key in RUNNER_OPTIONS}
-        with self._pins_lock:
-            pinned = self._pins.get(_pin_key(name))
-            if pinned is None and runner:
-                pinned = self._pins[_pin_key(name)] = runner
-            return {**sampling, **(pinned or {})}
-
-    def _add_common(
-        self, body: dict[str, Any], name: str, keep_alive: float, options: Mapping[str, Any] | None
-    ) -> None:
-        body["keep_alive"] = keep_alive_seconds(keep_alive)
-        merged = self._options_for(name, options)
-        if merged:
-            body["options"] = merged
+        body = {"model": model}
+        self._exchange("DELETE", "/api/delete", body, self._timeout, model, BackendTimeout, _drain)
 
     # ------------------------------------------------------------------------ transport
 
@@ -404,13 +381,23 @@ class OllamaClient:
         timeout: tuple[float, float],
         model: str | None = None,
         timeout_error: type[OllamaError] = BackendTimeout,
+        call: Call | None = None,
+        on_chunk: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """One JSON object from ``path``; a streamed (NDJSON) answer is joined into one."""
+        progress = _Progress()
+
+        def seen(obj: dict[str, Any]) -> None:
+            progress.chunks += 1
+            if on_chunk is not None:
+                on_chunk(obj)
 
         def consume(resp: requests.Response) -> dict[str, Any]:
-            return final_object(resp, path, model)
+            return final_object(resp, path, model, seen)
 
-        return self._exchange(method, path, body, timeout, model, timeout_error, consume)
+        return self._exchange(
+            method, path, body, timeout, model, timeout_error, consume, call=call, progress=progress
+        )
 
     def _endpoint(self, method: str, path: str, *, with_body: bool) -> _Endpoint:
         """The request to ``path`` prepared through the session, and its send settings.
@@ -440,11 +427,15 @@ class OllamaClient:
         model: str | None,
         timeout_error: type[OllamaError],
         consume: Callable[[requests.Response], _T],
+        *,
+        call: Call | None = None,
+        progress: _Progress | None = None,
     ) -> _T:
         """Send one request and hand a 2xx response to ``consume``; map every failure.
 
         The body is read inside the same error mapping, so a connection lost or a read
-        timing out mid-answer is typed like one lost before it.
+        timing out mid-answer is typed like one lost before it. A call aborted through
+        ``call`` raises :class:`RequestAborted`, whatever the broken connection looked like.
         """
         data: bytes | None = None
         if body is not None:
@@ -454,45 +445,83 @@ class OllamaClient:
                 raise OllamaBadRequest(
                     f"request to {path} cannot be sent as JSON: {exc}", model=model
                 ) from exc
-        where = f"{method} {path}"
         try:
             endpoint = self._endpoint(method, path, with_body=data is not None)
             request = endpoint.request.copy()
             request.prepare_body(data, None)
-            with self._session.send(request, timeout=timeout, **endpoint.settings) as resp:
+            with (
+                calling(call),
+                self._session.send(request, timeout=timeout, **endpoint.settings) as resp,
+            ):
                 if not 200 <= resp.status_code < 300:
                     raise http_error(resp.status_code, body_text(resp), model)
                 return consume(resp)
-        except requests.ConnectTimeout as exc:
-            raise BackendUnavailable(
+        except (requests.RequestException, OllamaError) as exc:
+            if call is not None and call.aborted:
+                raise RequestAborted(
+                    f"the request {method} {path} was aborted", model=model
+                ) from exc
+            if isinstance(exc, OllamaError):
+                raise
+            chunks = progress.chunks if progress is not None else 0
+            raise self._transport_error(
+                exc, f"{method} {path}", timeout, model, timeout_error, chunks
+            ) from exc
+
+    def _transport_error(
+        self,
+        exc: requests.RequestException,
+        where: str,
+        timeout: tuple[float, float],
+        model: str | None,
+        timeout_error: type[OllamaError],
+        chunks: int,
+    ) -> OllamaError:
+        """The typed error for a failure of the connection itself."""
+        if isinstance(exc, requests.ConnectTimeout):
+            return BackendUnavailable(
                 f"cannot reach Ollama at {self.base_url}: no connection within {timeout[0]} s",
                 model=model,
                 reached=False,
-            ) from exc
-        except requests.ReadTimeout as exc:
-            raise timeout_error(
-                f"Ollama did not answer {where} within {timeout[1]} s", model=model
-            ) from exc
-        except requests.ConnectionError as exc:
-            if any(isinstance(arg, ReadTimeoutError) for arg in exc.args):
-                # requests reports a read timeout in the middle of a body this way.
-                raise timeout_error(
-                    f"Ollama stopped answering {where} for {timeout[1]} s", model=model
-                ) from exc
-            raise BackendUnavailable(
+            )
+        timed_out = isinstance(exc, requests.ReadTimeout) or (
+            # requests reports a read timeout in the middle of a body this way
+            isinstance(exc, requests.ConnectionError)
+            and any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
+        )
+        if timed_out:
+            if chunks:
+                message = (
+                    f"Ollama stopped answering {where} for {timeout[1]} s after {chunks} chunk(s)"
+                )
+            else:
+                message = f"Ollama sent nothing for {timeout[1]} s in answer to {where}"
+            if timeout_error is BackendTimeout:
+                return BackendTimeout(message, model=model, chunks=chunks)
+            return timeout_error(message, model=model)
+        if isinstance(exc, requests.ConnectionError):
+            return BackendUnavailable(
                 f"cannot reach Ollama at {self.base_url} ({where}): {exc}",
                 model=model,
                 reached=not _never_connected(exc),
-            ) from exc
-        except requests.exceptions.ChunkedEncodingError as exc:
-            raise BackendUnavailable(
+            )
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            return BackendUnavailable(
                 f"connection to Ollama broke during the answer to {where}: {exc}", model=model
-            ) from exc
-        except requests.RequestException as exc:
-            raise OllamaError(f"request {where} to Ollama failed: {exc}", model=model) from exc
+            )
+        return OllamaError(f"request {where} to Ollama failed: {exc}", model=model)
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+class _Progress:
+    """How many objects of an answer have arrived (for timeout messages and retries)."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self) -> None:
+        self.chunks = 0
 
 
 @dataclass(frozen=True)
@@ -509,11 +538,6 @@ def _never_connected(exc: requests.ConnectionError) -> bool:
     reason = exc.args[0] if exc.args else None
     reason = getattr(reason, "reason", reason)  # urllib3 MaxRetryError wraps the cause
     return isinstance(reason, NewConnectionError | ConnectTimeoutError)
-
-
-def _pin_key(model: str) -> str:
-    # Ollama matches names case-insensitively, so "Llama3.2" and "llama3.2" share a runner.
-    return normalize_name(model).casefold()
 
 
 def _drain(resp: requests.Response) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,28 +233,45 @@ def json_objects(
             yield _parse_object(line, where, resp.status_code, model)
 
 
-def final_object(resp: requests.Response, where: str, model: str | None) -> dict[str, Any]:
+def final_object(
+    resp: requests.Response,
+    where: str,
+    model: str | None,
+    on_object: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """The answer as one object, raising any in-band ``{"error"}``.
 
     A stream is joined as Ollama joins it for ``"stream": false``: the final (``done``)
     chunk, with ``response``, ``thinking`` and chat ``message`` text concatenated over all
-    chunks. A stream that ends before its ``done`` chunk raises :class:`StreamError`.
+    chunks, and ``tool_calls`` and ``logprobs`` collected from all of them. A stream that
+    ends before its ``done`` chunk raises :class:`StreamError`. ``on_object`` is called
+    with each object as it arrives (before its error check), e.g. to relay tokens.
     """
     if not _is_ndjson(resp):
         doc = _parse_object(resp.content, where, resp.status_code, model)
+        if on_object is not None:
+            on_object(doc)
         if "error" in doc:
             raise in_band_error(str(doc["error"]), resp.status_code, model)
         return doc
     texts: dict[str, list[str]] = {}
     message_texts: dict[str, list[str]] = {}
     tool_calls: list[Any] = []
+    logprobs: list[Any] = []
+    top_calls: list[Any] = []
     last: dict[str, Any] | None = None
     for obj in json_objects(resp, where, model):
+        if on_object is not None:
+            on_object(obj)
         if "error" in obj:
             raise in_band_error(str(obj["error"]), resp.status_code, model)
         for key in ("response", "thinking"):
             if isinstance(obj.get(key), str):
                 texts.setdefault(key, []).append(obj[key])
+        if isinstance(obj.get("logprobs"), list):
+            logprobs.extend(obj["logprobs"])
+        if isinstance(obj.get("tool_calls"), list):  # generate's own tool calls
+            top_calls.extend(obj["tool_calls"])
         message = obj.get("message")
         if isinstance(message, dict):
             for key in ("content", "thinking"):
@@ -274,6 +291,10 @@ def final_object(resp: requests.Response, where: str, model: str | None) -> dict
     final = dict(last)
     for key, parts in texts.items():
         final[key] = "".join(parts)
+    if logprobs:
+        final["logprobs"] = logprobs
+    if top_calls:
+        final["tool_calls"] = top_calls
     if isinstance(final.get("message"), dict):
         message = dict(final["message"])
         for key, parts in message_texts.items():

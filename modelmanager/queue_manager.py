@@ -1,9 +1,11 @@
-"""Pending jobs indexed by model and priority, in memory, for the scheduler.
+"""Pending jobs indexed by runner and priority, in memory, for the scheduler.
 
 The store is the truth; this is an index of the jobs that wait (ids and ordering keys
-only, never payloads, so 100,000 waiting jobs cost a few tens of MB). Per model there is a
-heap per priority keyed by store ``seq`` (FIFO within a priority; a retried job keeps its
-place). Jobs whose retry backoff has not elapsed sit in one delayed heap.
+only, never payloads, so 100,000 waiting jobs cost a few tens of MB). Jobs are grouped by
+*runner* (a model with its runner options, :mod:`modelmanager.runners`): the ``model``
+arguments and fields below are runner keys. Per runner there is a heap per priority keyed
+by store ``seq`` (FIFO within a priority; a retried job keeps its place). Jobs whose retry
+backoff has not elapsed sit in one delayed heap.
 
 Aging: a job's effective rank is ``priority.rank - floor(wait / aging_seconds)``, so a
 waiting low-priority job eventually outranks fresh high-priority work. All work per tick is
@@ -54,6 +56,7 @@ class QueueManager:
         self._where: dict[str, tuple[str, Priority]] = {}  # job_id -> (model, priority)
         self._delayed: list[tuple[float, int, str, str, Priority, float]] = []
         self._dead: set[str] = set()  # removed but still inside a heap (lazy deletion)
+        self._names: dict[str, str] = {}  # runner -> a model name a client spelled it with
 
     def add(
         self,
@@ -64,10 +67,14 @@ class QueueManager:
         submitted_at: float,
         not_before: float = 0.0,
         now: float = 0.0,
+        name: str | None = None,
     ) -> None:
-        """Index a waiting job (or re-index a retried one)."""
+        """Index a waiting job (or re-index a retried one); ``name`` is the model name
+        its client sent, remembered per runner (:meth:`name_of`)."""
         with self._lock:
             self._dead.discard(job_id)
+            if name is not None:
+                self._names.setdefault(model, name)
             if not_before > now:
                 heapq.heappush(
                     self._delayed, (not_before, seq, job_id, model, priority, submitted_at)
@@ -187,6 +194,11 @@ class QueueManager:
             for job_id in ids:
                 self._where.pop(job_id, None)
             return ids
+
+    def name_of(self, runner: str) -> str | None:
+        """A model name a client submitted a job of ``runner`` with, if one was seen."""
+        with self._lock:
+            return self._names.get(runner)
 
     def __len__(self) -> int:
         with self._lock:

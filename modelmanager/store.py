@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from .models import TRANSITIONS, Job, JobKind, JobStatus, Priority
+from .runners import runner_of
 
 _Inserted = list[tuple[Job, bool]]
 _Outcome = tuple[_Inserted | None, BaseException | None]  # what one insert_jobs call gets
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0,
     timings TEXT,
-    idempotency_key TEXT UNIQUE
+    idempotency_key TEXT UNIQUE,
+    runner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model, status);
@@ -69,7 +71,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 _COLUMNS = (
     "seq, id, model, kind, priority, status, payload, metadata, result, error, error_code, "
-    "submitted_at, started_at, completed_at, attempts, not_before, timings, idempotency_key"
+    "submitted_at, started_at, completed_at, attempts, not_before, timings, idempotency_key, "
+    "runner"
 )
 
 # Reads for clients leave the payload (prompts, images: up to megabytes) in the database.
@@ -88,7 +91,7 @@ def _dump(value: Any) -> str | None:
 
 def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
     seq, id_, model, kind, priority, status, payload, metadata, result = row[:9]
-    error, code, submitted, started, completed, attempts, not_before, timings, key = row[9:]
+    error, code, submitted, started, completed, attempts, not_before, timings, key = row[9:18]
     return Job(
         id=id_,
         model=model,
@@ -108,6 +111,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         timings=json.loads(timings) if timings else {},
         idempotency_key=key,
         seq=seq,
+        runner=row[18],
     )
 
 
@@ -227,10 +231,31 @@ class Store:
         self._writer = self._connect()
         # executescript commits on its own, so it runs outside _write(); it is idempotent.
         self._writer.executescript(_SCHEMA)
-        self._writer.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older version up to :data:`SCHEMA_VERSION`.
+
+        Version 2 adds ``jobs.runner`` (the runner key a job runs on, see
+        :mod:`modelmanager.runners`), filled in from each job's model and options.
+        """
+        db = self._writer
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        with self._write(views=False) as tx:
+            if "runner" not in columns:
+                tx.execute("ALTER TABLE jobs ADD COLUMN runner TEXT NOT NULL DEFAULT ''")
+            rows = tx.execute("SELECT id, model, payload FROM jobs WHERE runner = ''").fetchall()
+            for job_id, model, payload in rows:
+                tx.execute(
+                    "UPDATE jobs SET runner = ? WHERE id = ?",
+                    (runner_of(model, json.loads(payload).get("options")), job_id),
+                )
+            tx.execute("CREATE INDEX IF NOT EXISTS jobs_runner ON jobs (runner, status)")
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
@@ -380,10 +405,12 @@ class Store:
                 if row is not None:
                     out.append((_row_to_job(row), False))
                     continue
+            if not job.runner:
+                job.runner = runner_of(job.model, job.payload.get("options"))
             cur = db.execute(
                 "INSERT INTO jobs (id, model, kind, priority, status, payload, metadata,"
-                " submitted_at, attempts, not_before, idempotency_key)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " submitted_at, attempts, not_before, idempotency_key, runner)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job.id,
                     job.model,
@@ -396,6 +423,7 @@ class Store:
                     job.attempts,
                     job.not_before,
                     job.idempotency_key,
+                    job.runner,
                 ),
             )
             job.seq = int(cur.lastrowid or 0)
@@ -429,13 +457,14 @@ class Store:
         self, *, status: str | None = None, model: str | None = None, limit: int = 100
     ) -> list[Job]:
         """Newest first, without payloads."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if status:
             where.append("status = ?")
             args.append(status)
-        if model:
-            where.append("model = ?")
-            args.append(model)
+        if model:  # a model identity (names.model_key): every spelling, every runner
+            where.append("(runner = ? OR substr(runner, 1, ?) = ?)")
+            args.extend([model, len(model) + 1, model + "|"])
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
             f"SELECT {_PUBLIC_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ?",
@@ -448,32 +477,32 @@ class Store:
         return {status: n for status, n in rows}
 
     def waiting_jobs(self) -> list[tuple[str, str, str, int, float, float]]:
-        """(id, model, priority, seq, submitted_at, not_before) of every pending job."""
+        """(id, runner, priority, seq, submitted_at, not_before) of every pending job."""
         return self._read(
-            "SELECT id, model, priority, seq, submitted_at, not_before FROM jobs"
+            "SELECT id, runner, priority, seq, submitted_at, not_before FROM jobs"
             " WHERE status = 'pending' ORDER BY seq"
         )
 
     # ---------------------------------------------------------------- state changes
 
-    def mark_queued(self, model: str) -> int:
-        """pending -> queued for every waiting job of ``model`` (its load was planned)."""
+    def mark_queued(self, runner: str) -> int:
+        """pending -> queued for every waiting job of ``runner`` (its load started)."""
         with self._write(durable=False, touches=()) as db:
             rows = db.execute(
-                "UPDATE jobs SET status = 'queued' WHERE model = ? AND status = 'pending'"
+                "UPDATE jobs SET status = 'queued' WHERE runner = ? AND status = 'pending'"
                 " RETURNING id",
-                (model,),
+                (runner,),
             ).fetchall()
             self._views.drop(r[0] for r in rows)
         return len(rows)
 
-    def unmark_queued(self, model: str) -> int:
-        """queued -> pending for ``model`` (its load failed or was dropped)."""
+    def unmark_queued(self, runner: str) -> int:
+        """queued -> pending for ``runner`` (its load failed or was dropped)."""
         with self._write(durable=False, touches=()) as db:
             rows = db.execute(
-                "UPDATE jobs SET status = 'pending' WHERE model = ? AND status = 'queued'"
+                "UPDATE jobs SET status = 'pending' WHERE runner = ? AND status = 'queued'"
                 " RETURNING id",
-                (model,),
+                (runner,),
             ).fetchall()
             self._views.drop(r[0] for r in rows)
         return len(rows)

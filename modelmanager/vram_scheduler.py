@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from .models import MIB, ResourceSnapshot
 from .queue_manager import ModelDemand
+from .runners import model_of
 
 #: no slot count known: only ``max_concurrent_per_model`` limits dispatch
 MAX_SLOTS = 1 << 30
@@ -45,7 +46,8 @@ class Residency(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ModelView:
-    """The engine's view of one model that Ollama holds (or is loading / unloading)."""
+    """The engine's view of one runner that Ollama holds (or is loading / unloading);
+    ``name`` is its runner key (:mod:`modelmanager.runners`)."""
 
     name: str
     residency: Residency
@@ -55,6 +57,7 @@ class ModelView:
     size_bytes: int  # learned or estimated VRAM
     slots: int | None = None  # requests Ollama runs at once for it (None: unknown)
     jobs_done: int = 0  # jobs finished since it became ready
+    keep_alive: float | None = None  # idle seconds its last job asked for (None: default)
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,14 @@ def plan(
     settings: PlannerSettings,
     now: float,
     work: Mapping[str, float] | None = None,
+    evidence: Mapping[str, int] | None = None,
 ) -> Plan:
     """Decide what to dispatch, load, unload, drain and fail in this pass.
 
-    ``work``: estimated seconds of queued work per waiting model (missing: 0)."""
+    Groups, views and estimates are keyed by runner key. ``work``: estimated seconds of
+    queued work per waiting runner (missing: 0). ``evidence``: each estimate before
+    failures raised it; a runner fails as too large only if that evidence exceeds the
+    GPU (a raised estimate past it is planned as the whole GPU instead)."""
     result = Plan()
     if not snapshot.backend_up:
         return result  # Ollama unreachable: everything waits
@@ -113,7 +120,8 @@ def plan(
     unloading = {name for name, v in views.items() if v.residency is Residency.UNLOADING}
     for v in views.values():
         idle = v.residency is Residency.READY and v.in_flight == 0 and v.name not in demands
-        if idle and now - v.last_used >= settings.keep_alive:
+        keep = settings.keep_alive if v.keep_alive is None else v.keep_alive
+        if idle and keep >= 0 and now - v.last_used >= keep:
             result.unloads.append((v.name, f"idle for {now - v.last_used:.0f}s"))
             unloading.add(v.name)
 
@@ -137,6 +145,9 @@ def plan(
         need = estimates.get(group.model)
         if need is None:
             continue  # size unknown until Ollama answers
+        measured = (evidence or {}).get(group.model, need)
+        if snapshot.total_bytes > 0 and need > capacity and measured <= capacity:
+            need = max(capacity, 0)  # raised by failures past the GPU: try it alone
         if snapshot.total_bytes > 0 and need > capacity:
             result.fail.append(
                 (
@@ -146,6 +157,8 @@ def plan(
                 )
             )
             continue
+        if _switch_runner(group, views, demands, unloading, settings, now, result):
+            continue  # another runner of the same model must go first
         slot_free = resident < settings.max_loaded_models
         if need <= free and slot_free:
             if load_slots > 0:
@@ -198,6 +211,42 @@ def plan(
             free = 0  # keep memory for this group while the drained models finish
         result.waiting_for_memory.append(group.model)
     return result
+
+
+def _switch_runner(
+    group: ModelDemand,
+    views: Mapping[str, ModelView],
+    demands: Mapping[str, ModelDemand],
+    unloading: set[str],
+    settings: PlannerSettings,
+    now: float,
+    result: Plan,
+) -> bool:
+    """Ollama holds one runner per model: before a runner with other options can load,
+    the model's current runner must go. Unload it if it is idle and the group may
+    displace it, drain it if it is busy; the group waits meanwhile. False if no other
+    runner of the model is held."""
+    model = model_of(group.model)
+    rivals = [v for n, v in views.items() if n != group.model and model_of(n) == model]
+    if not rivals:
+        return False
+    for v in rivals:
+        if v.residency is not Residency.READY or v.name in unloading:
+            continue
+        own = demands.get(v.name)
+        if not _outranks(group, own):
+            continue  # its own jobs come first; once they are done it has no demand
+        if v.in_flight == 0 and (
+            own is None or v.jobs_done > 0 or now - v.loaded_at >= settings.min_residency
+        ):
+            result.unloads.append((v.name, f"runner options differ from {group.model}"))
+            result.dispatch.pop(v.name, None)
+            unloading.add(v.name)
+        elif v.in_flight > 0:
+            result.drain.add(v.name)
+            result.dispatch.pop(v.name, None)
+    result.waiting_for_memory.append(group.model)
+    return True
 
 
 def _outranks(group: ModelDemand, other: ModelDemand | None) -> bool:

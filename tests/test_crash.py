@@ -197,10 +197,11 @@ def test_crash_sigkill_rounds_lose_nothing_and_complete_once(
             assert row["attempts"] >= MAX_ATTEMPTS, row
             continue
         assert row["status"] == "complete", row
-        assert isinstance(json.loads(row["result"]), str) and json.loads(row["result"]), row
+        text = json.loads(row["result"])["text"]
+        assert isinstance(text, str) and text, row
         assert row["attempts"] >= 1 and row["completed_at"] >= row["started_at"], row
         prompt = json.loads(row["payload"])["prompt"]
-        answers[(row["model"], prompt)].add(json.loads(row["result"]))
+        answers[(row["model"], prompt)].add(text)
     # completed before a crash => never run or written again afterwards
     for job_id, snap in complete_at_kill.items():
         row = rows[job_id]

@@ -14,11 +14,13 @@ from modelmanager.model_registry import (
     JOB_SECONDS_WEIGHT,
     OOM_GROWTH,
     PRIOR_SECONDS_PER_GIB,
+    RAISE_CAP,
     ModelRegistry,
     normalize,
     plausible_footprint,
 )
 from modelmanager.models import GIB, MIB
+from modelmanager.runners import runner_key
 from modelmanager.store import Store
 
 MB = MIB
@@ -77,15 +79,17 @@ def registry(store: Store, tags: FakeTags, clock: Clock | None = None) -> ModelR
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ("llama3.2", "llama3.2:latest"),
-        ("llama3.2:1b", "llama3.2:1b"),
-        ("  Phi3:Mini ", "phi3:mini"),
-        ("library/llama3.2", "library/llama3.2:latest"),
+        ("llama3.2", "registry.ollama.ai/library/llama3.2:latest"),
+        ("llama3.2:1b", "registry.ollama.ai/library/llama3.2:1b"),
+        ("Phi3:Mini", "registry.ollama.ai/library/phi3:mini"),
+        ("library/llama3.2", "registry.ollama.ai/library/llama3.2:latest"),
+        ("registry.ollama.ai/library/LLAMA3.2", "registry.ollama.ai/library/llama3.2:latest"),
         ("hf.co/Org/Model:Q4_K_M", "hf.co/org/model:q4_k_m"),
-        ("registry.local:5000/team/model", "registry.local:5000/team/model:latest"),
+        # not Ollama's grammar (a port in the host): kept as spelled, lower-cased
+        ("registry.local:5000/team/model", "registry.local:5000/team/model"),
     ],
 )
-def test_registry_normalize(given: str, expected: str) -> None:
+def test_registry_normalize_gives_the_model_identity(given: str, expected: str) -> None:
     assert normalize(given) == expected
 
 
@@ -112,7 +116,8 @@ def test_registry_unknown_model_uses_ollama_tags_size(store: Store, tags: FakeTa
     assert reg.info("mystery:7b").source == "unknown"
     assert reg.refresh_tags() is True
     info = reg.info("Mystery:7B")
-    assert info.name == "mystery:7b"
+    assert info.name == normalize("mystery:7b")
+    assert info.stored_name == "mystery:7b"  # as /api/tags lists it
     assert info.estimate_bytes == int(4_000_000_000 * MULTIPLIER)
     assert info.source == "ollama"
     assert info.capabilities == ("completion", "vision")
@@ -204,10 +209,12 @@ def test_registry_learned_values_survive_a_new_registry(store: Store, tags: Fake
     assert info.source == "learned"
     assert info.learned_load_seconds == 2
     assert info.loads == 2
-    assert "phi3:mini" in second.known_models()
+    assert normalize("phi3:mini") in second.known_models()
 
 
-def test_registry_raise_estimate_grows_and_persists(store: Store, tags: FakeTags) -> None:
+def test_registry_raise_estimate_grows_up_to_its_cap_and_is_not_persisted(
+    store: Store, tags: FakeTags
+) -> None:
     reg = registry(store, tags)
     before = reg.estimate("gemma:2b")
     assert before is not None
@@ -216,11 +223,78 @@ def test_registry_raise_estimate_grows_and_persists(store: Store, tags: FakeTags
     assert reg.estimate("gemma:2b") == grown
     again = reg.raise_estimate("gemma:2b")
     assert again is not None and again > grown
-    assert reg.raise_estimate("gemma:2b", at_least=100 * GIB) == 100 * GIB
-    # the next registry (a restart) plans with the raised size
+    # failures can never push the estimate past RAISE_CAP x the evidence
+    assert reg.raise_estimate("gemma:2b", at_least=100 * GIB) == int(before * RAISE_CAP)
+    for _ in range(50):
+        reg.raise_estimate("gemma:2b")
+    assert reg.estimate("gemma:2b") == int(before * RAISE_CAP)
+    assert reg.info("gemma:2b").evidence_bytes == before
+    # a restart forgets the raise: it never makes a model permanently impossible
     later = registry(store, tags)
-    assert later.estimate("gemma:2b") == 100 * GIB
+    assert later.estimate("gemma:2b") == before
     assert later.info("gemma:2b").loads == 0  # raising is not a load
+
+
+def test_registry_a_successful_load_replaces_a_raise(store: Store, tags: FakeTags) -> None:
+    reg = registry(store, tags)
+    reg.raise_estimate("gemma:2b", at_least=10 * GIB)
+    reg.learn_load("gemma:2b", ps_vram_bytes=2 * GIB, nvml_delta_bytes=None, load_seconds=1)
+    assert reg.estimate("gemma:2b") == 2 * GIB
+
+
+def test_registry_ignores_raises_an_older_version_persisted(store: Store, tags: FakeTags) -> None:
+    """Older versions stored failure raises as learned sizes: a 0.6 GB model could end
+    up 'needing' 17 GB for ever. Rows no load measured are not trusted."""
+    store.save_model_stats(
+        "tinyllama:1.1b",
+        vram_bytes=17 * GIB,
+        ps_vram_bytes=None,
+        load_seconds=None,
+        now=1.0,
+        count_load=False,
+    )
+    store.save_model_stats(
+        "smollm:360m",
+        vram_bytes=9 * GIB,
+        ps_vram_bytes=500 * MB,
+        load_seconds=0.5,
+        now=1.0,
+        count_load=True,
+    )
+    reg = registry(store, tags)
+    assert reg.estimate("tinyllama:1.1b") == int(
+        CATALOG[normalize("tinyllama:1.1b")].disk_bytes * MULTIPLIER
+    )
+    assert reg.estimate("smollm:360m") == 500 * MB
+
+
+def test_registry_runner_estimate_follows_num_ctx_from_api_show(
+    store: Store, tags: FakeTags
+) -> None:
+    shown: list[str] = []
+    info = {
+        "general.architecture": "llama",
+        "llama.block_count": 16,
+        "llama.attention.head_count": 32,
+        "llama.attention.head_count_kv": 8,
+        "llama.embedding_length": 2048,
+        "llama.context_length": 131072,
+    }
+
+    def show(name: str) -> dict[str, Any]:
+        shown.append(name)
+        return {"model_info": info}
+
+    reg = ModelRegistry(store, multiplier=MULTIPLIER, tags=tags, show=show, clock=Clock())
+    base = reg.estimate("llama3.2:1b")
+    assert base is not None
+    per_token = 2 * 16 * 8 * 64 * 2  # 32 KiB: K and V, layers, kv heads, head dim, f16
+    big = reg.estimate(runner_key("llama3.2:1b", {"num_ctx": 16384}))
+    small = reg.estimate(runner_key("llama3.2:1b", {"num_ctx": 2048}))
+    assert big == base + per_token * (16384 - 4096)
+    assert small == base - per_token * 2048
+    assert reg.estimate(runner_key("llama3.2:1b", {"num_batch": 256})) == base
+    assert len(shown) == 1  # /api/show is asked once per model
 
 
 def test_registry_raise_estimate_of_unknown_model_is_none(store: Store, tags: FakeTags) -> None:
@@ -237,7 +311,7 @@ def test_registry_known_models_lists_catalog_learned_and_installed(
     reg.learn_load("custom:3b", ps_vram_bytes=GIB, nvml_delta_bytes=None, load_seconds=1)
     known = reg.known_models()
     assert set(CATALOG) <= set(known)
-    assert {"custom:3b", "mystery:7b", "embedder:latest"} <= set(known)
+    assert {normalize(m) for m in ("custom:3b", "mystery:7b", "Embedder")} <= set(known)
     assert known == sorted(known)
 
 

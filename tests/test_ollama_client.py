@@ -33,7 +33,6 @@ from modelmanager.errors import (
 )
 from modelmanager.models import LoadedModel
 from modelmanager.ollama_client import (
-    RUNNER_OPTIONS,
     InferenceResult,
     OllamaClient,
     classify_failure,
@@ -119,17 +118,10 @@ def test_normalize_name_adds_latest_only_when_untagged(given: str, expected: str
     assert normalize_name(given) == expected
 
 
-def test_runner_options_are_the_reload_forcing_ones() -> None:
-    assert {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"} <= (
-        RUNNER_OPTIONS
-    )
-    assert not {"temperature", "seed", "num_predict", "top_k", "stop"} & RUNNER_OPTIONS
-
-
 # -------------------------------------------------------------------- request bodies
 
 
-def test_generate_sends_every_field_with_stream_false_and_numeric_keep_alive(
+def test_generate_sends_every_field_as_given_streamed_with_numeric_keep_alive(
     mock: responses.RequestsMock, client: OllamaClient
 ) -> None:
     mock.add(responses.POST, GENERATE, json=GENERATE_DONE)
@@ -144,9 +136,9 @@ def test_generate_sends_every_field_with_stream_false_and_numeric_keep_alive(
         options={"temperature": 0.2, "seed": 7},
     )
     assert sent(mock) == {
-        "model": MODEL,
+        "model": "llama3.2",
         "prompt": "Why is the sky blue?",
-        "stream": False,
+        "stream": True,
         "system": "Be brief.",
         "images": ["aGVsbG8="],
         "format": schema,
@@ -164,7 +156,7 @@ def test_generate_leaves_out_unset_fields(
     assert sent(mock) == {
         "model": "llama3.2:1b",
         "prompt": "hi",
-        "stream": False,
+        "stream": True,
         "format": "json",
         "keep_alive": 60,
     }
@@ -222,9 +214,9 @@ def test_chat_sends_messages_format_and_options(
         "llama3.2", messages, keep_alive=-1, format="json", options={"num_predict": 16}
     )
     assert sent(mock) == {
-        "model": MODEL,
+        "model": "llama3.2",
         "messages": messages,
-        "stream": False,
+        "stream": True,
         "format": "json",
         "keep_alive": -1,
         "options": {"num_predict": 16},
@@ -252,12 +244,7 @@ def test_embed_sends_input_as_given_and_returns_vectors(
         },
     )
     result = client.embed("nomic-embed-text", given, keep_alive=120)
-    assert sent(mock) == {
-        "model": "nomic-embed-text:latest",
-        "input": given,
-        "stream": False,
-        "keep_alive": 120,
-    }
+    assert sent(mock) == {"model": "nomic-embed-text", "input": given, "keep_alive": 120}
     assert result.embeddings == vectors
     assert result.text == ""
     assert (result.total_duration_ns, result.load_duration_ns) == (14143917, 1019500)
@@ -270,7 +257,7 @@ def test_load_sends_an_empty_prompt_with_the_long_timeout(
     mock.add(responses.POST, GENERATE, json=LOAD_DONE)
     result = client.load("llama3.2", keep_alive=600, options={"num_ctx": 4096})
     assert sent(mock) == {
-        "model": MODEL,
+        "model": "llama3.2",
         "prompt": "",
         "stream": False,
         "keep_alive": 600,
@@ -287,7 +274,7 @@ def test_load_of_an_embedding_model_sends_an_empty_input_to_embed(
     mock.add(responses.POST, EMBED, json={"model": "nomic-embed-text:latest", "embeddings": []})
     result = client.load("nomic-embed-text", keep_alive=-1, kind="embed")
     assert sent(mock) == {
-        "model": "nomic-embed-text:latest",
+        "model": "nomic-embed-text",
         "input": [],
         "stream": False,
         "keep_alive": -1,
@@ -311,14 +298,14 @@ def test_unload_sends_an_empty_prompt_with_keep_alive_zero(
 ) -> None:
     mock.add(responses.POST, GENERATE, json={**LOAD_DONE, "done_reason": "unload"})
     client.unload("llama3.2")
-    assert sent(mock) == {"model": MODEL, "prompt": "", "keep_alive": 0, "stream": False}
+    assert sent(mock) == {"model": "llama3.2", "prompt": "", "keep_alive": 0, "stream": False}
 
 
-def test_show_sends_the_normalised_name(mock: responses.RequestsMock, client: OllamaClient) -> None:
+def test_show_sends_the_name_as_given(mock: responses.RequestsMock, client: OllamaClient) -> None:
     info = {"details": {"family": "llama"}, "capabilities": ["completion"], "model_info": {}}
     mock.add(responses.POST, f"{BASE}/api/show", json=info)
-    assert client.show("llama3.2") == info
-    assert sent(mock) == {"model": MODEL}
+    assert client.show("Llama3.2") == info
+    assert sent(mock) == {"model": "Llama3.2"}
 
 
 def test_delete_sends_a_delete_with_the_name(
@@ -327,7 +314,7 @@ def test_delete_sends_a_delete_with_the_name(
     mock.add(responses.DELETE, f"{BASE}/api/delete", body="")
     client.delete("llama3.2")
     assert mock.calls[-1].request.method == "DELETE"
-    assert sent(mock) == {"model": MODEL}
+    assert sent(mock) == {"model": "llama3.2"}
 
 
 def test_information_calls_are_gets_without_a_body(
@@ -364,7 +351,7 @@ def test_options_that_are_not_json_fail_as_a_bad_request_without_sending(
     with pytest.raises(OllamaBadRequest) as info:
         client.generate("llama3.2", "hi", keep_alive=1, options={"temperature": float("nan")})
     assert info.value.status is None
-    assert info.value.model == MODEL
+    assert info.value.model == "llama3.2"  # as the caller spelled it
     assert len(mock.calls) == 0
 
 
@@ -566,7 +553,7 @@ def test_error_line_inside_a_200_stream_raises(
     with pytest.raises(error) as info:
         client.generate("m", "p", keep_alive=1)
     assert type(info.value) is error
-    assert (info.value.message, info.value.status, info.value.model) == (text, 200, "m:latest")
+    assert (info.value.message, info.value.status, info.value.model) == (text, 200, "m")
 
 
 def test_error_object_in_a_200_json_answer_raises(
@@ -743,7 +730,7 @@ def test_http_error_maps_to_its_typed_error(
     assert type(info.value) is error
     assert info.value.message == message
     assert info.value.status == status
-    assert info.value.model == MODEL
+    assert info.value.model == "llama3.2"  # as the caller spelled it
 
 
 def test_transient_flags_follow_the_error_classes(
@@ -785,7 +772,7 @@ def test_unknown_model_is_model_not_found_on_every_endpoint(
     mock.add(method, BASE + url, json={"error": text}, status=404)
     with pytest.raises(ModelNotFound) as info:
         call(client)
-    assert (info.value.message, info.value.status, info.value.model) == (text, 404, "x:latest")
+    assert (info.value.message, info.value.status, info.value.model) == (text, 404, "x")
 
 
 def test_old_ollama_without_an_endpoint_is_endpoint_not_available(
@@ -853,7 +840,7 @@ def test_transport_failure_maps_to_its_typed_error(
             client.generate("llama3.2", "hi", keep_alive=60)
     assert type(info.value) is error
     assert info.value.status is None
-    assert info.value.model == MODEL
+    assert info.value.model == "llama3.2"  # as the caller spelled it
     assert info.value.__cause__ is raised
 
 
@@ -965,7 +952,7 @@ def test_pull_streams_and_calls_progress_per_line(
     seen: list[dict[str, Any]] = []
     client.pull("llama3.2", progress=seen.append)
     assert seen == PULL_LINES
-    assert sent(mock) == {"model": MODEL, "stream": True}
+    assert sent(mock) == {"model": "llama3.2", "stream": True}
     assert mock.calls[-1].request.req_kwargs["stream"] is True  # type: ignore[attr-defined]
 
 
@@ -990,7 +977,7 @@ def test_pull_of_an_unknown_model_is_model_not_found_despite_200(
     assert (info.value.message, info.value.status, info.value.model) == (
         "pull model manifest: file does not exist",
         200,
-        "nope:latest",
+        "nope",
     )
 
 
@@ -1028,109 +1015,76 @@ def test_pull_progress_exception_propagates_unchanged(
         client.pull("llama3.2", progress=progress)
 
 
-# --------------------------------------------------------------- runner-option pins
+# ------------------------------------------------------------------- options as given
 
 
-def test_first_runner_options_pin_and_later_ones_are_replaced(
+def test_options_reach_ollama_as_each_request_gives_them(
     mock: responses.RequestsMock, client: OllamaClient
 ) -> None:
+    """No runner option is ever replaced or dropped: a job that asks for num_ctx 16384
+    gets it, whatever an earlier request used (Ollama reloads the runner if it must)."""
     mock.add(responses.POST, GENERATE, json=GENERATE_DONE)
     mock.add(
         responses.POST,
         CHAT,
         json={"model": "m", "message": {"role": "assistant", "content": ""}, "done": True},
     )
-    client.generate("llama3.2", "a", keep_alive=1, options={"num_ctx": 4096, "temperature": 0})
-    client.generate("llama3.2", "b", keep_alive=1, options={"num_ctx": 8192, "seed": 1})
+    client.generate("llama3.2", "a", keep_alive=1, options={"num_ctx": 2048, "temperature": 0})
+    client.generate("llama3.2", "b", keep_alive=1, options={"num_ctx": 16384, "seed": 1})
     client.generate("llama3.2:latest", "c", keep_alive=1)
     client.chat("Llama3.2", [], keep_alive=1, options={"num_batch": 1024, "top_k": 5})
-    assert [sent(mock, i)["options"] for i in range(4)] == [
-        {"num_ctx": 4096, "temperature": 0},
-        {"num_ctx": 4096, "seed": 1},
-        {"num_ctx": 4096},
-        {"num_ctx": 4096, "top_k": 5},  # num_batch dropped: it would force a reload
+    assert [sent(mock, i).get("options") for i in range(4)] == [
+        {"num_ctx": 2048, "temperature": 0},
+        {"num_ctx": 16384, "seed": 1},
+        None,
+        {"num_batch": 1024, "top_k": 5},
     ]
-    assert client.pinned_runner_options("llama3.2") == {"num_ctx": 4096}
 
 
-def test_requests_without_runner_options_pin_nothing(
-    mock: responses.RequestsMock, client: OllamaClient
-) -> None:
-    mock.add(responses.POST, GENERATE, json=GENERATE_DONE)
-    client.generate("llama3.2", "a", keep_alive=1, options={"temperature": 0.5, "num_ctx": None})
-    client.generate("llama3.2", "b", keep_alive=1)
-    assert sent(mock, 0)["options"] == {"temperature": 0.5}
-    assert "options" not in sent(mock, 1)
-    assert client.pinned_runner_options("llama3.2") is None
-
-
-def test_pins_are_per_model(mock: responses.RequestsMock, client: OllamaClient) -> None:
-    mock.add(responses.POST, GENERATE, json=GENERATE_DONE)
-    client.generate("llama3.2", "a", keep_alive=1, options={"num_ctx": 4096})
-    client.generate("llama3.2:1b", "b", keep_alive=1, options={"num_ctx": 2048})
-    assert client.pinned_runner_options("llama3.2:latest") == {"num_ctx": 4096}
-    assert client.pinned_runner_options("llama3.2:1b") == {"num_ctx": 2048}
-
-
-def test_load_pins_and_embed_follows_the_pin(
+def test_load_sends_the_runner_options_it_is_given(
     mock: responses.RequestsMock, client: OllamaClient
 ) -> None:
     mock.add(responses.POST, EMBED, json={"model": "e", "embeddings": []})
     client.load("e", keep_alive=1, kind="embed", options={"num_ctx": 2048, "num_batch": 256})
     client.embed("e", "x", keep_alive=1, options={"num_ctx": 8192})
-    assert sent(mock, 1)["options"] == {"num_ctx": 2048, "num_batch": 256}
+    assert sent(mock, 0)["options"] == {"num_ctx": 2048, "num_batch": 256}
+    assert sent(mock, 1)["options"] == {"num_ctx": 8192}
 
 
-def test_unload_clears_the_pin_and_the_next_request_pins_anew(
+def test_every_ollama_field_is_forwarded_unchanged(
     mock: responses.RequestsMock, client: OllamaClient
 ) -> None:
-    mock.add(responses.POST, GENERATE, json=GENERATE_DONE)
-    client.load("llama3.2", keep_alive=1, options={"num_ctx": 4096})
-    client.unload("llama3.2")
-    assert "options" not in sent(mock)
-    assert client.pinned_runner_options("llama3.2") is None
-    client.generate("llama3.2", "a", keep_alive=1, options={"num_ctx": 8192})
-    assert sent(mock)["options"] == {"num_ctx": 8192}
-
-
-def test_unload_clears_the_pin_even_when_it_fails(
-    mock: responses.RequestsMock, client: OllamaClient
-) -> None:
-    mock.add(responses.POST, GENERATE, json=LOAD_DONE)
-    mock.add(responses.POST, GENERATE, body=requests.ConnectionError("reset"))
-    client.load("llama3.2", keep_alive=1, options={"num_ctx": 4096})
-    with pytest.raises(BackendUnavailable):
-        client.unload("llama3.2")
-    assert client.pinned_runner_options("llama3.2") is None
-
-
-def test_pinned_runner_options_returns_a_copy(
-    mock: responses.RequestsMock, client: OllamaClient
-) -> None:
-    mock.add(responses.POST, GENERATE, json=LOAD_DONE)
-    client.load("m", keep_alive=1, options={"num_ctx": 4096})
-    pinned = client.pinned_runner_options("m")
-    assert pinned is not None
-    pinned["num_ctx"] = 1
-    assert client.pinned_runner_options("m") == {"num_ctx": 4096}
-
-
-def test_concurrent_first_requests_all_send_one_pinned_value(
-    mock: responses.RequestsMock, client: OllamaClient
-) -> None:
-    mock.add(responses.POST, GENERATE, json=GENERATE_DONE)
-    start = threading.Barrier(16)
-
-    def one(ctx: int) -> None:
-        start.wait(timeout=5)
-        client.generate("m", "p", keep_alive=1, options={"num_ctx": ctx})
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(one, [1024 * (i + 1) for i in range(16)]))
-    values = {sent(mock, i)["options"]["num_ctx"] for i in range(16)}
-    pinned = client.pinned_runner_options("m")
-    assert pinned is not None
-    assert values == {pinned["num_ctx"]}
+    mock.add(
+        responses.POST,
+        CHAT,
+        json={"model": "m", "message": {"role": "assistant", "content": "ok"}, "done": True},
+    )
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f"}}]},
+        {"role": "tool", "content": "22C", "tool_name": "f"},
+    ]
+    client.chat(
+        "m",
+        messages,
+        keep_alive=1,
+        tools=tools,
+        think=False,
+        logprobs=True,
+        top_logprobs=3,
+        truncate=True,
+        shift=None,
+    )
+    body = sent(mock)
+    assert body["tools"] == tools and body["messages"] == messages
+    assert (body["think"], body["logprobs"], body["top_logprobs"], body["truncate"]) == (
+        False,
+        True,
+        3,
+        True,
+    )
+    assert "shift" not in body  # None means "not set"
 
 
 # ------------------------------------------------------------------------- session

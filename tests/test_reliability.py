@@ -84,11 +84,27 @@ def test_transient_fault_is_retried_and_the_job_completes(
     assert body["attempts"] == attempts
 
 
-def test_timeout_is_retried(sim: Any, make_service: Any) -> None:
+def test_silence_before_the_first_token_fails_at_once_naming_the_setting(
+    sim: Any, make_service: Any
+) -> None:
+    """Nothing at all within REQUEST_TIMEOUT would recur identically: no blind retry."""
     svc = _warm(make_service, sim, REQUEST_TIMEOUT=0.5)
     sim.inject_fault(count=1, endpoint="/api/generate", mode="hang", seconds=2.0)
     body = _one(svc, model=MODEL, prompt="slow once")
-    assert body["status"] == "complete" and body["attempts"] == 2
+    assert body["status"] == "failed" and body["attempts"] == 1
+    assert body["error_code"] == "BACKEND_TIMEOUT"
+    assert "REQUEST_TIMEOUT (0.5 s)" in body["error"]
+
+
+def test_a_stall_in_the_middle_of_an_answer_is_retried(sim: Any, make_service: Any) -> None:
+    svc = _warm(make_service, sim, REQUEST_TIMEOUT=0.5)
+    sim.set_gate(True, after_tokens=3)  # tokens flow, then Ollama goes silent
+    job = svc.submit(model=MODEL, prompt="stalls part way")
+    wait_until(lambda: svc.job(job)["attempts"] >= 2)  # the first attempt timed out
+    sim.set_gate(False)
+    body = svc.wait_done([job])[job]
+    assert body["status"] == "complete" and body["attempts"] >= 2
+    assert body["result"]
 
 
 def test_persistent_fault_fails_after_max_attempts_with_the_backend_message(

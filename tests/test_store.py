@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from modelmanager.models import Job, JobKind, JobStatus, Priority
+from modelmanager.runners import runner_key as K
 from modelmanager.store import Store, _Views
 from tests.conftest import wait_until
 
@@ -143,11 +144,11 @@ def test_store_list_jobs_filters_and_is_newest_first(store: Store) -> None:
     )
     store.claim(["a2"], T0)
     assert [j.id for j in store.list_jobs()] == ["a3", "a2", "b1", "a1"]
-    assert [j.id for j in store.list_jobs(model="a:latest")] == ["a3", "a2", "a1"]
-    assert [j.id for j in store.list_jobs(status="pending", model="a:latest")] == ["a3", "a1"]
+    assert [j.id for j in store.list_jobs(model=K("a:latest"))] == ["a3", "a2", "a1"]
+    assert [j.id for j in store.list_jobs(status="pending", model=K("a:latest"))] == ["a3", "a1"]
     assert [j.id for j in store.list_jobs(status="running")] == ["a2"]
     assert [j.id for j in store.list_jobs(limit=2)] == ["a3", "a2"]
-    assert store.list_jobs(model="c:latest") == []
+    assert store.list_jobs(model=K("c:latest")) == []
 
 
 def test_store_counts_by_status_and_unfinished(store: Store) -> None:
@@ -155,7 +156,7 @@ def test_store_counts_by_status_and_unfinished(store: Store) -> None:
     store.claim(["j0", "j1"], T0)
     store.complete("j0", 1, {"response": "ok"}, {}, T0 + 1)
     store.cancel("j2", T0)
-    store.mark_queued("llama3.2:1b")
+    store.mark_queued(K("llama3.2:1b"))
     assert store.counts_by_status() == {
         "complete": 1,
         "running": 1,
@@ -173,8 +174,8 @@ def test_store_waiting_jobs_lists_pending_in_seq_order(store: Store) -> None:
     )
     store.claim(["j3"], T0)
     assert store.waiting_jobs() == [
-        ("j1", "llama3.2:1b", "low", jobs[0].seq, T0, 0.0),
-        ("j2", "other:latest", "high", jobs[1].seq, T0, 0.0),
+        ("j1", K("llama3.2:1b"), "low", jobs[0].seq, T0, 0.0),
+        ("j2", K("other:latest"), "high", jobs[1].seq, T0, 0.0),
     ]
 
 
@@ -183,7 +184,7 @@ def test_store_waiting_jobs_lists_pending_in_seq_order(store: Store) -> None:
 
 def test_store_claim_counts_the_attempt_and_runs_the_job(store: Store) -> None:
     add(store, make_job("pending"), make_job("queued", "q:latest"))
-    assert store.mark_queued("q:latest") == 1
+    assert store.mark_queued(K("q:latest")) == 1
     claimed = store.claim(["queued", "pending"], T0 + 5)
     assert [j.id for j in claimed] == ["queued", "pending"]  # the order asked for
     for job in claimed:
@@ -207,10 +208,10 @@ def test_store_claim_skips_cancelled_and_running_jobs(store: Store) -> None:
 
 def test_store_unmark_queued_puts_jobs_back_to_pending(store: Store) -> None:
     add(store, make_job("a"), make_job("b", "other:latest"))
-    store.mark_queued("llama3.2:1b")
+    store.mark_queued(K("llama3.2:1b"))
     assert status(store, "a") is JobStatus.QUEUED
     assert status(store, "b") is JobStatus.PENDING
-    assert store.unmark_queued("llama3.2:1b") == 1
+    assert store.unmark_queued(K("llama3.2:1b")) == 1
     assert status(store, "a") is JobStatus.PENDING
 
 
@@ -284,7 +285,7 @@ def test_store_fail_is_fenced_for_running_jobs(store: Store) -> None:
 def test_store_fail_without_attempt_fails_a_waiting_job(store: Store, queued: bool) -> None:
     add(store, make_job("j"))
     if queued:
-        store.mark_queued("llama3.2:1b")
+        store.mark_queued(K("llama3.2:1b"))
     assert store.fail("j", None, "needs 20 GB", "MODEL_TOO_LARGE", T0) is True
     assert status(store, "j") is JobStatus.FAILED
     assert store.fail("j", None, "again", "X", T0) is False
@@ -316,7 +317,7 @@ def test_store_cancel_reports_the_old_status_and_spares_finished_jobs(
 ) -> None:
     add(store, make_job("j"))
     if setup == "queued":
-        store.mark_queued("llama3.2:1b")
+        store.mark_queued(K("llama3.2:1b"))
     if setup in ("running", "complete", "failed"):
         store.claim(["j"], T0)
     if setup == "complete":
@@ -373,7 +374,7 @@ def test_store_recover_after_a_crash(db_path: Path) -> None:
     before = Store(db_path)
     add(before, make_job("waiting", "other:latest"))
     add(before, *(make_job(n) for n in ("queued", "ran-once", "ran-out", "done", "gone")))
-    before.mark_queued("llama3.2:1b")  # its load was planned; then the work starts
+    before.mark_queued(K("llama3.2:1b"))  # its load was planned; then the work starts
     before.claim(["ran-once", "ran-out", "done", "gone"], T0)
     for attempt in (2, 3):  # "ran-out" was requeued and claimed until it used 3 attempts
         before.requeue("ran-out", attempt - 1, "oom", "OUT_OF_MEMORY", T0)
@@ -690,8 +691,8 @@ def test_store_job_view_follows_every_change_and_is_cached_between(store: Store)
     assert view("a") == view("a") == "pending/0/None"
     assert calls == ["a"]  # the second poll came from memory
     steps: list[tuple[Callable[[], object], str, str]] = [
-        (lambda: store.mark_queued("llama3.2:1b"), "a", "queued/0/None"),
-        (lambda: store.unmark_queued("llama3.2:1b"), "a", "pending/0/None"),
+        (lambda: store.mark_queued(K("llama3.2:1b")), "a", "queued/0/None"),
+        (lambda: store.unmark_queued(K("llama3.2:1b")), "a", "pending/0/None"),
         (lambda: store.claim(["a"], T0), "a", "running/1/None"),
         (lambda: store.requeue("a", 1, "oom", "OUT_OF_MEMORY", T0), "a", "pending/1/OUT_OF_MEMORY"),
         (lambda: store.claim(["a"], T0), "a", "running/2/OUT_OF_MEMORY"),
