@@ -7,7 +7,9 @@ scripted transport adapter instead of ``responses`` to break a body half-way thr
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,6 +20,7 @@ import responses
 from requests.adapters import BaseAdapter
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from modelmanager.abortable import Call
 from modelmanager.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -27,6 +30,7 @@ from modelmanager.errors import (
     OllamaBadRequest,
     OllamaError,
     OutOfMemory,
+    RequestAborted,
     RunnerCrashed,
     ServerBusy,
     StreamError,
@@ -1161,3 +1165,61 @@ def test_refused_connection_is_marked_as_never_reaching_ollama() -> None:
     with pytest.raises(BackendUnavailable) as info:
         client.generate("qwen2.5:0.5b", "hi", keep_alive=60)
     assert info.value.reached is False
+
+
+# --------------------------------------------------------------------- silence, abort
+
+
+def test_a_timeout_after_progress_is_transient_and_before_it_is_not() -> None:
+    mid = scripted_client(ReadTimeoutError(None, "/api/generate", "Read timed out."))  # type: ignore[arg-type]
+    with pytest.raises(BackendTimeout) as stalled:
+        mid.generate("m", "p", keep_alive=1)
+    assert stalled.value.chunks == 1 and stalled.value.transient
+
+
+def test_silence_before_any_answer_is_a_timeout_that_is_not_transient() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:  # accepts, never answers
+        port = server.getsockname()[1]
+        c = OllamaClient(f"http://127.0.0.1:{port}", timeout=0.3)
+        with pytest.raises(BackendTimeout) as info:
+            c.generate("m", "p", keep_alive=1)
+        c.close()
+    assert info.value.chunks == 0 and not info.value.transient
+    assert "0.3 s" in info.value.message
+
+
+@pytest.mark.parametrize("when", ["waiting", "before"])
+def test_abort_ends_a_call_from_another_thread_at_once(when: str) -> None:
+    """A call blocked waiting for Ollama's first byte returns RequestAborted as soon as
+    another thread aborts it, and the server sees the connection close."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        c = OllamaClient(f"http://127.0.0.1:{port}", timeout=30)
+        call = Call()
+        if when == "before":
+            call.abort()  # aborted before it even connects
+        result: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                c.generate("m", "p", keep_alive=1, call=call)
+            except BaseException as exc:
+                result.append(exc)
+
+        worker = threading.Thread(target=run)
+        started = time.monotonic()
+        worker.start()
+        conn, _ = server.accept()
+        if when == "waiting":
+            conn.settimeout(5)
+            assert conn.recv(65536).startswith(b"POST /api/generate")  # the request is in
+            call.abort()
+        worker.join(timeout=5)
+        assert not worker.is_alive()
+        assert time.monotonic() - started < 3
+        conn.settimeout(5)
+        while conn.recv(65536):  # drain what was sent; then the close is seen
+            pass
+        conn.close()
+        c.close()
+    assert len(result) == 1 and isinstance(result[0], RequestAborted)
