@@ -91,7 +91,7 @@ def _fake_nvml_library(data_dir: Path) -> Path | None:
 def start_simulator(config: Config, time_scale: float) -> tuple[Any, Any]:
     """Start the simulator; point the config at it; return (simulator, gpu source or None)."""
     from modelmanager.resource_monitor import NvmlGpuSource
-    from tools.fake_ollama import FakeOllama
+    from modelmanager.simulator import FakeOllama
 
     data = Path(config.DATA_DIR)
     data.mkdir(parents=True, exist_ok=True)

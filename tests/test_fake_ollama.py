@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import free_port
-from tools.fake_ollama import (
+from modelmanager.simulator import (
     CATALOG,
     VERSION,
     FakeOllama,
@@ -30,6 +29,7 @@ from tools.fake_ollama import (
     parse_go_duration,
     parse_keep_alive,
 )
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0

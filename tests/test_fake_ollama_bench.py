@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import requests
 
-from tools.fake_ollama import (
+from modelmanager.simulator import (
     FakeOllama,
-    _parse_args,
     embed_seconds,
     generate_seconds,
     load_seconds,
 )
+from modelmanager.simulator.cli import _parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
@@ -136,9 +136,9 @@ def test_expected_durations_match_what_the_simulator_reports(
 
 def test_answers_are_sent_without_nagle_delay(make_sim: Callable[..., FakeOllama]) -> None:
     """Go (so Ollama) sets TCP_NODELAY; the simulator's handler does as well."""
-    from tools.fake_ollama import _Handler
+    from modelmanager.simulator.http import Handler
 
-    assert _Handler.disable_nagle_algorithm is True
+    assert Handler.disable_nagle_algorithm is True
     sim = make_sim()
     assert post(sim, "/api/generate", {"model": "smollm:360m", "prompt": "hi"}).ok
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
+from modelmanager.simulator import ERR_QUEUE_FULL, ERR_RUNNER_STOPPED, FakeOllama
 from tests.conftest import wait_until
-from tools.fake_ollama import ERR_QUEUE_FULL, ERR_RUNNER_STOPPED, FakeOllama
 
 TIMEOUT = 10.0
 

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import wait_until
-from tools.fake_ollama import (
+from modelmanager.simulator import (
     CATALOG,
     CUDA_CONTEXT_BYTES,
     ERR_LOAD_OOM,
@@ -28,6 +27,7 @@ from tools.fake_ollama import (
     MIB,
     FakeOllama,
 )
+from tests.conftest import wait_until
 
 TIMEOUT = 10.0
 

@@ -1,0 +1,7 @@
+"""``python3 -m modelmanager.simulator --port 11434``: run the Ollama simulator."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
