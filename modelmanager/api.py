@@ -325,6 +325,7 @@ class Api:
                     "name": self.engine.label(name),
                     "key": name,
                     "estimated_vram_bytes": info.estimate_bytes,
+                    "evidence_vram_bytes": info.evidence_bytes,
                     "estimate_source": info.source,
                     "learned_vram_bytes": info.learned_vram_bytes,
                     "learned_ps_vram_bytes": info.learned_ps_vram_bytes,

@@ -168,25 +168,27 @@ class ExecutionEngine:
     def sync(self, snapshot: ResourceSnapshot) -> None:
         """Notice models Ollama loaded or dropped behind our back (from ``/api/ps``).
 
-        Models are matched by identity (:func:`modelmanager.names.model_key`), whatever
-        the spelling or case Ollama reports them in."""
+        Runners are matched to ``/api/ps`` entries by model identity, whatever the
+        spelling or case Ollama reports, or by digest (a copy shares its source's runner).
+        """
         if not snapshot.backend_up:
             return
-        loaded = {model_of(normalize(m.name)): m for m in snapshot.loaded}
         with self._lock:
-            held = {model_of(runner) for runner in self._models}
+            matched: set[int] = set()
             for runner, state in list(self._models.items()):
+                hits = [i for i, m in enumerate(snapshot.loaded) if self.registry.holds(runner, m)]
+                matched.update(hits)
                 fresh = snapshot.taken_at > state.loaded_at
-                gone = model_of(runner) not in loaded
-                if state.residency is Residency.READY and gone and fresh:
+                if state.residency is Residency.READY and not hits and fresh:
                     del self._models[runner]
                     self._gone_at[runner] = snapshot.taken_at
                     log.info(
                         "%s is no longer loaded in Ollama (dropped outside the manager)",
                         describe(state.name, runner),
                     )
-            for model, m in loaded.items():
-                if model in held or snapshot.taken_at <= self._gone_at.get(model, 0.0):
+            for i, m in enumerate(snapshot.loaded):
+                model = normalize(m.name)
+                if i in matched or snapshot.taken_at <= self._gone_at.get(model, 0.0):
                     continue
                 size = max(m.vram_bytes, self.registry.estimate(model) or 0)
                 now = self._clock()
@@ -239,11 +241,7 @@ class ExecutionEngine:
         with self._lock:
             alone = self._memory_ops == 1
         snap = self.monitor.snapshot()  # one read gives both size_vram and NVML used
-        model = model_of(runner)
-        ps_vram = next(
-            (m.vram_bytes for m in snap.loaded if model_of(normalize(m.name)) == model),
-            None,
-        )
+        ps_vram = next((m.vram_bytes for m in snap.loaded if self.registry.holds(runner, m)), None)
         after = snap.used_bytes if snap.source == "nvml" else None
         delta = after - before if alone and before is not None and after is not None else None
         learned = self.registry.learn_load(
@@ -351,13 +349,12 @@ class ExecutionEngine:
     def _do_unload(self, runner: str, name: str, deadline_s: float = 60.0) -> None:
         """Ask Ollama to unload; the model counts as gone only once /api/ps drops it."""
         gone, why = False, "still listed in /api/ps"
-        model = model_of(runner)
         try:
             self.client.unload(name)
             # Ollama answers at once; the model leaves /api/ps once really unloaded.
             deadline = time.monotonic() + deadline_s
             while time.monotonic() < deadline:
-                if all(model_of(normalize(m.name)) != model for m in self.client.ps()):
+                if not any(self.registry.holds(runner, m) for m in self.client.ps()):
                     gone = True
                     break
                 time.sleep(0.02)  # polling Ollama, not waiting in a test

@@ -39,7 +39,7 @@ from typing import Any
 
 from .errors import OllamaError
 from .logger import get_logger
-from .models import GIB, MIB
+from .models import GIB, MIB, LoadedModel
 from .names import InvalidModelName, model_key
 from .runners import model_of, options_of
 from .store import Store
@@ -204,6 +204,23 @@ class ModelRegistry:
             return None
         name = tag.get("name") or tag.get("model")
         return str(name) if name else None
+
+    def digest(self, model: str) -> str | None:
+        """The model's digest as ``/api/tags`` lists it (names that are copies of one
+        another share it, and with it one runner in Ollama), if known."""
+        with self._lock:
+            tag = (self._installed or {}).get(model_of(normalize(model)))
+        digest = tag.get("digest") if tag is not None else None
+        return digest if isinstance(digest, str) and digest else None
+
+    def holds(self, runner: str, loaded: LoadedModel) -> bool:
+        """Whether ``loaded`` (an ``/api/ps`` entry) is the runner of ``runner``'s model:
+        the same identity, or the same weights under another name (a copy: Ollama runs
+        one runner per weights file and lists it under the name it was loaded with)."""
+        if model_of(normalize(loaded.name)) == model_of(runner):
+            return True
+        digest = self.digest(runner)
+        return bool(digest and loaded.digest and _same_digest(digest, loaded.digest))
 
     # ---------------------------------------------------------------------- lookups
 
@@ -394,6 +411,13 @@ class ModelRegistry:
                 RAISE_CAP,
             )
         return grown
+
+
+def _same_digest(a: str, b: str) -> bool:
+    """Digests as Ollama writes them, with or without ``sha256:``, full or shortened."""
+    a, b = a.removeprefix("sha256:"), b.removeprefix("sha256:")
+    n = min(len(a), len(b))
+    return n >= 12 and a[:n] == b[:n]
 
 
 def kv_figures(model_info: dict[str, Any]) -> tuple[int, int] | None:

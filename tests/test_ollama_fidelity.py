@@ -5,13 +5,16 @@ stops the work on the GPU, and timeouts measure silence. Real HTTP against the s
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 import requests
 
 from tests.conftest import Service, wait_until
 
 MODEL = "qwen2.5:0.5b"
+HF = "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"
 
 
 def _one(svc: Service, **job: Any) -> dict[str, Any]:
@@ -21,6 +24,78 @@ def _one(svc: Service, **job: Any) -> dict[str, Any]:
 
 def _runner(sim: Any, model: str) -> dict[str, Any] | None:
     return next((r for r in sim.stats()["runners"] if r["model"] == model), None)
+
+
+# ------------------------------------------------------------------ 1. model identity
+
+
+@pytest.mark.parametrize("nvml", [True, False], ids=["nvml", "budget"])
+@pytest.mark.parametrize(
+    "spelling",
+    [HF, HF.lower(), "HF.CO/bartowski/llama-3.2-1b-instruct-gguf:q4_k_m", "https://" + HF],
+)
+def test_a_model_stored_with_capitals_runs_whatever_the_spelling(
+    sim: Any, make_service: Any, caplog: pytest.LogCaptureFixture, spelling: str, nvml: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelmanager")
+    budget = {} if nvml else {"VRAM_BUDGET_MB": 8192}
+    svc = make_service(sim, nvml=nvml, **budget)
+    body = _one(svc, model=spelling, prompt="Say hello")
+    assert body["status"] == "complete" and body["result"], body
+    assert body["model"] == spelling  # what the user sent is what they see
+    again = _one(svc, model=spelling, prompt="Say hello again")
+    assert again["status"] == "complete"
+    assert len(sim.stats()["load_events"]) == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [m for m in lines if "no longer loaded" in m or "raised VRAM" in m], lines
+
+
+def test_every_spelling_of_one_model_is_one_group(sim: Any, make_service: Any) -> None:
+    svc = make_service(sim)
+    spellings = [
+        "qwen2.5:0.5b",
+        "Qwen2.5:0.5B",
+        "library/qwen2.5:0.5b",
+        "registry.ollama.ai/library/QWEN2.5:0.5b",
+    ]
+    ids = [svc.submit(model=name, prompt=f"p{i}") for i, name in enumerate(spellings * 3)]
+    done = svc.wait_done(ids)
+    assert all(b["status"] == "complete" for b in done.values())
+    assert [done[i]["model"] for i in ids] == spellings * 3
+    assert len(sim.stats()["load_events"]) == 1
+    listed = requests.get(f"{svc.url}/api/jobs", params={"model": "QWEN2.5:0.5B"}, timeout=5)
+    assert {j["job_id"] for j in listed.json()["jobs"]} == set(ids)
+
+
+def test_a_copy_under_another_name_shares_the_runner(sim: Any, make_service: Any) -> None:
+    """``ollama cp qwen2.5:0.5b MyModel:Latest``: one weights file, one runner, which
+    /api/ps lists under the name it was loaded with. Jobs for both names run; nothing
+    loops between "loaded" and "dropped"."""
+    r = requests.post(
+        f"{sim.url}/api/copy", json={"source": MODEL, "destination": "MyModel:Latest"}, timeout=5
+    )
+    assert r.status_code == 200
+    svc = make_service(sim)
+    assert _one(svc, model=MODEL, prompt="original")["status"] == "complete"
+    ids = [svc.submit(model="mymodel", prompt=f"copy {i}") for i in range(3)]
+    assert all(b["status"] == "complete" for b in svc.wait_done(ids).values())
+    assert len(sim.stats()["load_events"]) == 1
+
+
+def test_failures_never_make_a_model_permanently_impossible(sim: Any, make_service: Any) -> None:
+    """Out-of-memory answers raise the estimate only so far; jobs keep completing."""
+    svc = make_service(sim, nvml=False, VRAM_BUDGET_MB=4096, MAX_ATTEMPTS=5)
+    for _ in range(3):
+        sim.inject_fault(
+            count=1,
+            endpoint="/api/generate",
+            status=500,
+            error="llama runner process has terminated: CUDA error: out of memory",
+        )
+        assert _one(svc, model="tinyllama:1.1b", prompt="x")["status"] == "complete"
+    models = requests.get(f"{svc.url}/api/models", timeout=5).json()["models"]
+    tiny = next(m for m in models if m["name"] == "tinyllama:1.1b")
+    assert tiny["estimated_vram_bytes"] <= 2 * tiny["evidence_vram_bytes"]
 
 
 # ------------------------------------------------------------------ 3. runner options
@@ -99,3 +174,20 @@ def test_job_timeout_aborts_the_running_request(sim: Any, make_service: Any) -> 
     body = svc.wait_done([job], timeout=15)[job]
     assert body["status"] == "failed" and body["error_code"] == "JOB_TIMEOUT"
     wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=5, what="request dropped")
+
+
+# ------------------------------------------------------------- 5. timeouts are silence
+
+
+def test_an_answer_longer_than_the_timeout_completes_while_tokens_flow(
+    make_sim: Any, gpu_state: Any, make_service: Any
+) -> None:
+    """REQUEST_TIMEOUT 1 s and an answer that takes about 3 s at the model's real speed:
+    it completes in one attempt, because the timeout measures silence."""
+    real_speed = make_sim(vram_mb=24576, nvml_state=str(gpu_state), time_scale=1.0)
+    svc = make_service(real_speed, REQUEST_TIMEOUT=1.0)
+    body = _one(svc, model=MODEL, prompt="a long answer", options={"num_predict": 1000})
+    assert body["status"] == "complete" and body["attempts"] == 1, body
+    assert body["eval_count"] == 1000 and body["done_reason"] == "length"
+    total_seconds = body["total_duration"] / 1e9
+    assert total_seconds > 2.0  # longer than the timeout by far
