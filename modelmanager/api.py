@@ -18,12 +18,13 @@ from typing import Any
 from config import Config
 
 from .errors import Conflict, InvalidRequest, NotFound, QueueFull, ServiceUnavailable
-from .execution_engine import ExecutionEngine
+from .job_runner import JobRunner
 from .logger import get_logger
 from .model_registry import ModelRegistry, normalize
 from .models import Job, JobKind, JobStatus, ResourceSnapshot
-from .queue_manager import QueueManager
+from .pending import PendingIndex
 from .runners import runner_of
+from .scheduler import Scheduler
 from .store import Store
 from .validation import Submission, validate_submission
 
@@ -79,25 +80,26 @@ def _encode_job(job: Job) -> bytes:
 
 
 class Api:
+    """The internal API over the store, the pending-job index and the scheduler's
+    published snapshot. Reads never talk to Ollama; a cancel aborts the job's request."""
+
     def __init__(
         self,
         config: Config,
         store: Store,
-        queue: QueueManager,
+        pending: PendingIndex,
         registry: ModelRegistry,
-        engine: ExecutionEngine,
+        scheduler: Scheduler,
+        jobs: JobRunner,
         *,
-        snapshot: Callable[[], ResourceSnapshot],
-        wake: Callable[[], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store = store
-        self.queue = queue
+        self.pending = pending
         self.registry = registry
-        self.engine = engine
-        self._snapshot = snapshot
-        self._wake = wake
+        self.scheduler = scheduler
+        self.jobs = jobs
         self._clock = clock
         self.accepting = True
         self.started_at = clock()
@@ -118,7 +120,7 @@ class Api:
     def _reserve_room(self, n: int) -> None:
         """Count ``n`` jobs against QUEUE_MAX_SIZE until ``_accept`` has queued them."""
         with self._room_lock:
-            unfinished = len(self.queue) + self.engine.in_flight() + self._reserved
+            unfinished = len(self.pending) + self.jobs.in_flight() + self._reserved
             if unfinished + n > self.config.QUEUE_MAX_SIZE:
                 raise QueueFull(
                     f"the queue is full ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is "
@@ -149,13 +151,13 @@ class Api:
             stored = self.store.insert_jobs([self._new_job(s, now) for s in subs])
             for job, created in stored:
                 if created:
-                    self.queue.add(
+                    self.pending.add(
                         job.id, job.runner, job.priority, job.seq, job.submitted_at, name=job.model
                     )
         finally:
             with self._room_lock:
                 self._reserved -= len(subs)
-        self._wake()
+        self.scheduler.wake()
         return [job for job, _ in stored]
 
     def submit(self, body: Any) -> dict[str, Any]:
@@ -228,9 +230,9 @@ class Api:
             raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
         if old.terminal:
             raise Conflict(f"job {job_id} is already {old.value}", details={"status": old.value})
-        self.queue.remove(job_id)
+        self.pending.remove(job_id)
         if old is JobStatus.RUNNING:
-            self.engine.abort([job_id])  # Ollama stops generating and frees the slot now
+            self.jobs.abort([job_id])  # Ollama stops generating and frees the slot now
         log.info("job %s cancelled (was %s)", job_id, old.value)
         return {"job_id": job_id, "status": JobStatus.CANCELLED.value, "was": old.value}
 
@@ -244,44 +246,50 @@ class Api:
                 f"only failed jobs can be retried; job {job_id} is {current.status.value}",
                 details={"status": current.status.value},
             )
-        self.queue.add(job.id, job.runner, job.priority, job.seq, job.submitted_at, name=job.model)
-        self._wake()
+        self.pending.add(
+            job.id, job.runner, job.priority, job.seq, job.submitted_at, name=job.model
+        )
+        self.scheduler.wake()
         log.info("job %s put back in the queue by request", job_id)
         return {"job_id": job_id, "status": job.status.value}
 
     # ------------------------------------------------------------------------ status
 
+    def _resources(self) -> ResourceSnapshot | None:
+        backends = self.scheduler.snapshot().backends
+        return backends[0].resources if backends else None
+
     def stats(self) -> dict[str, Any]:
-        snap = self._snapshot()
+        published = self.scheduler.snapshot()
+        snap = self._resources()
         by_status = self.store.counts_by_status()
-        views = self.engine.views()
-        counters = self.engine.counters_snapshot()
+        counters = published.counters
         return {
             "running": self.accepting,
             "queue": {
                 "total_jobs": sum(by_status.values()),
                 "by_status": by_status,
-                "waiting": len(self.queue),
+                "waiting": len(self.pending),
                 "by_model": {
-                    self.engine.label(runner): depth
-                    for runner, depth in self.queue.depth_by_model().items()
+                    self.scheduler.label(runner): depth
+                    for runner, depth in self.pending.depth_by_model().items()
                 },
             },
             "resources": {
-                "source": snap.source,
+                "source": snap.source if snap else None,
                 "vram": {
-                    "total": snap.total_bytes,
-                    "used": snap.used_bytes,
-                    "free": snap.free_bytes,
+                    "total": snap.total_bytes if snap else 0,
+                    "used": snap.used_bytes if snap else 0,
+                    "free": snap.free_bytes if snap else 0,
                 },
-                "loaded_models": sorted(m.name for m in snap.loaded),
+                "loaded_models": sorted(m.name for m in snap.loaded) if snap else [],
                 "managed_models": {
-                    self.engine.label(n): {
-                        "state": v.residency.value,
-                        "in_flight": v.in_flight,
-                        "vram_bytes": v.size_bytes,
+                    r.label: {
+                        "state": r.state,
+                        "in_flight": r.in_flight,
+                        "vram_bytes": r.size_bytes,
                     }
-                    for n, v in views.items()
+                    for r in published.runners
                 },
                 "gpus": [
                     {
@@ -295,10 +303,11 @@ class Api:
                         "temperature_c": d.temperature_c,
                         "error": d.error,
                     }
-                    for d in snap.devices
+                    for d in (snap.devices if snap else ())
                 ],
-                "backend_up": snap.backend_up,
+                "backend_up": published.backend_up(),
             },
+            "waiting_for": dict(published.waits),
             "counters": {
                 k: counters.get(k, 0)
                 for k in (
@@ -314,15 +323,15 @@ class Api:
         }
 
     def models(self) -> dict[str, Any]:
-        views = self.engine.views()
-        depth = self.queue.depth_by_model()
+        runners = {r.runner: r for r in self.scheduler.snapshot().runners}
+        depth = self.pending.depth_by_model()
         out = []
-        for name in sorted(set(self.registry.known_models()) | set(views) | set(depth)):
+        for name in sorted(set(self.registry.known_models()) | set(runners) | set(depth)):
             info = self.registry.info(name)
-            view = views.get(name)
+            held = runners.get(name)
             out.append(
                 {
-                    "name": self.engine.label(name),
+                    "name": self.scheduler.label(name),
                     "key": name,
                     "estimated_vram_bytes": info.estimate_bytes,
                     "evidence_vram_bytes": info.evidence_bytes,
@@ -332,24 +341,25 @@ class Api:
                     "learned_load_seconds": info.learned_load_seconds,
                     "loads": info.loads,
                     "installed": info.installed,
-                    "loaded": view is not None and view.residency.value == "ready",
-                    "state": view.residency.value if view else "unloaded",
-                    "in_flight": view.in_flight if view else 0,
+                    "loaded": held is not None and held.state == "ready",
+                    "state": held.state if held else "unloaded",
+                    "in_flight": held.in_flight if held else 0,
                     "queue_depth": sum(depth.get(name, {}).values()),
                 }
             )
         return {"models": out}
 
     def health(self) -> dict[str, Any]:
-        snap = self._snapshot()
+        snap = self._resources()
+        up = snap is not None and snap.backend_up
         return {
-            "status": "ok" if snap.backend_up and self.accepting else "degraded",
+            "status": "ok" if up and self.accepting else "degraded",
             "accepting": self.accepting,
             "backend": {
                 "url": self.config.OLLAMA_BASE_URL,
-                "up": snap.backend_up,
-                "error": snap.backend_error,
+                "up": up,
+                "error": snap.backend_error if snap else "not read yet",
             },
-            "vram_source": snap.source,
+            "vram_source": snap.source if snap else None,
             "uptime_seconds": round(self._clock() - self.started_at, 3),
         }

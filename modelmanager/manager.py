@@ -1,17 +1,15 @@
-"""Wires the components and runs the scheduler loop (one thread that owns the loop state).
+"""Wires the components together and runs them: the composition root of the service.
 
-``tick(now)`` is one pass: release retries whose backoff ended, read resources (cached for
-``MONITOR_INTERVAL``; refreshed at once after a load, unload or backend error), ask the
-pure planner for a Plan, hand it to the engine. The loop wakes early on every submit and
-every job end, so dispatch does not wait for the next 100 ms tick; with nothing waiting a
-pass is a few dictionary reads.
+The :class:`Manager` builds the store, the backend (an Ollama client and its memory
+source), the registry, the pending-job index, the residency and job-runner workers, the
+scheduler and the internal API; ``start`` recovers jobs a crash left running and starts
+the scheduler thread; ``stop`` drains and closes everything.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,22 +18,20 @@ from typing import IO
 from config import Config
 
 from .api import Api
+from .backend import Backend
 from .errors import DataDirLocked
-from .execution_engine import ExecutionEngine
-from .logger import escape, get_logger
-from .model_registry import ModelInfo, ModelRegistry
-from .models import ResourceSnapshot
+from .job_runner import JobRunner
+from .logger import get_logger
+from .model_registry import ModelRegistry
 from .ollama_client import OllamaClient
-from .queue_manager import ModelDemand, QueueManager
+from .pending import PendingIndex
+from .residency import Residency
 from .resource_monitor import NvmlGpuSource, ResourceMonitor
+from .scheduler import Scheduler
 from .store import Store
-from .vram_scheduler import PlannerSettings, plan
 
 log = get_logger("SCHEDULER")
 syslog = get_logger("SYSTEM")
-
-IDLE_REFRESH = 5.0  # seconds between resource snapshots when nothing waits
-HOUSEKEEPING_INTERVAL = 1.0  # seconds between JOB_TIMEOUT / RESULT_TTL sweeps
 
 
 class Manager:
@@ -58,8 +54,16 @@ class Manager:
             timeout=config.REQUEST_TIMEOUT,
             load_timeout=config.LOAD_TIMEOUT,
         )
-        self.monitor = ResourceMonitor(
+        monitor = ResourceMonitor(
             self.client.ps, gpu=gpu, budget_bytes=config.budget_bytes, clock=clock
+        )
+        self.backend = Backend(
+            "default",
+            config.OLLAMA_BASE_URL,
+            self.client,
+            monitor,
+            max_loaded=config.OLLAMA_MAX_LOADED_MODELS,
+            num_parallel=config.OLLAMA_NUM_PARALLEL,
         )
         self.registry = ModelRegistry(
             self.store,
@@ -68,44 +72,43 @@ class Manager:
             show=self.client.show,
             clock=clock,
         )
-        self.queue = QueueManager(config.AGING_SECONDS)
-        self._wake_event = threading.Event()
-        self._stop = threading.Event()
-        self._snapshot: ResourceSnapshot | None = None
-        self._snapshot_lock = threading.Lock()
-        self._stale = True
-        self.engine = ExecutionEngine(
-            self.client,
+        self.pending = PendingIndex(config.AGING_SECONDS)
+        # Ollama keeps our models longer than we do, so the manager always unloads first,
+        # while models of a manager that died still expire eventually.
+        ollama_keep_alive = config.MODEL_KEEP_ALIVE * 2 + 60
+        self.residency = Residency(self.registry, self._post, keep_alive=ollama_keep_alive)
+        self.jobs = JobRunner(
             self.store,
-            self.queue,
             self.registry,
-            self.monitor,
             config,
-            wake=self.wake,
-            on_backend_change=self.mark_stale,
+            self._post,
+            keep_alive=ollama_keep_alive,
             clock=clock,
         )
+        self.scheduler = Scheduler(
+            config,
+            store=self.store,
+            pending=self.pending,
+            registry=self.registry,
+            backends=[self.backend],
+            residency=self.residency,
+            jobs=self.jobs,
+            clock=clock,
+        )
+        self.scheduler.hooks.append(self.housekeeping)
         self.api = Api(
             config,
             self.store,
-            self.queue,
+            self.pending,
             self.registry,
-            self.engine,
-            snapshot=self.snapshot,
-            wake=self.wake,
+            self.scheduler,
+            self.jobs,
             clock=clock,
         )
-        self.settings = PlannerSettings(
-            safety_margin_bytes=config.safety_margin_bytes,
-            max_concurrent_per_model=config.MAX_CONCURRENT_PER_MODEL,
-            min_residency=config.MIN_RESIDENCY,
-            keep_alive=config.MODEL_KEEP_ALIVE,
-            max_loaded_models=config.OLLAMA_MAX_LOADED_MODELS,
-        )
-        self._thread: threading.Thread | None = None
-        self._waiting_logged: set[str] = set()
-        self._backend_up: bool | None = None
-        self._housekept_at = 0.0
+        self._stopped = False
+
+    def _post(self, event: object) -> None:
+        self.scheduler.post(event)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,70 +122,46 @@ class Manager:
                 requeued,
                 failed,
             )
-        n = self.queue.add_many(self.store.waiting_jobs(), now)
+        n = self.pending.add_many(self.store.waiting_jobs(), now)
         syslog.info(
             "Model Manager started: Ollama at %s, %d job(s) waiting, store %s",
             self.config.OLLAMA_BASE_URL,
             n,
             self.store.path,
         )
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
+        self.scheduler.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, let running jobs finish up to ``timeout``, close. Idempotent."""
-        if self._stop.is_set():
+        if self._stopped:
             return
+        self._stopped = True
         self.api.accepting = False
-        self._stop.set()
-        self._wake_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-        drained = self.engine.stop(timeout)
+        self.scheduler.stop()
+        drained = self.jobs.close(timeout)
         syslog.info(
             "stopped%s", "" if drained else f"; jobs still running after {timeout}s will rerun"
         )
-        self.monitor.close()
-        self.client.close()
+        self.residency.close()
+        self.backend.close()
         self.store.close()
         self._lockfile.close()
 
     def wake(self) -> None:
-        self._wake_event.set()
+        self.scheduler.wake()
 
-    def mark_stale(self) -> None:
-        self._stale = True
-        self._wake_event.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake_event.clear()
-            try:
-                self.tick()
-                now = self.clock()
-                if now - self._housekept_at >= HOUSEKEEPING_INTERVAL:
-                    self._housekept_at = now
-                    self.housekeeping(now)
-            except Exception:
-                log.exception("scheduler pass failed; continuing")
-            self._wake_event.wait(self._next_wait())
-
-    def _next_wait(self) -> float:
-        interval = self.config.SCHEDULER_LOOP_INTERVAL
-        due = self.queue.next_delayed_at()
-        return interval if due is None else max(0.0, min(interval, due - self.clock()))
-
-    # ---------------------------------------------------------------------- pass
+    # ------------------------------------------------------------------ housekeeping
 
     def housekeeping(self, now: float) -> None:
-        """Fail jobs past JOB_TIMEOUT; delete results older than RESULT_TTL."""
+        """Fail jobs past JOB_TIMEOUT (aborting their requests); delete results older
+        than RESULT_TTL. Runs on the scheduler thread about once a second."""
         timeout = self.config.JOB_TIMEOUT
         if timeout:
             expired = self.store.expire(now - timeout, now, timeout)
             for job_id in expired:
-                self.queue.remove(job_id)
-            self.engine.abort(expired)  # Ollama stops the expired ones that were running
+                self.pending.remove(job_id)
+            self.jobs.abort(expired)  # Ollama stops the expired ones that were running
             if expired:
                 log.warning(
                     "%d job(s) failed: not finished within JOB_TIMEOUT (%gs)", len(expired), timeout
@@ -191,100 +170,6 @@ class Manager:
             purged = self.store.purge(now - self.config.RESULT_TTL)
             if purged:
                 syslog.info("purged %d finished job(s) older than RESULT_TTL", purged)
-
-    def snapshot(self, *, max_age: float | None = None) -> ResourceSnapshot:
-        """The latest resource snapshot, refreshed if older than ``max_age`` or stale."""
-        max_age = self.config.MONITOR_INTERVAL if max_age is None else max_age
-        with self._snapshot_lock:
-            snap = self._snapshot
-            if self._stale or snap is None or self.clock() - snap.taken_at >= max_age:
-                self._stale = False
-                snap = self._snapshot = self.monitor.snapshot()
-                self.engine.sync(snap)
-                self._note_backend(snap)
-            return snap
-
-    def _note_backend(self, snap: ResourceSnapshot) -> None:
-        if snap.backend_up != self._backend_up:
-            if snap.backend_up:
-                syslog.info("Ollama reachable at %s", self.config.OLLAMA_BASE_URL)
-            else:
-                syslog.warning(
-                    "Ollama unreachable at %s (%s); jobs wait",
-                    self.config.OLLAMA_BASE_URL,
-                    escape(snap.backend_error or ""),
-                )
-            self._backend_up = snap.backend_up
-
-    def tick(self, now: float | None = None) -> None:
-        now = self.clock() if now is None else now
-        self.queue.release_delayed(now)
-        demand = self.queue.demand(now)
-        views = self.engine.views()
-        if not demand and not views:
-            return  # idle: nothing waits, nothing loaded
-        # Dispatching to loaded models needs no VRAM figures; only load decisions do.
-        must_plan_loads = any(d.model not in views for d in demand)
-        snap = self.snapshot(max_age=None if must_plan_loads else IDLE_REFRESH)
-        views = self.engine.views()
-        blocked = self.engine.load_blocked(now)
-        demand = [d for d in demand if d.model in views or d.model not in blocked]
-        infos = self._estimates([d.model for d in demand if d.model not in views])
-        estimates = {m: info.estimate_bytes for m, info in infos.items()}
-        evidence = {m: e for m, info in infos.items() if (e := info.evidence_bytes) is not None}
-        work = {m: self._queued_work(d) for d in demand if (m := d.model) in estimates}
-        result = plan(demand, views, snap, estimates, self.settings, now, work, evidence)
-        for model, reason in result.fail:
-            self.engine.fail_model(model, reason, "MODEL_TOO_LARGE")
-        for model, reason in result.unloads:
-            self.engine.start_unload(model, reason)
-        for model in result.loads:
-            self.engine.start_load(model)
-        for model, n in result.dispatch.items():
-            self.engine.dispatch(model, n, now)
-        self._log_waiting(result.waiting_for_memory, snap)
-
-    def _queued_work(self, d: ModelDemand) -> float:
-        """Estimated seconds the waiting jobs of a model keep its runner busy."""
-        slots = self.engine.slots(d.model)
-        return d.waiting * self.registry.job_seconds(d.model) / slots
-
-    def _estimates(self, runners: list[str]) -> dict[str, ModelInfo]:
-        """What is known of runners that wait to be loaded; fails jobs of absent models."""
-        out: dict[str, ModelInfo] = {}
-        if not runners:
-            return out
-        self.registry.refresh_tags()
-        for runner in runners:
-            if self.engine.is_pulling(runner):
-                continue
-            installed = self.registry.installed(runner)
-            if installed is False and self.registry.refresh_tags(force=True):
-                installed = self.registry.installed(runner)
-            if installed is False and self.config.AUTO_PULL:
-                self.engine.start_pull(runner)
-                continue
-            if installed is False:
-                name = self.queue.name_of(runner) or runner
-                self.engine.fail_model(
-                    runner,
-                    f"model '{name}' is not installed in Ollama; pull it first "
-                    f"(ollama pull {name})",
-                    "MODEL_NOT_FOUND",
-                )
-                continue
-            out[runner] = self.registry.info(runner)
-        return out
-
-    def _log_waiting(self, waiting: list[str], snap: ResourceSnapshot) -> None:
-        now_waiting = set(waiting)
-        for runner in now_waiting - self._waiting_logged:
-            log.info(
-                "%s waits for VRAM (%d MB free)",
-                self.engine.label(runner),
-                snap.free_bytes // (1024 * 1024),
-            )
-        self._waiting_logged = now_waiting
 
 
 def _lock_data_dir(data: Path) -> IO[str]:

@@ -263,23 +263,23 @@ def _tick_main(args: dict[str, Any]) -> dict[str, Any]:
             manager.api.submit_batch({"jobs": chunk})
         queued_s = time.perf_counter() - t
         settle_end = time.monotonic() + 30.0
-        while time.monotonic() < settle_end:  # loads run on the engine's threads
-            manager.tick()
-            views = manager.engine.views()
-            if sum(1 for v in views.values() if v.in_flight) >= 3:
+        while time.monotonic() < settle_end:  # loads run on the residency's threads
+            manager.scheduler.tick()
+            runners = manager.scheduler.snapshot().runners
+            if sum(1 for r in runners if r.in_flight) >= 3:
                 break
             time.sleep(0.05)  # waiting for the simulated loads
         times = []
         for _ in range(int(args["ticks"])):
             t = time.perf_counter()
-            manager.tick()
+            manager.scheduler.tick()
             times.append((time.perf_counter() - t) * 1000.0)
-        views = manager.engine.views()
+        runners = manager.scheduler.snapshot().runners
         return {
             "sqlite_commit_us": _commit_costs(tmp),
-            "pending": len(manager.queue),
-            "models_waiting": len(manager.queue.depth_by_model()),
-            "models_running": sum(1 for v in views.values() if v.in_flight),
+            "pending": len(manager.pending),
+            "models_waiting": len(manager.pending.depth_by_model()),
+            "models_running": sum(1 for r in runners if r.in_flight),
             "ticks": len(times),
             "tick_p50_ms": rnd(pct(times, 50)),
             "tick_p95_ms": rnd(pct(times, 95)),

@@ -1,4 +1,4 @@
-"""Pending jobs indexed by runner and priority, in memory, for the scheduler.
+"""The pending-job index: waiting jobs by runner and priority, in memory, for the scheduler.
 
 The store is the truth; this is an index of the jobs that wait (ids and ordering keys
 only, never payloads, so 100,000 waiting jobs cost a few tens of MB). Jobs are grouped by
@@ -18,21 +18,11 @@ import heapq
 import math
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from .models import Priority
+from .plan import Demand
 
 _PRIORITIES = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
-
-
-@dataclass(frozen=True)
-class ModelDemand:
-    """What waits for one model. ``rank`` is the best effective rank (lower = more urgent)."""
-
-    model: str
-    waiting: int
-    rank: int
-    oldest_submitted_at: float
 
 
 def effective_rank(priority: Priority, submitted_at: float, now: float, aging: float) -> int:
@@ -40,15 +30,19 @@ def effective_rank(priority: Priority, submitted_at: float, now: float, aging: f
 
 
 class _ModelQueue:
-    __slots__ = ("count", "heaps")
+    __slots__ = ("counts", "heaps")
 
     def __init__(self) -> None:
-        # one heap per priority rank of (seq, submitted_at, job_id)
+        # one heap per priority rank of (seq, submitted_at, job_id), and its live count
         self.heaps: tuple[list[tuple[int, float, str]], ...] = ([], [], [])
-        self.count = 0
+        self.counts = [0, 0, 0]
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
-class QueueManager:
+class PendingIndex:
     def __init__(self, aging_seconds: float) -> None:
         self.aging = aging_seconds
         self._lock = threading.Lock()
@@ -98,7 +92,7 @@ class QueueManager:
         if q is None:
             q = self._models[model] = _ModelQueue()
         heapq.heappush(q.heaps[priority.rank], (seq, submitted, job_id))
-        q.count += 1
+        q.counts[priority.rank] += 1
         self._where[job_id] = (model, priority)
 
     def remove(self, job_id: str) -> bool:
@@ -110,7 +104,7 @@ class QueueManager:
             q = self._models.get(where[0])
             in_delayed = any(entry[2] == job_id for entry in self._delayed)
             if not in_delayed and q is not None:
-                q.count -= 1
+                q.counts[where[1].rank] -= 1
             self._dead.add(job_id)
             return True
 
@@ -135,21 +129,33 @@ class QueueManager:
         while heap and heap[0][2] in self._dead:
             self._dead.discard(heapq.heappop(heap)[2])
 
-    def demand(self, now: float) -> list[ModelDemand]:
-        """Per model with waiting jobs: count, best effective rank, oldest submit time."""
-        out: list[ModelDemand] = []
+    def demand(self, now: float) -> list[Demand]:
+        """Per runner with waiting jobs: counts and effective rank per priority, the best
+        rank, the oldest submit time."""
+        out: list[Demand] = []
         with self._lock:
             for model, q in self._models.items():
                 if q.count <= 0:
                     continue
-                best_rank, oldest = math.inf, math.inf
-                for prio, heap in zip(_PRIORITIES, q.heaps, strict=True):
+                ranks: list[int | None] = [None, None, None]
+                oldest = math.inf
+                for i, (prio, heap) in enumerate(zip(_PRIORITIES, q.heaps, strict=True)):
                     self._clean_head(heap)
-                    if heap:
+                    if heap and q.counts[i] > 0:
                         _, submitted, _ = heap[0]
-                        best_rank = min(best_rank, effective_rank(prio, submitted, now, self.aging))
+                        ranks[i] = effective_rank(prio, submitted, now, self.aging)
                         oldest = min(oldest, submitted)
-                out.append(ModelDemand(model, q.count, int(best_rank), oldest))
+                best = min(r for r in ranks if r is not None)
+                out.append(
+                    Demand(
+                        model,
+                        q.count,
+                        best,
+                        oldest,
+                        (q.counts[0], q.counts[1], q.counts[2]),
+                        (ranks[0], ranks[1], ranks[2]),
+                    )
+                )
         return out
 
     def pop(self, model: str, n: int, now: float) -> list[str]:
@@ -171,7 +177,7 @@ class QueueManager:
                 if best is None:
                     break
                 _, _, job_id = heapq.heappop(q.heaps[best[2]])
-                q.count -= 1
+                q.counts[best[2]] -= 1
                 del self._where[job_id]
                 out.append(job_id)
             if q.count <= 0 and not any(q.heaps):

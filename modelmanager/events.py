@@ -1,0 +1,67 @@
+"""What the workers tell the scheduler: plain, immutable records of finished work.
+
+Loads, unloads, pulls and jobs run on worker threads; each posts one of these when it
+ends. The scheduler thread applies them at the start of its next pass, so it alone owns
+the state of runners (the workers never touch it).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import OllamaError
+from .models import Job
+
+
+@dataclass(frozen=True)
+class LoadEnded:
+    """A load finished. ``error`` is None on success; ``size_bytes`` is what it was found
+    to take (learned, else the estimate); ``dropped`` means Ollama no longer listed it
+    right after loading it (it evicted it again to fit another model)."""
+
+    runner: str
+    backend: str
+    seconds: float
+    size_bytes: int = 0
+    error: OllamaError | None = None
+    dropped: bool = False
+
+
+@dataclass(frozen=True)
+class UnloadEnded:
+    """An unload finished: ``gone`` once Ollama no longer lists the model; else ``why``."""
+
+    runner: str
+    backend: str
+    gone: bool
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class PullEnded:
+    runner: str
+    backend: str
+    error: OllamaError | None = None
+
+
+class JobOutcome(enum.StrEnum):
+    COMPLETE = "complete"
+    RETRY = "retry"  # back in the queue after ``not_before``; the store says so already
+    RELEASED = "released"  # never reached Ollama: back in the queue, attempt given back
+    FAILED = "failed"
+    ABORTED = "aborted"  # cancelled, timed out, or stopped at shutdown
+    SUPERSEDED = "superseded"  # a newer attempt owns the job: this result was dropped
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    job: Job
+    backend: str
+    outcome: JobOutcome
+    not_before: float = 0.0  # RETRY: when it may run again
+    out_of_memory: bool = False
+    runner_crashed: bool = False
+
+
+Event = LoadEnded | UnloadEnded | PullEnded | JobEnded

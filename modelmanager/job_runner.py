@@ -1,0 +1,254 @@
+"""The job runner: runs jobs on a backend (answers streamed from Ollama), aborts them on
+request, and hands results and failures to the store.
+
+Each job runs on a thread of a pool. Its request goes out as the job gives it (the
+payload unchanged; ``keep_alive`` is the manager's); its result or failure is written to
+the store fenced by the attempt, following the planner's verdict
+(:func:`modelmanager.planner.after_job_error`), and a :class:`~modelmanager.events.
+JobEnded` event tells the scheduler. Logs one line when a job starts and one when it ends.
+
+Thread safety: ``start``, ``abort`` and ``in_flight`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from config import Config
+
+from .abortable import Call
+from .backend import Backend
+from .errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    OllamaError,
+    OutOfMemory,
+    RequestAborted,
+    RunnerCrashed,
+)
+from .events import Event, JobEnded, JobOutcome
+from .logger import escape, get_logger
+from .model_registry import ModelRegistry
+from .models import Job, JobKind
+from .ollama_client import InferenceResult
+from .plan import JobVerdict
+from .planner import after_job_error, backoff_delay
+from .store import Store
+
+log = get_logger("ENGINE")
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: Store,
+        registry: ModelRegistry,
+        config: Config,
+        post: Callable[[Event], None],
+        *,
+        keep_alive: float,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self._post = post
+        self.keep_alive = keep_alive  # what Ollama is told to keep the model for (s)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._calls: dict[str, Call] = {}  # job id -> its request in flight
+        self._expected = 0  # taken from the queue, about to start (counted as in flight)
+        self._pool = ThreadPoolExecutor(config.ENGINE_THREADS, thread_name_prefix="job")
+
+    def in_flight(self) -> int:
+        """Jobs running, and jobs taken from the queue that are about to start."""
+        with self._lock:
+            return len(self._calls) + self._expected
+
+    def expect(self, n: int) -> None:
+        """Count ``n`` jobs just taken from the queue as in flight until they start (a
+        negative ``n`` takes back ones that will not), so that QUEUE_MAX_SIZE counts them
+        in between."""
+        with self._lock:
+            self._expected = max(0, self._expected + n)
+
+    def start(self, job: Job, backend: Backend, label: str) -> None:
+        """Run ``job`` (already claimed: status running, attempt counted) on ``backend``."""
+        call = Call()
+        with self._lock:
+            self._calls[job.id] = call
+            self._expected = max(0, self._expected - 1)
+        log.info("job %s started on %s (attempt %d)", job.id, label, job.attempts)
+        self._pool.submit(self._run, job, backend, call)
+
+    def abort(self, job_ids: list[str] | None = None) -> int:
+        """Abort the requests in flight for these jobs (None: all), so Ollama stops
+        generating and frees the slot at once. Returns how many were aborted."""
+        with self._lock:
+            calls = (
+                list(self._calls.values())
+                if job_ids is None
+                else [c for j in job_ids if (c := self._calls.get(j)) is not None]
+            )
+        for call in calls:
+            call.abort()
+        return len(calls)
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the jobs in flight, then abort the rest (they rerun
+        at the next start). True if all ended in time."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        drained = self.in_flight() == 0
+        if not drained:
+            self.abort()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return drained
+
+    # ------------------------------------------------------------------------ running
+
+    def _run(self, job: Job, backend: Backend, call: Call) -> None:
+        ended: JobEnded | None = None
+        try:
+            try:
+                res = self._send(job, backend, call)
+            except OllamaError as exc:
+                ended = self._failed(job, backend, exc)
+                return
+            except Exception as exc:
+                log.exception("job %s: unexpected error", job.id)
+                ended = self._failed(job, backend, OllamaError(f"unexpected error: {exc}"))
+                return
+            ended = self._completed(job, backend, res)
+        finally:
+            with self._lock:
+                self._calls.pop(job.id, None)
+            self._post(ended or JobEnded(job, backend.name, JobOutcome.ABORTED))
+
+    def _send(self, job: Job, backend: Backend, call: Call) -> InferenceResult:
+        fields = {k: v for k, v in job.payload.items() if k != "keep_alive"}
+        return backend.client.infer(
+            job.kind.value, job.model, fields, keep_alive=self.keep_alive, call=call
+        )
+
+    def _completed(self, job: Job, backend: Backend, res: InferenceResult) -> JobEnded:
+        timings = {
+            "total_duration": res.total_duration_ns,
+            "load_duration": res.load_duration_ns,
+            "prompt_eval_count": res.prompt_eval_count,
+            "eval_count": res.eval_count,
+            "eval_duration": res.eval_duration_ns,
+        }
+        self.registry.learn_job(job.runner, (res.total_duration_ns - res.load_duration_ns) / 1e9)
+        output = job_output(job, res)
+        if self.store.complete(job.id, job.attempts, output, timings, self._clock()):
+            log.info("job %s complete (%s, %d tokens)", job.id, job.model, res.eval_count)
+            return JobEnded(job, backend.name, JobOutcome.COMPLETE)
+        log.info("job %s: late result of a superseded attempt dropped", job.id)
+        return JobEnded(job, backend.name, JobOutcome.SUPERSEDED)
+
+    def _failed(self, job: Job, backend: Backend, exc: OllamaError) -> JobEnded:
+        now = self._clock()
+        if isinstance(exc, BackendTimeout):
+            exc = self._timeout_error(exc)
+        delay = backoff_delay(
+            job.attempts,
+            self.config.RETRY_BASE_SECONDS,
+            self.config.RETRY_MAX_SECONDS,
+            self._rng.random(),
+        )
+        decision = after_job_error(
+            transient=exc.transient,
+            reached=not (isinstance(exc, BackendUnavailable) and not exc.reached),
+            aborted=isinstance(exc, RequestAborted),
+            out_of_memory=isinstance(exc, OutOfMemory),
+            attempts=job.attempts,
+            max_attempts=self.config.MAX_ATTEMPTS,
+            delay=delay,
+        )
+        oom, crashed = isinstance(exc, OutOfMemory), isinstance(exc, RunnerCrashed)
+        message = escape(exc.message)
+        outcome = JobOutcome.ABORTED
+        not_before = 0.0
+        if decision.verdict is JobVerdict.ABORTED:
+            log.info("job %s: request to Ollama aborted", job.id)
+        elif decision.verdict is JobVerdict.RELEASE:
+            self.store.release([job.id])
+            outcome = JobOutcome.RELEASED
+            log.warning("job %s: Ollama unreachable (%s); job waits", job.id, message)
+        elif decision.verdict is JobVerdict.RETRY:
+            not_before = now + decision.delay
+            if self.store.requeue(job.id, job.attempts, exc.message, exc.code, not_before):
+                outcome = JobOutcome.RETRY
+                log.warning(
+                    "job %s: %s (%s); retry %d/%d in %.1fs",
+                    job.id,
+                    exc.code,
+                    message,
+                    job.attempts + 1,
+                    self.config.MAX_ATTEMPTS,
+                    decision.delay,
+                )
+            else:
+                outcome = JobOutcome.SUPERSEDED
+        elif self.store.fail(job.id, job.attempts, exc.message, exc.code, now):
+            outcome = JobOutcome.FAILED
+            log.warning("job %s failed (%s): %s", job.id, exc.code, message)
+        else:
+            outcome = JobOutcome.SUPERSEDED
+        return JobEnded(job, backend.name, outcome, not_before, oom, crashed)
+
+    def _timeout_error(self, exc: BackendTimeout) -> BackendTimeout:
+        """The timeout restated with the setting that bounds it and why it is (not)
+        retried."""
+        limit = self.config.REQUEST_TIMEOUT
+        if exc.chunks:
+            text = (
+                f"Ollama stalled for REQUEST_TIMEOUT ({limit:g} s) in the middle of the "
+                f"answer, after {exc.chunks} chunk(s)"
+            )
+        else:
+            text = (
+                f"Ollama sent no token within REQUEST_TIMEOUT ({limit:g} s); the same "
+                f"request would wait the same way, so it is not retried (raise "
+                f"MM_REQUEST_TIMEOUT if the model needs longer to read the prompt)"
+            )
+        return BackendTimeout(text, status=exc.status, model=exc.model, chunks=exc.chunks)
+
+
+def job_output(job: Job, res: InferenceResult) -> dict[str, Any]:
+    """What a finished job stores as its result: Ollama's answer beyond the metrics.
+
+    Generate: ``text`` (the response), ``thinking``, ``tool_calls``, ``context``,
+    ``logprobs``, ``done_reason``; chat: ``text`` (the message content), ``message`` (the
+    whole assistant message: what a client appends to continue the conversation),
+    ``thinking``, ``tool_calls``, ``logprobs``, ``done_reason``; embed: ``embeddings``.
+    Fields Ollama left out are left out.
+    """
+    raw = res.raw
+    if job.kind is JobKind.EMBED:
+        return {"embeddings": res.embeddings or []}
+    out: dict[str, Any] = {"text": res.text}
+    if job.kind is JobKind.CHAT:
+        message = raw.get("message")
+        if isinstance(message, dict):
+            out["message"] = message
+            for key in ("thinking", "tool_calls"):
+                if message.get(key):
+                    out[key] = message[key]
+    else:
+        for key in ("thinking", "tool_calls", "context"):
+            if raw.get(key):
+                out[key] = raw[key]
+    for key in ("logprobs", "done_reason"):
+        if raw.get(key):
+            out[key] = raw[key]
+    return out

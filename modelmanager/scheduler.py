@@ -1,0 +1,700 @@
+"""The scheduler: one thread that owns the state of every runner and applies Plans.
+
+``tick(now)`` is one pass: apply the events workers posted (loads, unloads, pulls and
+jobs that ended), release retries whose backoff ended, read each backend's resources
+(reused for ``MONITOR_INTERVAL``; at once after a load, unload or backend error), match
+what Ollama lists against the runners held, ask the pure planner for a Plan and carry it
+out through the ports: :class:`~modelmanager.residency.Residency` (loads, unloads, pulls)
+and :class:`~modelmanager.job_runner.JobRunner` (jobs). It then publishes an immutable
+:class:`SchedulerSnapshot` that HTTP reads (stats, health, models, metrics, dashboard)
+use, so reads never talk to Ollama or change state.
+
+The loop wakes early on every submit and every posted event. It logs each wait once per
+runner, with its real reason, and each eviction with its reason and figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from config import Config
+
+from .backend import Backend
+from .errors import ModelNotFound, OutOfMemory
+from .events import Event, JobEnded, JobOutcome, LoadEnded, PullEnded, UnloadEnded
+from .job_runner import JobRunner
+from .logger import escape, get_logger
+from .model_registry import ModelRegistry, normalize
+from .models import MIB, ResourceSnapshot
+from .names import display_name
+from .pending import PendingIndex
+from .plan import (
+    BackendView,
+    Dispatch,
+    Drain,
+    Fail,
+    FailCode,
+    Load,
+    Plan,
+    PlannerSettings,
+    Pull,
+    RunnerFacts,
+    RunnerState,
+    RunnerView,
+    Unload,
+    UnloadReason,
+    Wait,
+    WaitReason,
+)
+from .planner import after_load_failure, backoff_delay, plan
+from .residency import Residency
+from .runners import describe, model_of, options_of
+from .store import Store
+
+log = get_logger("SCHEDULER")
+
+IDLE_REFRESH = 1.0  # seconds between resource reads when nothing waits to be loaded
+RECENT_EVENTS = 100  # loads, unloads and evictions kept for the dashboard
+
+_WAIT_TEXT = {
+    WaitReason.MEMORY: "waits for VRAM",
+    WaitReason.MODEL_CAP: "waits for a seat under Ollama's loaded-model cap",
+    WaitReason.LOAD_SLOT: "waits for the load under way (Ollama loads one model at a time)",
+    WaitReason.UNLOADING: "waits for an unload under way to give its memory back",
+    WaitReason.RUNNER_SWITCH: "waits for the model's runner with other options to go",
+    WaitReason.BUSY_SEATS: "waits: the loaded models' queues are cheaper to finish than to move",
+    WaitReason.BACKOFF: "waits before trying its load again",
+    WaitReason.SIZE_UNKNOWN: "waits for Ollama to tell its size",
+    WaitReason.PULLING: "waits for its download",
+    WaitReason.BACKEND_DOWN: "waits for Ollama to be reachable",
+}
+_UNLOAD_TEXT = {
+    UnloadReason.IDLE: "unloading",
+    UnloadReason.ROOM: "evicting (no waiting jobs)",
+    UnloadReason.OUTRANKED: "evicting (outranked)",
+    UnloadReason.RUNNER_OPTIONS: "evicting (other runner options wanted)",
+}
+
+
+@dataclass
+class _Held:
+    """One runner held on a backend; changed by the scheduler thread only."""
+
+    runner: str
+    backend: str
+    name: str  # the model's name as sent to Ollama for loads and unloads
+    state: RunnerState
+    size_bytes: int
+    loaded_at: float
+    last_used: float
+    slots: int
+    in_flight: int = 0
+    jobs_done: int = 0
+    keep_alive: float | None = None
+    draining: bool = False  # logged as draining (for the log only; plans are stateless)
+
+    @property
+    def label(self) -> str:
+        return describe(self.name, self.runner)
+
+    def view(self) -> RunnerView:
+        return RunnerView(
+            self.runner,
+            self.backend,
+            self.state,
+            self.in_flight,
+            self.loaded_at,
+            self.last_used,
+            self.size_bytes,
+            self.slots,
+            self.jobs_done,
+            self.keep_alive,
+        )
+
+
+@dataclass(frozen=True)
+class RunnerStatus:
+    label: str
+    runner: str
+    backend: str
+    state: str
+    in_flight: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    url: str
+    resources: ResourceSnapshot | None  # None before the first read
+
+
+@dataclass(frozen=True)
+class SchedulerSnapshot:
+    """What the scheduler published after its last pass; immutable, for HTTP reads."""
+
+    taken_at: float
+    backends: tuple[BackendStatus, ...] = ()
+    runners: tuple[RunnerStatus, ...] = ()
+    counters: Mapping[str, int] = field(default_factory=dict)
+    waits: Mapping[str, str] = field(default_factory=dict)  # runner label -> reason
+    recent: tuple[Mapping[str, Any], ...] = ()  # newest last
+    labels: Mapping[str, str] = field(default_factory=dict)  # runner key -> label
+
+    def backend_up(self) -> bool:
+        return all(b.resources is not None and b.resources.backend_up for b in self.backends)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        pending: PendingIndex,
+        registry: ModelRegistry,
+        backends: list[Backend],
+        residency: Residency,
+        jobs: JobRunner,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.pending = pending
+        self.registry = registry
+        self.backends = {b.name: b for b in backends}
+        self.residency = residency
+        self.jobs = jobs
+        self.clock = clock
+        self._rng = rng or random.Random()
+        self.settings = PlannerSettings(
+            safety_margin_bytes=config.safety_margin_bytes,
+            max_concurrent_per_model=config.MAX_CONCURRENT_PER_MODEL,
+            min_residency=config.MIN_RESIDENCY,
+            keep_alive=config.MODEL_KEEP_ALIVE,
+            auto_pull=config.AUTO_PULL,
+        )
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # ---- owned by the scheduler thread (and by tests that call tick directly)
+        self._held: dict[tuple[str, str], _Held] = {}  # (runner, backend) -> runner held
+        self._snapshots: dict[str, ResourceSnapshot] = {}
+        self._stale = True
+        self._gone_at: dict[str, float] = {}  # runner or model -> when it left
+        self._load_failures: collections.Counter[str] = collections.Counter()
+        self._blocked_until: dict[str, float] = {}  # runner -> no load before
+        self._unload_failures: collections.Counter[str] = collections.Counter()
+        self._unload_blocked_until: dict[str, float] = {}
+        self._pulling: set[str] = set()  # model identities
+        self._waits: dict[str, WaitReason] = {}
+        self._backend_up: dict[str, bool] = {}
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
+        self._recent_published: tuple[Mapping[str, Any], ...] = ()
+        self._recent_changed = False
+        self._published = SchedulerSnapshot(taken_at=clock())
+        self.hooks: list[Callable[[float], None]] = []  # run once a second (housekeeping)
+        self._hooks_at = 0.0
+
+    # ----------------------------------------------------------------- outside calls
+
+    def post(self, event: Event) -> None:
+        """Hand a finished operation to the scheduler (any thread); wakes the loop."""
+        self._events.put(event)
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def snapshot(self) -> SchedulerSnapshot:
+        """The state published after the last pass (any thread; never blocks)."""
+        return self._published
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                now = self.clock()
+                self.tick(now)
+                if now - self._hooks_at >= 1.0:
+                    self._hooks_at = now
+                    for hook in self.hooks:
+                        hook(now)
+            except Exception:
+                log.exception("scheduler pass failed; continuing")
+            self._wake.wait(self._next_wait())
+
+    def _next_wait(self) -> float:
+        interval = self.config.SCHEDULER_LOOP_INTERVAL
+        due = self.pending.next_delayed_at()
+        return interval if due is None else max(0.0, min(interval, due - self.clock()))
+
+    # ------------------------------------------------------------------------- pass
+
+    def tick(self, now: float | None = None) -> Plan:
+        """One pass (see the module docstring). Returns the Plan it carried out."""
+        now = self.clock() if now is None else now
+        self._apply_events(now)
+        self.pending.release_delayed(now)
+        demands = self.pending.demand(now)
+        if not demands and not self._held:
+            self._refresh(now, IDLE_REFRESH)
+            self._publish(now)
+            return Plan()
+        held_runners = {r for r, _ in self._held}
+        must_plan_loads = any(d.runner not in held_runners for d in demands)
+        self._refresh(now, self.config.MONITOR_INTERVAL if must_plan_loads else IDLE_REFRESH)
+        facts = self._facts([d.runner for d in demands] + list(held_runners), now)
+        views = [h.view() for h in self._held.values()]
+        result = plan(demands, views, self._backend_views(), facts, self.settings, now)
+        self._carry_out(result, now)
+        self._publish(now)
+        return result
+
+    def _refresh(self, now: float, max_age: float) -> None:
+        for name, backend in self.backends.items():
+            snap = self._snapshots.get(name)
+            if self._stale or snap is None or now - snap.taken_at >= max_age:
+                snap = self._snapshots[name] = backend.snapshot()
+                self._note_backend(backend, snap)
+                self._reconcile(name, snap)
+        self._stale = False
+
+    def _note_backend(self, backend: Backend, snap: ResourceSnapshot) -> None:
+        if snap.backend_up != self._backend_up.get(backend.name):
+            if snap.backend_up:
+                log.info("Ollama reachable at %s", backend.url)
+            else:
+                log.warning(
+                    "Ollama unreachable at %s (%s); jobs wait",
+                    backend.url,
+                    escape(snap.backend_error or ""),
+                )
+            self._backend_up[backend.name] = snap.backend_up
+
+    def _reconcile(self, backend: str, snap: ResourceSnapshot) -> None:
+        """Match ``/api/ps`` against the runners held: forget one Ollama dropped behind our
+        back, manage one it holds that we do not (by identity or digest)."""
+        if not snap.backend_up:
+            return
+        matched: set[int] = set()
+        for key, h in list(self._held.items()):
+            if h.backend != backend:
+                continue
+            hits = [i for i, m in enumerate(snap.loaded) if self.registry.holds(h.runner, m)]
+            matched.update(hits)
+            if h.state is RunnerState.READY and not hits and snap.taken_at > h.loaded_at:
+                del self._held[key]
+                self._gone_at[h.runner] = snap.taken_at
+                log.info("%s is no longer loaded in Ollama (dropped outside the manager)", h.label)
+        for i, m in enumerate(snap.loaded):
+            runner = normalize(m.name)
+            gone_at = max(self._gone_at.get(runner, 0.0), self._gone_at.get(model_of(runner), 0.0))
+            if i in matched or snap.taken_at <= gone_at or (runner, backend) in self._held:
+                continue
+            size = max(m.vram_bytes, self.registry.estimate(runner) or 0)
+            now = snap.taken_at
+            self._held[(runner, backend)] = _Held(
+                runner, backend, m.name, RunnerState.READY, size, now, now, self._slots(runner)
+            )
+            log.info("%s found loaded in Ollama (%d MB); managing it", m.name, size // MIB)
+
+    def _backend_views(self) -> list[BackendView]:
+        views = []
+        for name, backend in self.backends.items():
+            snap = self._snapshots.get(name)
+            if snap is None:
+                continue
+            ours = [h for h in self._held.values() if h.backend == name]
+            foreign = sum(
+                1 for m in snap.loaded if not any(self.registry.holds(h.runner, m) for h in ours)
+            )
+            views.append(
+                BackendView(
+                    name,
+                    snap.backend_up,
+                    snap.total_bytes,
+                    snap.free_bytes,
+                    backend.max_loaded,
+                    foreign=foreign,
+                )
+            )
+        return views
+
+    def _slots(self, runner: str) -> int:
+        """Ollama's parallel requests for a model: OLLAMA_NUM_PARALLEL, 1 for embedders."""
+        return 1 if self.registry.info(runner).is_embedding else self.config.OLLAMA_NUM_PARALLEL
+
+    def _facts(self, runners: list[str], now: float) -> dict[str, RunnerFacts]:
+        """What the planner needs to know of each runner that waits or is held."""
+        out: dict[str, RunnerFacts] = {}
+        unknown_installed = [r for r in runners if self.registry.installed(r) is not True]
+        if unknown_installed:
+            self.registry.refresh_tags()
+        for runner in dict.fromkeys(runners):
+            installed = self.registry.installed(runner)
+            if installed is False and self.registry.refresh_tags(force=True):
+                installed = self.registry.installed(runner)
+            info = self.registry.info(runner)
+            out[runner] = RunnerFacts(
+                estimate_bytes=info.estimate_bytes,
+                evidence_bytes=info.evidence_bytes,
+                load_seconds=info.learned_load_seconds or self._load_prior(info.estimate_bytes),
+                job_seconds=self.registry.job_seconds(runner),
+                slots=self._slots(runner),
+                installed=installed,
+                pulling=model_of(runner) in self._pulling,
+                blocked_until=self._blocked_until.get(runner, 0.0),
+            )
+        return out
+
+    @staticmethod
+    def _load_prior(estimate: int | None) -> float:
+        """Load seconds before a model has loaded once: start-up plus 2 GB/s of weights."""
+        return 0.3 + (estimate or 0) / 2e9
+
+    # ----------------------------------------------------------------- carrying out
+
+    def _carry_out(self, result: Plan, now: float) -> None:
+        waiting: dict[str, Wait] = {}
+        for action in result.actions:
+            if isinstance(action, Fail):
+                self._fail(action)
+            elif isinstance(action, Pull):
+                self._pull(action)
+            elif isinstance(action, Unload):
+                self._unload(action, now)
+            elif isinstance(action, Drain):
+                self._drain(action)
+            elif isinstance(action, Load):
+                self._load(action, now)
+            elif isinstance(action, Dispatch):
+                self._dispatch(action, now)
+            elif isinstance(action, Wait):
+                waiting[action.runner] = action
+        self._log_waits(waiting)
+        drained = {a.runner for a in result.actions if isinstance(a, Drain)}
+        for h in self._held.values():
+            if h.runner not in drained:
+                h.draining = False
+
+    def _label(self, runner: str) -> str:
+        for h in self._held.values():
+            if h.runner == runner:
+                return h.label
+        return describe(self._send_name(runner), runner)
+
+    def _send_name(self, runner: str) -> str:
+        """The name to send Ollama for a runner's model: as Ollama stores it when
+        ``/api/tags`` listed it, else as a client spelled it (any spelling resolves)."""
+        name = self.registry.stored_name(runner) or self.pending.name_of(runner)
+        if name:
+            return name
+        try:
+            return display_name(model_of(runner))
+        except ValueError:
+            return model_of(runner)
+
+    def _fail(self, action: Fail) -> None:
+        name = self._send_name(action.runner)
+        if action.code is FailCode.MODEL_NOT_FOUND:
+            message = (
+                f"model '{name}' is not installed in Ollama; pull it first (ollama pull {name})"
+            )
+        else:
+            message = f"model {self._label(action.runner)} {action.message}"
+        self.fail_runner(action.runner, message, action.code.value)
+
+    def fail_runner(self, runner: str, message: str, code: str) -> int:
+        """Fail every waiting job of ``runner`` at once (too big, not installed, ...)."""
+        ids = self.pending.drop_model(runner)
+        now = self.clock()
+        failed = sum(self.store.fail(job_id, None, message, code, now) for job_id in ids)
+        if failed:
+            self.counters["failed"] += failed
+            log.warning("%d job(s) for %s failed: %s", failed, self._label(runner), escape(message))
+        return failed
+
+    def _pull(self, action: Pull) -> None:
+        model = model_of(action.runner)
+        if model in self._pulling:
+            return
+        self._pulling.add(model)
+        name = self._send_name(action.runner)
+        self.residency.pull(self.backends[action.backend], action.runner, name)
+
+    def _unload(self, action: Unload, now: float) -> None:
+        h = self._held.get((action.runner, action.backend))
+        if h is None or h.state is not RunnerState.READY or h.in_flight:
+            return
+        if self._unload_blocked_until.get(action.runner, 0.0) > now:
+            return  # the last unload failed: wait out its backoff
+        h.state = RunnerState.UNLOADING
+        self.counters["unloads"] += 1
+        if action.reason is not UnloadReason.IDLE:
+            self.counters["evictions"] += 1
+            self.counters[f"evictions_{action.reason.value}"] += 1
+        why = self._why(action.reason, action.for_runner, action.detail)
+        log.info("%s %s: %s", _UNLOAD_TEXT[action.reason], h.label, why)
+        self._remember("unload", h.label, action.reason.value, why, now)
+        self.residency.unload(self.backends[h.backend], h.runner, h.label, h.name)
+
+    def _drain(self, action: Drain) -> None:
+        h = self._held.get((action.runner, action.backend))
+        if h is None or h.draining:
+            return
+        h.draining = True
+        why = self._why(action.reason, action.for_runner, action.detail)
+        log.info("draining %s (%d job(s) in flight): %s", h.label, h.in_flight, why)
+
+    def _why(self, reason: UnloadReason, for_runner: str | None, detail: str) -> str:
+        parts = {
+            UnloadReason.IDLE: detail,
+            UnloadReason.ROOM: f"room for {self._label(for_runner or '')}",
+            UnloadReason.OUTRANKED: f"outranked by {self._label(for_runner or '')}",
+            UnloadReason.RUNNER_OPTIONS: f"{self._label(for_runner or '')} is wanted",
+        }[reason]
+        if detail and reason is not UnloadReason.IDLE:
+            parts += f" ({detail})"
+        return parts
+
+    def _load(self, action: Load, now: float) -> None:
+        key = (action.runner, action.backend)
+        if key in self._held:
+            return
+        info = self.registry.info(action.runner)
+        size = info.estimate_bytes or 0
+        name = self._send_name(action.runner)
+        h = _Held(
+            action.runner,
+            action.backend,
+            name,
+            RunnerState.LOADING,
+            size,
+            now,
+            now,
+            self._slots(action.runner),
+        )
+        self._held[key] = h
+        self._waits.pop(action.runner, None)
+        self.store.mark_queued(action.runner)
+        self._remember("load", h.label, "start", f"estimate {size // MIB} MB", now)
+        self.residency.load(
+            self.backends[action.backend],
+            action.runner,
+            h.label,
+            name,
+            options_of(action.runner),
+            "embed" if info.is_embedding else "generate",
+            size,
+        )
+
+    def _dispatch(self, action: Dispatch, now: float) -> None:
+        h = self._held.get((action.runner, action.backend))
+        if h is None or h.state is not RunnerState.READY:
+            return
+        ids = self.pending.pop(action.runner, action.count, now)
+        if not ids:
+            return
+        self.jobs.expect(len(ids))
+        jobs = self.store.claim(ids, now)  # skips jobs cancelled meanwhile
+        self.jobs.expect(len(jobs) - len(ids))
+        h.in_flight += len(jobs)
+        backend = self.backends[action.backend]
+        for job in jobs:
+            self.jobs.start(job, backend, h.label)
+
+    def _log_waits(self, waiting: dict[str, Wait]) -> None:
+        """One line per runner when it starts waiting or its reason changes."""
+        for runner, wait in waiting.items():
+            if self._waits.get(runner) is wait.reason:
+                continue
+            self._waits[runner] = wait.reason
+            detail = f" ({wait.detail})" if wait.detail else ""
+            log.info("%s %s%s", self._label(runner), _WAIT_TEXT[wait.reason], detail)
+        for runner in list(self._waits):
+            if runner not in waiting:
+                del self._waits[runner]
+
+    def _remember(self, kind: str, label: str, what: str, detail: str, now: float) -> None:
+        self._recent.append(
+            {"at": now, "kind": kind, "model": label, "what": what, "detail": detail}
+        )
+        self._recent_changed = True
+
+    # ----------------------------------------------------------------------- events
+
+    def _apply_events(self, now: float) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, JobEnded):
+                self._job_ended(event, now)
+            elif isinstance(event, LoadEnded):
+                self._load_ended(event, now)
+            elif isinstance(event, UnloadEnded):
+                self._unload_ended(event, now)
+            elif isinstance(event, PullEnded):
+                self._pull_ended(event)
+
+    def _job_ended(self, e: JobEnded, now: float) -> None:
+        job = e.job
+        h = self._held.get((job.runner, e.backend))
+        if h is not None:
+            h.in_flight = max(0, h.in_flight - 1)
+            h.last_used = now
+            if e.outcome is JobOutcome.COMPLETE:
+                h.jobs_done += 1
+                h.keep_alive = job.payload.get("keep_alive")
+        if e.outcome is JobOutcome.COMPLETE:
+            self.counters["completed"] += 1
+        elif e.outcome is JobOutcome.FAILED:
+            self.counters["failed"] += 1
+        elif e.outcome is JobOutcome.RETRY:
+            self.counters["retries"] += 1
+        if e.outcome in (JobOutcome.RETRY, JobOutcome.RELEASED):
+            self.pending.add(
+                job.id, job.runner, job.priority, job.seq, job.submitted_at, e.not_before, now
+            )
+        if e.out_of_memory:
+            self.counters["ooms"] += 1
+            self.registry.raise_estimate(job.runner)
+        if e.out_of_memory or e.runner_crashed or e.outcome is JobOutcome.RELEASED:
+            self._stale = True  # the runner may be gone: re-read /api/ps
+
+    def _load_ended(self, e: LoadEnded, now: float) -> None:
+        key = (e.runner, e.backend)
+        h = self._held.get(key)
+        if e.error is None and not e.dropped:
+            self._load_failures.pop(e.runner, None)
+            self._blocked_until.pop(e.runner, None)
+            self.counters["loads"] += 1
+            if h is not None:
+                h.state = RunnerState.READY
+                h.size_bytes = e.size_bytes or h.size_bytes
+                h.loaded_at = h.last_used = now
+                self._remember("load", h.label, "loaded", f"{e.seconds:.2f}s", now)
+            self._stale = True
+            return
+        if e.error is None:  # loaded, then dropped at once by Ollama
+            self.counters["loads"] += 1
+            failures = 0
+        else:
+            self._load_failures[e.runner] += 1
+            failures = self._load_failures[e.runner]
+        delay = 0.0
+        if failures:
+            delay = backoff_delay(
+                failures,
+                self.config.RETRY_BASE_SECONDS,
+                self.config.RETRY_MAX_SECONDS,
+                self._rng.random(),
+            )
+        decision = after_load_failure(
+            failures=failures,
+            max_attempts=self.config.MAX_ATTEMPTS,
+            not_found=isinstance(e.error, ModelNotFound),
+            out_of_memory=isinstance(e.error, OutOfMemory),
+            dropped=e.dropped,
+            delay=delay,
+        )
+        label = h.label if h is not None else self._label(e.runner)
+        if e.error is not None:
+            self._held.pop(key, None)
+            self._gone_at[e.runner] = now
+            self._blocked_until[e.runner] = now + decision.backoff
+            self.store.unmark_queued(e.runner)
+            if isinstance(e.error, OutOfMemory):
+                self.counters["ooms"] += 1
+            self._remember("load", label, "failed", e.error.message, now)
+        if decision.raise_estimate:
+            size = h.size_bytes if h is not None else (self.registry.estimate(e.runner) or 0)
+            why = "Ollama dropped it right after loading it" if e.dropped else "out-of-memory"
+            self.registry.raise_estimate(e.runner, at_least=int(size * 1.25), why=why)
+        if decision.fail_jobs and e.error is not None:
+            self.fail_runner(e.runner, f"loading {label} failed: {e.error.message}", e.error.code)
+        self._stale = True
+
+    def _unload_ended(self, e: UnloadEnded, now: float) -> None:
+        key = (e.runner, e.backend)
+        h = self._held.get(key)
+        if e.gone:
+            self._held.pop(key, None)
+            self._gone_at[e.runner] = now
+            self._unload_failures.pop(e.runner, None)
+            if h is not None:
+                self._remember("unload", h.label, "unloaded", "", now)
+        else:
+            if h is not None:  # still loaded: manage it again, retry later
+                h.state = RunnerState.READY
+                h.last_used = now
+            self._unload_failures[e.runner] += 1
+            delay = backoff_delay(
+                self._unload_failures[e.runner],
+                self.config.RETRY_BASE_SECONDS,
+                self.config.RETRY_MAX_SECONDS,
+                self._rng.random(),
+            )
+            self._unload_blocked_until[e.runner] = now + max(delay, 0.1)
+        self._stale = True
+
+    def _pull_ended(self, e: PullEnded) -> None:
+        self._pulling.discard(model_of(e.runner))
+        if e.error is not None:
+            name = self._send_name(e.runner)
+            self.fail_runner(
+                e.runner, f"model '{name}' could not be pulled: {e.error.message}", e.error.code
+            )
+
+    # ---------------------------------------------------------------------- publish
+
+    def _publish(self, now: float) -> None:
+        if self._recent_changed:
+            self._recent_published = tuple(dict(e) for e in self._recent)
+            self._recent_changed = False
+        self._published = SchedulerSnapshot(
+            taken_at=now,
+            backends=tuple(
+                BackendStatus(name, b.url, self._snapshots.get(name))
+                for name, b in self.backends.items()
+            ),
+            runners=tuple(
+                RunnerStatus(h.label, h.runner, h.backend, h.state.value, h.in_flight, h.size_bytes)
+                for h in self._held.values()
+            ),
+            counters=dict(self.counters),
+            waits={self._label(r): w.value for r, w in self._waits.items()},
+            recent=self._recent_published,
+            labels={h.runner: h.label for h in self._held.values()},
+        )
+
+    def label(self, runner: str) -> str:
+        """How reads name a runner (any thread): the model as Ollama stores it, else as a
+        client spelled it, with the runner's options."""
+        known = self._published.labels.get(runner)
+        if known is not None:
+            return known
+        name = self.registry.stored_name(runner) or self.pending.name_of(runner)
+        return describe(name or model_of(runner), runner)
