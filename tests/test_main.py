@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,7 @@ def run_main(
 
 def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
+    launched = time.time()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MM_", "FAKE_NVML"))}
     proc = subprocess.Popen(
         [
@@ -90,6 +93,10 @@ def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None
         assert body["result"]
         stats = requests.get(f"{url}/api/stats", timeout=5).json()
         assert stats["resources"]["vram"]["total"] == 24576 * 1024 * 1024
+        # the counters are this run's: they say since when
+        since = datetime.fromisoformat(stats["counters_since"]).timestamp()
+        assert launched - 1 <= since <= time.time(), stats["counters_since"]
+        assert stats["counters"]["completed"] == 1
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
