@@ -30,12 +30,14 @@ services = services_fixture()
 
 
 def run_main(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """main.py with ``args``, this environment minus MM_* settings plus ``env``; it is
-    expected to stop by itself (a startup error)."""
+    """main.py with ``args`` in ``cwd`` (where a default log file or data directory would
+    go), this environment minus MM_* settings plus ``env``; it is expected to stop by
+    itself (a startup error)."""
     return subprocess.run(
         [sys.executable, MAIN, *args],
+        cwd=cwd,
         env=clean_env(env),
         capture_output=True,
         text=True,
@@ -111,7 +113,7 @@ def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None
 
 
 def test_bad_setting_stops_startup_naming_it(tmp_path: Path) -> None:
-    done = run_main("--data-dir", str(tmp_path), env={"MM_MAX_ATTEMPTS": "many"})
+    done = run_main(tmp_path, "--data-dir", str(tmp_path), env={"MM_MAX_ATTEMPTS": "many"})
     assert done.returncode == 2
     assert "MM_MAX_ATTEMPTS" in done.stderr and "'many'" in done.stderr
 
@@ -134,7 +136,7 @@ def test_bad_setting_stops_startup_naming_it(tmp_path: Path) -> None:
 def test_startup_error_is_one_sentence_naming_the_value(
     tmp_path: Path, args: list[str], env: dict[str, str], named: str
 ) -> None:
-    done = run_main("--data-dir", str(tmp_path / "data"), *args, env=env)
+    done = run_main(tmp_path, "--data-dir", str(tmp_path / "data"), *args, env=env)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -154,6 +156,7 @@ def busy_port() -> Iterator[int]:
 def test_busy_port_stops_startup_before_started_is_logged(tmp_path: Path, busy_port: int) -> None:
     log = tmp_path / "mm.log"
     done = run_main(
+        tmp_path,
         *("--http-port", str(busy_port), "--data-dir", str(tmp_path / "data")),
         *("--log-file", str(log), "--ollama-url", f"http://127.0.0.1:{free_port()}"),
     )
@@ -168,6 +171,7 @@ def test_misspelt_environment_names_are_warned_with_the_closest_setting(
 ) -> None:
     log = tmp_path / "mm.log"
     done = run_main(
+        tmp_path,
         *("--http-port", str(busy_port), "--data-dir", str(tmp_path / "data")),
         "--log-file",
         str(log),
@@ -183,7 +187,7 @@ def test_misspelt_environment_names_are_warned_with_the_closest_setting(
         warned = [line.split("] ", 2)[-1] for line in text.splitlines() if "not a setting" in line]
         assert warned == expected, text
     # where a bad value stops startup first, the warnings still come (on stderr)
-    stopped = run_main(env={"MM_MAX_ATTMPTS": "5", "MM_HTTP_PORT": "99999"})
+    stopped = run_main(tmp_path, env={"MM_MAX_ATTMPTS": "5", "MM_HTTP_PORT": "99999"})
     assert stopped.returncode == 2
     assert stopped.stderr.splitlines()[0] == f"warning: {expected[0]}", stopped.stderr
 
