@@ -2,12 +2,15 @@
 
 Every setting has a default and a help string; ``settings_table()`` renders them for the
 README and a test checks that the README documents each one. A bad value stops startup
-with a sentence naming the setting and the value (:class:`ConfigError`).
+with a sentence naming the setting and the value (:class:`ConfigError`). An ``MM_*``
+environment name that is no setting (a typo) is found by ``unknown_environment()``, with
+the closest setting, so that main.py can warn instead of silently ignoring it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,13 +23,15 @@ SYNC_MODES = ("FULL", "NORMAL")
 MIN_API_KEY = 16
 
 
-def _setting(default: Any, help: str, *, minimum: float | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "minimum": minimum})
+def _setting(
+    default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None
+) -> Any:
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum})
 
 
 @dataclass
 class Config:
-    # --- the seed's names and defaults
+    # --- scheduling
     OLLAMA_BASE_URL: str = _setting("http://localhost:11434", "Ollama's base URL.")
     VRAM_SAFETY_MARGIN_MB: int = _setting(
         1024, "VRAM kept free on top of every plan (MB).", minimum=0
@@ -49,9 +54,9 @@ class Config:
     QUEUE_MAX_SIZE: int = _setting(
         1000, "Unfinished jobs accepted at once; beyond it submit answers 429.", minimum=1
     )
-    # --- added by this design
+    # --- service, backend, reliability
     HOST: str = _setting("127.0.0.1", "Address the HTTP API binds to.")
-    HTTP_PORT: int = _setting(5001, "Port of the HTTP API.", minimum=0)
+    HTTP_PORT: int = _setting(5001, "Port of the HTTP API.", minimum=0, maximum=65535)
     HTTP_THREADS: int = _setting(
         16,
         "Threads answering HTTP requests (concurrent submits share one disk sync).",
@@ -126,6 +131,9 @@ class Config:
             # "not >=" rather than "<": NaN compares False both ways and must not pass
             if minimum is not None and not value >= minimum:
                 raise ConfigError(f"{f.name} must be at least {minimum}, got {value!r}")
+            maximum = f.metadata.get("maximum")
+            if maximum is not None and not value <= maximum:
+                raise ConfigError(f"{f.name} must be at most {maximum}, got {value!r}")
         if self.SCHEDULER_STRATEGY not in STRATEGIES:
             raise ConfigError(
                 f"SCHEDULER_STRATEGY must be one of {', '.join(STRATEGIES)}, "
@@ -172,8 +180,23 @@ def _convert(name: str, source: str, raw: str, kind: type) -> Any:
         return kind(raw)
     except ValueError:
         raise ConfigError(
-            f"{source} must be a {kind.__name__} (setting {name}), got {raw!r}"
+            f"{source} must be {_KINDS[kind]} (setting {name}), got {raw!r}"
         ) from None
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``(name, closest)`` for each ``MM_*`` name in ``environ`` that is no setting, sorted;
+    ``closest`` is the most similar setting's environment name, or None if none is close."""
+    environ = os.environ if environ is None else environ
+    known = [f"MM_{f.name}" for f in dataclasses.fields(Config)]
+    unknown = sorted(name for name in environ if name.startswith("MM_") and name not in known)
+    return [
+        (name, next(iter(difflib.get_close_matches(name.upper(), known, 1)), None))
+        for name in unknown
+    ]
 
 
 def settings_table() -> list[tuple[str, Any, str]]:

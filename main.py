@@ -1,21 +1,26 @@
 """Model Manager entry point: parse the CLI, build the Manager, serve HTTP with waitress.
 
-    python3 main.py [--host 127.0.0.1] [--http-port 5001] [--ollama-url URL]
-                    [--data-dir DIR] [--log-file FILE] [--vram-budget-mb N]
-                    [--api-key KEY] [--simulate]
+    .venv/bin/python main.py [--host HOST] [--http-port PORT] [--ollama-url URL]
+                             [--data-dir DIR] [--log-file FILE] [--vram-budget-mb MB]
+                             [--api-key KEY] [--simulate [--sim-time-scale X]]
 
 ``--simulate`` starts the built-in Ollama simulator (tools/fake_ollama.py) with a 24 GiB
 simulated GPU and uses it as the backend; the GPU monitor reads the simulated GPU through
 the fake NVML library when it can be built (../shared/fake-nvml), else through the budget.
-SIGINT/SIGTERM stop cleanly: new submits get 503, running jobs finish (up to a timeout),
-waiting jobs stay stored for the next start.
+Startup stops with one sentence and a non-zero status on a bad flag or setting, a locked
+data directory or a port that cannot be bound (checked before the manager starts).
+SIGINT/SIGTERM stop cleanly: new submits get 503, running jobs finish (up to
+SHUTDOWN_TIMEOUT), waiting jobs stay stored for the next start; a second signal stops at
+once.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import logging
+import math
 import os
 import queue
 import signal
@@ -24,9 +29,9 @@ import sys
 import threading
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from config import Config
+from config import Config, unknown_environment
 from modelmanager.errors import ConfigError, DataDirLocked
 from modelmanager.logger import get_logger, setup_logging
 
@@ -35,41 +40,79 @@ SIM_VRAM_MB = 24576
 log = get_logger("SYSTEM")
 
 
+# flag -> (setting, metavar); each flag's help, default and environment name come from Config
+FLAGS = {
+    "--host": ("HOST", "HOST"),
+    "--http-port": ("HTTP_PORT", "PORT"),
+    "--ollama-url": ("OLLAMA_BASE_URL", "URL"),
+    "--data-dir": ("DATA_DIR", "DIR"),
+    "--log-file": ("LOG_FILE", "FILE"),
+    "--vram-budget-mb": ("VRAM_BUDGET_MB", "MB"),
+    "--api-key": ("API_KEY", "KEY"),
+}
+EPILOG = """\
+Every setting can also be set in the environment as MM_<NAME> (all of them are listed in
+the README, section Configuration); a flag wins over the environment.
+
+exit status: 0 after a clean stop (SIGTERM or Ctrl-C), 1 after a second signal (stop at
+once), 2 for a bad flag or setting, 3 when the data directory is locked by another
+instance or the address cannot be bound (port in use).
+"""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line that names the flag and the value, not the whole usage."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number greater than 0, got {text!r}")
+    return value
+
+
+def _setting_help(name: str) -> str:
+    meta = {f.name: f for f in dataclasses.fields(Config)}[name]
+    shown = meta.default if meta.default != "" else "none"
+    text = f"{meta.metadata['help'].rstrip('.')} (default {shown}; env MM_{name})"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="main.py", description="Model Manager: VRAM-aware Ollama scheduler"
+    p = _ArgumentParser(
+        prog="main.py",
+        description="Model Manager: VRAM-aware scheduler in front of Ollama.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--http-port", type=int, help="HTTP port (default 5001)")
-    p.add_argument("--ollama-url", help="Ollama base URL (default http://localhost:11434)")
-    p.add_argument("--data-dir", help="folder of the job store (default ./data)")
-    p.add_argument("--log-file", help="log file (default model_manager.log)")
-    p.add_argument("--vram-budget-mb", type=int, help="VRAM to plan with when NVML is unavailable")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set MM_API_KEY)")
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for flag, (name, metavar) in FLAGS.items():
+        kind = type(defaults[name])
+        p.add_argument(flag, type=kind, metavar=metavar, help=_setting_help(name))
     p.add_argument(
         "--simulate",
         action="store_true",
-        help="run against the built-in Ollama simulator (no Ollama or GPU needed)",
+        help="run against the built-in Ollama simulator with a 24 GiB simulated GPU "
+        "(no Ollama or GPU needed)",
     )
     p.add_argument(
         "--sim-time-scale",
-        type=float,
+        type=_positive_float,
         default=1.0,
-        help="simulator speed factor with --simulate (smaller is faster)",
+        metavar="X",
+        help="simulator speed with --simulate: its durations times X, so 0.1 runs ten "
+        "times faster (default 1.0)",
     )
     return p.parse_args(argv)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "HOST": args.host,
-        "HTTP_PORT": args.http_port,
-        "OLLAMA_BASE_URL": args.ollama_url,
-        "DATA_DIR": args.data_dir,
-        "LOG_FILE": args.log_file,
-        "VRAM_BUDGET_MB": args.vram_budget_mb,
-        "API_KEY": args.api_key,
-    }
+    return {name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _) in FLAGS.items()}
 
 
 def _fake_nvml_library(data_dir: Path) -> Path | None:
@@ -145,24 +188,43 @@ def log_in_background() -> QueueListener:
     return listener
 
 
+def _unknown_environment_lines() -> list[str]:
+    """One warning per ``MM_*`` environment name that is no setting (likely a typo)."""
+    lines = []
+    for name, closest in unknown_environment():
+        hint = f"did you mean {closest}?" if closest else "see main.py --help for the settings"
+        lines.append(f"{name} is not a setting and is ignored; {hint}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    typos = _unknown_environment_lines()
     try:
         config = Config.load(overrides=_overrides(args))
     except ConfigError as exc:
+        for line in typos:
+            print(f"warning: {line}", file=sys.stderr)
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.LOG_FILE or None)
+    try:
+        setup_logging(config.LOG_FILE or None)
+    except OSError as exc:
+        print(
+            f"error: cannot open the log file {config.LOG_FILE!r}: {exc.strerror}", file=sys.stderr
+        )
+        return 2
     writer = log_in_background()
+    for line in typos:
+        log.warning("%s", line)
     # waitress warns "Task queue depth is N" whenever all its threads are busy, which is
     # expected under load; thousands of such lines a second cost throughput and say nothing
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
-    from waitress import create_server
-
-    from modelmanager.http_api import MAX_BODY_BYTES, create_app
+    from modelmanager.http_api import create_app
     from modelmanager.manager import Manager
     from modelmanager.resource_monitor import NvmlGpuSource
+    from modelmanager.server import bound_address, build_server
 
     sim = None
     gpu: NvmlGpuSource | None
@@ -170,14 +232,30 @@ def main(argv: list[str] | None = None) -> int:
         sim, gpu = start_simulator(config, args.sim_time_scale)
     else:
         gpu = NvmlGpuSource()
-    try:
-        manager = Manager(config, gpu=gpu)
-    except DataDirLocked as exc:
-        print(f"error: {exc}", file=sys.stderr)
+
+    def fail(message: str, status: int) -> int:
+        print(f"error: {message}", file=sys.stderr)
         if sim is not None:
             sim.stop()
         writer.stop()
-        return 3
+        return status
+
+    try:
+        manager = Manager(config, gpu=gpu)
+    except DataDirLocked as exc:
+        return fail(str(exc), 3)
+    except OSError as exc:
+        return fail(f"cannot use the data directory {config.DATA_DIR!r}: {exc.strerror}", 2)
+    try:
+        # bound before the manager starts, so a busy port stops startup before "started"
+        server = build_server(create_app(manager.api, config), config)
+    except OSError as exc:
+        manager.stop(timeout=0)
+        return fail(
+            f"cannot listen on {config.HOST} port {config.HTTP_PORT}: "
+            f"{exc.strerror or exc} (choose another with --http-port or MM_HTTP_PORT)",
+            3,
+        )
     manager.start()
     if config.HOST not in ("127.0.0.1", "localhost", "::1") and not config.API_KEY:
         log.warning(
@@ -185,18 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "set MM_API_KEY or --api-key",
             config.HOST,
         )
-    app = create_app(manager.api, config)
-    server = create_server(
-        app,
-        host=config.HOST,  # always explicit: waitress would bind every interface
-        port=config.HTTP_PORT,
-        threads=config.HTTP_THREADS,
-        connection_limit=200,
-        channel_timeout=60,
-        max_request_body_size=MAX_BODY_BYTES,
-        ident="modelmanager",
-    )
-    host, port = server.getsockname()[:2]
+    host, port = bound_address(server)
     log.info("HTTP API on http://%s:%s", host, port)
     print(f"Model Manager listening on http://{host}:{port}", flush=True)
 
@@ -204,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         if stop.is_set():  # a second signal: cold stop, unfinished jobs rerun next start
-            log.warning("second signal: stopping now")
+            log.warning("second signal: stopping now; running jobs rerun at the next start")
             writer.stop()
             logging.shutdown()
             os._exit(1)
@@ -216,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     serving.start()
     while not stop.wait(0.5):  # wake now and then so the signal handler runs
         pass
-    log.info("shutting down")
+    log.info("%s", shutdown_message(manager.engine.in_flight(), config.SHUTDOWN_TIMEOUT))
     manager.stop(timeout=config.SHUTDOWN_TIMEOUT)
     server.close()
     if sim is not None:
@@ -226,6 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     writer.stop()
     logging.shutdown()
     os._exit(0)
+
+
+def shutdown_message(running: int, timeout: float) -> str:
+    """What the first SIGTERM/SIGINT logs: what the stop waits for, how long, how to skip."""
+    if not running:
+        return "shutting down: no job running"
+    return (
+        f"shutting down: waiting up to {timeout:g}s (SHUTDOWN_TIMEOUT) for {running} running "
+        "job(s) to finish; a second signal (Ctrl-C) stops at once, and they rerun at the "
+        "next start"
+    )
 
 
 if __name__ == "__main__":

@@ -320,6 +320,8 @@ class Api:
                     "failed",
                 )
             },
+            # the counters live in memory: they start at 0 with each start of the service
+            "counters_since": _iso(self.started_at),
         }
 
     def models(self) -> dict[str, Any]:

@@ -34,6 +34,11 @@ log = get_logger("API")
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
+def payload_too_large() -> PayloadTooLarge:
+    """The 413 of a body over MAX_BODY_BYTES (from Flask, or from the server itself)."""
+    return PayloadTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(payload, separators=(",", ":"))
     return Response(body, status=status, headers=headers, mimetype="application/json")
@@ -221,7 +226,7 @@ def create_app(api: Api, config: Config) -> Flask:
                 headers={"Allow": ", ".join(sorted(allowed or []))},  # RFC 9110 §15.5.6
             )
         elif code == 413:
-            err = PayloadTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+            err = payload_too_large()
         elif code < 500:
             err = InvalidRequest(exc.description or "bad request")
         else:

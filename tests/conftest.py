@@ -186,12 +186,12 @@ class Service:
 
 
 def serve_manager(manager: Any, config: Any) -> Service:
-    """Serve a started Manager's HTTP API on 127.0.0.1 (a free port) in a daemon thread."""
-    from waitress import create_server
-
+    """Serve a started Manager's HTTP API in a daemon thread, on the server main.py builds
+    (``build_server``), at ``config``'s HOST and HTTP_PORT (0 for a free port)."""
     from modelmanager.http_api import create_app
+    from modelmanager.server import build_server
 
-    server = create_server(create_app(manager.api, config), host="127.0.0.1", port=0)
+    server = build_server(create_app(manager.api, config), config)
     port = server.getsockname()[1]
     service = Service(f"http://127.0.0.1:{port}", manager, server, requests.Session())
     service.thread = threading.Thread(target=service.serve, daemon=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from config import Config, settings_table
+from config import Config, settings_table, unknown_environment
 from modelmanager.errors import ConfigError, ModelManagerError
 
 SEED_DEFAULTS: dict[str, Any] = {
@@ -99,6 +99,9 @@ def test_config_cli_overrides_win_over_environment() -> None:
         ({"MM_OLLAMA_BASE_URL": "localhost:11434"}, {}, ["OLLAMA_BASE_URL", "localhost:11434"]),
         ({"MM_OLLAMA_BASE_URL": "ftp://host"}, {}, ["OLLAMA_BASE_URL"]),
         ({"MM_SQLITE_SYNCHRONOUS": "OFF"}, {}, ["SQLITE_SYNCHRONOUS", "OFF"]),
+        ({"MM_HTTP_PORT": "65536"}, {}, ["HTTP_PORT", "65536"]),
+        ({"MM_AUTO_PULL": "maybe"}, {}, ["MM_AUTO_PULL", "true or false", "maybe"]),
+        ({}, {"HTTP_PORT": 99999}, ["HTTP_PORT", "at most 65535", "99999"]),
         ({}, {"QUEUE_MAX_SIZE": 0}, ["QUEUE_MAX_SIZE"]),
         ({}, {"AGING_SECONDS": 0.0}, ["AGING_SECONDS"]),
         ({}, {"SCHEDULER_STRATEGY": "fifo"}, ["SCHEDULER_STRATEGY", "fifo"]),
@@ -121,3 +124,25 @@ def test_config_every_setting_has_a_default_and_help() -> None:
         assert help_text.strip(), name
         assert getattr(Config(), name) == default
     assert set(SEED_DEFAULTS) <= {name for name, _, _ in table}
+
+
+def test_config_highest_port_is_accepted() -> None:
+    assert Config.load(environ={"MM_HTTP_PORT": "65535"}).HTTP_PORT == 65535
+
+
+def test_unknown_environment_names_come_with_the_closest_setting() -> None:
+    environ = {
+        "MM_MAX_ATTMPTS": "5",  # a typo
+        "MM_PORT": "6000",  # a guess
+        "MM_http_port": "6000",  # the wrong case
+        "MM_XYZZY": "1",  # nothing like a setting
+        "MM_QUEUE_MAX_SIZE": "5",  # a setting: not reported
+        "MAX_ATTEMPTS": "5",  # no MM_ prefix: not ours
+    }
+    assert unknown_environment(environ) == [
+        ("MM_MAX_ATTMPTS", "MM_MAX_ATTEMPTS"),
+        ("MM_PORT", "MM_HTTP_PORT"),
+        ("MM_XYZZY", None),
+        ("MM_http_port", "MM_HTTP_PORT"),
+    ]
+    assert unknown_environment({f"MM_{name}": "1" for name, _, _ in settings_table()}) == []

@@ -9,17 +9,21 @@ a single request that changes nothing; the few that need their own settings star
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
+from requests.structures import CaseInsensitiveDict
 
 from config import Config
 from modelmanager.api import MAX_BATCH, MAX_LIST
 from modelmanager.http_api import MAX_BODY_BYTES, create_app
 from modelmanager.manager import Manager
+from modelmanager.server import DRAIN_LIMIT
 from modelmanager.validation import (
     MAX_IDEMPOTENCY_KEY,
     MAX_IMAGE_BYTES,
@@ -312,6 +316,33 @@ def _too_big() -> bytes:
     return b'{"model": "qwen2.5:0.5b", "prompt": "' + b"x" * MAX_BODY_BYTES + b'"}'
 
 
+def _as_response(answer: http.client.HTTPResponse) -> requests.Response:
+    r = requests.Response()
+    r.status_code = answer.status
+    r.headers = CaseInsensitiveDict(answer.getheaders())
+    r._content = answer.read()
+    return r
+
+
+def _post_whole_body(url: str, path: str, size: int, *, chunked: bool) -> requests.Response:
+    """POST ``size`` bytes with http.client, which (like most clients) sends the whole body
+    before it reads the answer: an answer sent early is lost if the server then closes the
+    connection with the body unread (the client sees a connection reset)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    block = b"x" * (1 << 20)
+    body: Any
+    if chunked:
+        body = (block[: min(len(block), size - i)] for i in range(0, size, len(block)))
+    else:
+        body = block * (size // len(block)) + block[: size % len(block)]
+    try:
+        conn.request("POST", path, body=body, encode_chunked=chunked)
+        return _as_response(conn.getresponse())
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("path", ["/api/submit", "/api/submit_batch"])
 def test_body_over_the_limit_with_a_declared_length_is_413(svc: Service, path: str) -> None:
     data = _too_big()
@@ -330,6 +361,71 @@ def test_body_over_the_limit_sent_chunked_is_413(svc: Service, path: str) -> Non
     assert r.request.headers["Transfer-Encoding"] == "chunked"
     assert "Content-Length" not in r.request.headers
     assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+@pytest.mark.parametrize(
+    "size", [MAX_BODY_BYTES + 1, 33 * 1024 * 1024, 60_000_000], ids=["limit+1", "33MiB", "60MB"]
+)
+@pytest.mark.parametrize("path", ["/api/submit", "/api/submit_batch"])
+def test_body_over_the_limit_is_answered_413_after_the_whole_body_was_sent(
+    svc: Service, path: str, size: int, chunked: bool
+) -> None:
+    """The server reads and drops the refused body, so a client that reads only after
+    sending gets the JSON 413, not waitress's plain text or a reset connection."""
+    r = _post_whole_body(svc.url, path, size, chunked=chunked)
+    err = assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+    assert str(MAX_BODY_BYTES) in err["message"]
+    assert r.headers["Connection"] == "close"
+
+
+def _raw_exchange(url: str, head: bytes) -> bytes:
+    """Send only ``head`` (request line and headers), then read until the server closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_declared_body_too_large_to_read_is_answered_at_once(svc: Service) -> None:
+    """Reading a refused body is bounded: one declared beyond DRAIN_LIMIT is not waited for
+    (the client gets the 413 before sending any of it; the connection then closes)."""
+    head = (
+        b"POST /api/submit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (DRAIN_LIMIT + 1)
+    )
+    answer = _raw_exchange(svc.url, head)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b'"code":"PAYLOAD_TOO_LARGE"' in answer
+
+
+def test_body_too_large_after_expect_100_continue_is_refused_before_it_is_sent(
+    svc: Service,
+) -> None:
+    """curl asks "Expect: 100-continue" for large bodies: the answer is the 413 at once,
+    never a 100 Continue that would make it send 60 MB to be dropped."""
+    head = (
+        b"POST /api/submit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 60000000\r\n\r\n"
+    )
+    answer = _raw_exchange(svc.url, head)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"100 Continue" not in answer
+    assert b'"code":"PAYLOAD_TOO_LARGE"' in answer
+
+
+def test_body_of_exactly_the_limit_is_read(svc: Service) -> None:
+    """The limit is inclusive: a body of MAX_BODY_BYTES reaches validation (its prompt is
+    too long, a 400), in the server and in the app alike."""
+    head = b'{"model": "qwen2.5:0.5b", "prompt": "'
+    tail = b'"}'
+    data = head + b"x" * (MAX_BODY_BYTES - len(head) - len(tail)) + tail
+    assert len(data) == MAX_BODY_BYTES
+    r = requests.post(f"{svc.url}/api/submit", data=data, timeout=60)
+    assert_error(r, 400, "INVALID_REQUEST", "prompt")
 
 
 def test_chunked_body_under_the_limit_is_read(svc: Service) -> None:

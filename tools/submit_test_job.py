@@ -1,24 +1,27 @@
 """Submit test jobs to Model Manager and wait for their results.
 
-    python3 tools/submit_test_job.py                 # one job
-    python3 tools/submit_test_job.py --batch         # 4 predefined jobs
-    python3 tools/submit_test_job.py --random 50     # 50 random jobs over the catalog
-    python3 tools/submit_test_job.py --spam 100      # submit only, no waiting
-    python3 tools/submit_test_job.py --random 50 --delay 0.5 --no-check
-    options: --url http://localhost:5001 --model NAME --priority high|normal|low
+    .venv/bin/python tools/submit_test_job.py                 # one job
+    .venv/bin/python tools/submit_test_job.py --batch         # 4 predefined jobs
+    .venv/bin/python tools/submit_test_job.py --random 50     # 50 random jobs over the catalog
+    .venv/bin/python tools/submit_test_job.py --spam 100      # submit only, no waiting
+    .venv/bin/python tools/submit_test_job.py --random 50 --delay 0.5 --no-check
+    options: --url localhost:5001 --api-key KEY --model NAME --priority high|normal|low
 
-Exit status: 0 when every job completed (or was only submitted), 1 if any failed, 2 if the
-service could not be reached.
+Exit status: 0 when every job completed (or, with --spam / --no-check, was submitted),
+1 if any failed, was refused or did not finish in time, 2 for a bad argument (or an API
+key the service refuses), 3 if the service could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
 from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -43,6 +46,105 @@ PROMPTS = [
 ]
 PRIORITIES = ["high", "normal", "low"]
 TERMINAL = {"complete", "failed", "cancelled"}
+
+ALL_COMPLETE, SOME_FAILED, BAD_ARGUMENTS, UNREACHABLE = 0, 1, 2, 3
+EPILOG = """\
+exit status: 0 every job completed (with --spam or --no-check: was submitted), 1 some
+failed, were refused or did not finish within --timeout, 2 bad arguments (or an API key
+the service refuses), 3 the service could not be reached.
+"""
+
+
+def service_url(text: str) -> str:
+    """``--url``: a base URL; ``host:port`` without a scheme means http://host:port."""
+    url = text.strip().rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected host:port or http://host:port, got {text!r}")
+    return url
+
+
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    port = os.environ.get("MM_HTTP_PORT") or "5001"
+    p = argparse.ArgumentParser(
+        prog="submit_test_job.py",
+        description="Submit test jobs to Model Manager and wait for their results.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--url",
+        type=service_url,
+        default=f"http://localhost:{port}",
+        help="Model Manager's address, host:port or a URL (default http://localhost:5001; "
+        "the port from env MM_HTTP_PORT if set)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MM_API_KEY") or None,
+        metavar="KEY",
+        help="the service's API key, sent as 'Authorization: Bearer KEY' (default none; "
+        "env MM_API_KEY)",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--batch", action="store_true", help="submit 4 predefined jobs")
+    mode.add_argument(
+        "--random", type=at_least_one, metavar="N", help="submit N random jobs (N >= 1)"
+    )
+    mode.add_argument(
+        "--spam", type=at_least_one, metavar="N", help="submit N jobs without waiting (N >= 1)"
+    )
+    p.add_argument(
+        "--delay",
+        type=non_negative,
+        default=0.0,
+        metavar="S",
+        help="seconds between submissions (default 0)",
+    )
+    p.add_argument("--no-check", action="store_true", help="do not wait for results")
+    p.add_argument("--model", help="use this model for every job (default: random per job)")
+    p.add_argument(
+        "--priority",
+        choices=PRIORITIES,
+        help="use this priority for every job (default: random per job)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=non_negative,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for results (default 600)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="random seed, for repeatable runs (default none)"
+    )
+    return p.parse_args(argv)
 
 
 def predefined_batch() -> list[dict[str, Any]]:
@@ -99,32 +201,31 @@ def wait_all(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Submit test jobs to Model Manager")
-    p.add_argument("--url", default="http://localhost:5001", help="Model Manager URL")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--batch", action="store_true", help="submit 4 predefined jobs")
-    mode.add_argument("--random", type=int, metavar="N", help="submit N random jobs")
-    mode.add_argument("--spam", type=int, metavar="N", help="submit N jobs without waiting")
-    p.add_argument("--delay", type=float, default=0.0, help="seconds between submissions")
-    p.add_argument("--no-check", action="store_true", help="do not wait for results")
-    p.add_argument("--model", help="use this model for every job")
-    p.add_argument("--priority", choices=PRIORITIES, help="use this priority for every job")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for results")
-    p.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
-    args = p.parse_args(argv)
-    url = args.url.rstrip("/")
+    args = parse_args(argv)
+    url = args.url
     rng = random.Random(args.seed)
     session = requests.Session()
+    if args.api_key:
+        session.headers["Authorization"] = f"Bearer {args.api_key}"
 
     try:
         session.get(f"{url}/api/health", timeout=5).raise_for_status()
+        # health needs no key; stats does: a refused key stops here, not at every submit
+        auth = session.get(f"{url}/api/stats", timeout=5).status_code
     except requests.RequestException as exc:
         print(
             f"error: Model Manager is not reachable at {url} ({exc.__class__.__name__}).",
             file=sys.stderr,
         )
-        print("Start it with: python3 main.py --simulate", file=sys.stderr)
-        return 2
+        print("Start it with: .venv/bin/python main.py --simulate", file=sys.stderr)
+        return UNREACHABLE
+    if auth == 401:
+        given = "the API key given was refused" if args.api_key else "it needs an API key"
+        print(
+            f"error: {url} answered 401: {given}; pass --api-key KEY or set MM_API_KEY.",
+            file=sys.stderr,
+        )
+        return BAD_ARGUMENTS
 
     if args.batch:
         jobs = predefined_batch()
@@ -149,9 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.delay)
     print(f"submitted {len(ids)}/{len(jobs)} job(s) in {time.monotonic() - started:.2f}s")
     if args.spam or args.no_check:
-        return 0 if len(ids) == len(jobs) else 1
+        return ALL_COMPLETE if len(ids) == len(jobs) else SOME_FAILED
 
-    final = wait_all(session, url, ids, args.timeout)
+    try:
+        final = wait_all(session, url, ids, args.timeout)
+    except requests.RequestException as exc:
+        print(
+            f"error: lost Model Manager at {url} while waiting ({exc.__class__.__name__}).",
+            file=sys.stderr,
+        )
+        return UNREACHABLE
     elapsed = time.monotonic() - started
     statuses = Counter(body["status"] for body in final.values())
     per_model: dict[str, Counter[str]] = {}
@@ -174,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if body["status"] == "failed":
             print(f"  failed {body['job_id']} ({body['model']}): {body.get('error')}")
     ok = len(final) == len(ids) == len(jobs) and statuses.get("complete", 0) == len(ids)
-    return 0 if ok else 1
+    return ALL_COMPLETE if ok else SOME_FAILED
 
 
 if __name__ == "__main__":
