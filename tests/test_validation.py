@@ -545,3 +545,24 @@ def test_validate_submission_main_error_sentences(bad: Any, message: str) -> Non
     with pytest.raises(InvalidRequest) as info:
         validate_submission(bad)
     assert info.value.message.startswith(message), info.value.message
+
+
+def _nested(depth: int) -> Any:
+    """``depth`` levels of objects and lists, alternating, around a string."""
+    value: Any = "leaf"
+    for level in range(depth):
+        value = {"k": value} if (depth - level) % 2 else [value]  # an object outside
+    return value
+
+
+@pytest.mark.parametrize("field", ["metadata", "format"])
+@pytest.mark.parametrize("depth", [65, 900, 5000])  # 5000: deeper than json.dumps can go
+def test_validate_submission_refuses_json_nested_too_deep(field: str, depth: int) -> None:
+    with pytest.raises(InvalidRequest, match="nested more than") as info:
+        validate_submission(body(**{field: _nested(depth)}))
+    assert info.value.details == {"field": field}
+
+
+def test_validate_submission_accepts_json_nested_to_the_limit() -> None:
+    deep = _nested(63)  # 63 objects around a leaf, inside format's own object: 64 levels
+    assert validate_submission(body(metadata=deep, format={"k": deep})).metadata == deep

@@ -276,9 +276,16 @@ Format = Annotated[
 
 
 def _metadata(value: Any) -> Any:
-    _shallow(value)
-    if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value)
+    except RecursionError:
+        fail(f"is nested more than {MAX_JSON_DEPTH} levels deep")
+    if len(text) > MAX_METADATA_BYTES:
         fail(f"is larger than {MAX_METADATA_BYTES} bytes")
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH:  # else it cannot be too deep
+        _shallow(value)
     return value
 
 
