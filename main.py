@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     serving.start()
     while not stop.wait(0.5):  # wake now and then so the signal handler runs
         pass
-    log.info("%s", shutdown_message(manager.engine.in_flight(), config.SHUTDOWN_TIMEOUT))
+    log.info("%s", shutdown_message(manager.jobs.in_flight(), config.SHUTDOWN_TIMEOUT))
     manager.stop(timeout=config.SHUTDOWN_TIMEOUT)
     server.close()
     if sim is not None:

@@ -11,12 +11,13 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from config import Config
 
+from .contract import MAX_BATCH, Submission, parse_jobs_query, validate_submission
 from .errors import Conflict, InvalidRequest, NotFound, QueueFull, ServiceUnavailable
 from .job_runner import JobRunner
 from .logger import get_logger
@@ -26,12 +27,8 @@ from .pending import PendingIndex
 from .runners import runner_of
 from .scheduler import Scheduler
 from .store import Store
-from .validation import Submission, validate_submission
 
 log = get_logger("API")
-
-MAX_BATCH = 10_000
-MAX_LIST = 1000
 
 
 def _iso(ts: float | None) -> str | None:
@@ -205,22 +202,24 @@ class Api:
             raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
         return body
 
-    def list_jobs(self, status: str | None, model: str | None, limit: str | None) -> dict[str, Any]:
-        if status is not None and status not in {s.value for s in JobStatus}:
-            raise InvalidRequest(
-                f"'status' must be one of {', '.join(s.value for s in JobStatus)}",
-                field="status",
-            )
-        try:
-            n = 100 if limit is None else int(limit)
-        except ValueError:
-            n = -1
-        if not 1 <= n <= MAX_LIST:
-            raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_LIST}", field="limit")
+    def list_jobs(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        """A page of jobs, newest first, for the query string of ``GET /api/jobs`` (each
+        parameter with its values): ``status``, ``model``, ``limit``, ``cursor``."""
+        q = parse_jobs_query(query)
+        before = int(q.cursor) if q.cursor is not None else None
         jobs = self.store.list_jobs(
-            status=status, model=normalize(model) if model else None, limit=n
+            status=q.status.value if q.status is not None else None,
+            model=normalize(q.model) if q.model else None,
+            limit=q.limit + 1,  # one more tells whether there is a next page
+            before_seq=before,
         )
-        return {"jobs": [job_to_json(j) for j in jobs], "count": len(jobs)}
+        page = jobs[: q.limit]
+        more = len(jobs) > q.limit
+        return {
+            "jobs": [job_to_json(j) for j in page],
+            "count": len(page),
+            "next_cursor": str(page[-1].seq) if more else None,
+        }
 
     # ------------------------------------------------------------------------ change
 

@@ -179,8 +179,7 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.get("/api/jobs")
     def list_jobs() -> Response:
-        args = request.args
-        return _json(api.list_jobs(args.get("status"), args.get("model"), args.get("limit")))
+        return _json(api.list_jobs(request.args.to_dict(flat=False)))
 
     @app.post("/api/job/<job_id>/cancel")
     def cancel(job_id: str) -> Response:
@@ -204,7 +203,7 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.get("/api/openapi.json")
     def openapi() -> Response:
-        from .openapi import openapi_document
+        from .contract.openapi import openapi_document  # built on first use
 
         return _json(openapi_document())
 

@@ -22,20 +22,22 @@ Policy "demand_based", in the order of a pass:
 
 **A switch must pay for itself.** Evicting runner L, which still has waiting jobs, for
 group G is allowed only if G's best job strictly outranks L's, L has finished a job since
-it loaded (or been resident ``min_residency``), and
+it loaded (or been resident ``min_residency``), L would keep the seat longer than
+reloading it takes (``T_L`` > unload + L's load time), and the weighted waiting the switch
+saves exceeds the weighted waiting it causes::
 
-    gain = W(G's jobs that outrank L's best) x T_L
-    cost = (L's load time + unload time) x (W(L's waiting jobs) + W(every other group
-           still waiting for a load))
-    gain > cost
+    gain = W(G's jobs that outrank L) x T_L
+    cost = W(L's waiting jobs) x (2 unloads + G's load + G's urgent work + L's reload)
+         + W(every other group waiting for a load) x (an unload + L's reload)
 
-where ``T_L`` is how long L needs to finish its queue on its own (waiting + in flight x
-job seconds / slots) and ``W`` sums job weights, ``weight_base ** (2 - effective rank)``
-(high 100, normal 10, low 1 by default; aging raises a job's weight with its rank).
-Keeping L costs G's urgent jobs ``T_L`` each; evicting it costs L's own jobs a reload,
-and, since Ollama loads one model at a time, delays every group that still needs a load.
-So a burst in which every model has some high jobs runs each model's queue in one
-residency, while a high-priority job still overtakes a long low-priority backlog.
+``T_L`` is how long L needs to finish its queue on its own ((waiting + in flight) x job
+seconds / slots); ``W`` sums job weights, ``weight_base ** (2 - effective rank)`` (high
+100, normal 10, low 1 by default; aging raises a job's weight with its rank). Keeping L
+makes G's urgent jobs wait ``T_L``; evicting it makes L's jobs wait while G loads and
+works and L loads again, and, since Ollama loads one model at a time, the extra load
+delays every group still waiting for one. So a burst in which every model has some high
+jobs runs each model's queue in one residency (the lower-priority jobs ride along),
+while a high-priority job still overtakes a long low-priority backlog.
 
 Memory is in bytes throughout; a runner's memory counts until its unload is finished
 (Ollama no longer lists it), and so does its seat under Ollama's cap.
@@ -161,17 +163,27 @@ class _Pass:
         return v.jobs_done == 0 and self.now - v.loaded_at < self.settings.min_residency
 
     def switch(self, group: Demand, v: RunnerView, others: float) -> tuple[bool, str]:
-        """Whether evicting ``v`` (which has waiting jobs) for ``group`` pays; with the
-        figures for the log."""
+        """Whether evicting ``v`` (which has waiting jobs) for ``group`` pays (see the
+        module docstring); with the figures for the log."""
         own = self.demands[v.runner]
         if not group.rank < own.rank or self.fresh(v):
             return False, ""
-        f = self.facts.get(v.runner) or RunnerFacts(estimate_bytes=v.size_bytes)
-        base = self.settings.weight_base
-        t_idle = (own.waiting + v.in_flight) * f.job_seconds / max(1, v.slots)
+        fv = self.facts.get(v.runner) or RunnerFacts(estimate_bytes=v.size_bytes)
+        fg = self.facts.get(group.runner) or RunnerFacts(estimate_bytes=None)
+        base, unload = self.settings.weight_base, self.settings.unload_seconds
+        t_idle = (own.waiting + v.in_flight) * fv.job_seconds / max(1, v.slots)
+        urgent = sum(
+            n
+            for n, r in zip(group.counts, group.ranks, strict=True)
+            if r is not None and r < own.rank
+        )
+        t_urgent = max(1, urgent) * fg.job_seconds / max(1, fg.slots)
+        reload = unload + fv.load_seconds
+        if t_idle <= reload:  # it frees the seat before a reload would be done
+            return False, ""
         gain = demand_weight(group, base, below=own.rank) * t_idle
-        reload = f.load_seconds + self.settings.unload_seconds
-        cost = reload * (demand_weight(own, base) + others)
+        away = unload + fg.load_seconds + t_urgent + reload
+        cost = demand_weight(own, base) * away + others * reload
         detail = f"switch gain {gain:.0f} > cost {cost:.0f} (weighted job-seconds)"
         return gain > cost, detail
 

@@ -60,7 +60,7 @@ from .store import Store
 
 log = get_logger("SCHEDULER")
 
-IDLE_REFRESH = 1.0  # seconds between resource reads when nothing waits to be loaded
+IDLE_REFRESH = 2.0  # seconds between resource reads when nothing waits to be loaded
 RECENT_EVENTS = 100  # loads, unloads and evictions kept for the dashboard
 
 _WAIT_TEXT = {
@@ -696,5 +696,4 @@ class Scheduler:
         known = self._published.labels.get(runner)
         if known is not None:
             return known
-        name = self.registry.stored_name(runner) or self.pending.name_of(runner)
-        return describe(name or model_of(runner), runner)
+        return describe(self._send_name(runner), runner)

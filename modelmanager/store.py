@@ -454,17 +454,28 @@ class Store:
         return view
 
     def list_jobs(
-        self, *, status: str | None = None, model: str | None = None, limit: int = 100
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
     ) -> list[Job]:
-        """Newest first, without payloads."""
+        """Newest first (by ``seq``), without payloads; with ``before_seq``, only jobs
+        stored before that one, so that a page ends where the next begins. ``model`` is a
+        model identity (:func:`modelmanager.names.model_key`): every spelling, every
+        runner of it."""
         where: list[str] = []
         args: list[Any] = []
         if status:
             where.append("status = ?")
             args.append(status)
-        if model:  # a model identity (names.model_key): every spelling, every runner
+        if model:
             where.append("(runner = ? OR substr(runner, 1, ?) = ?)")
             args.extend([model, len(model) + 1, model + "|"])
+        if before_seq is not None:
+            where.append("seq < ?")
+            args.append(before_seq)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
             f"SELECT {_PUBLIC_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ?",

@@ -5,8 +5,11 @@ the text speaks of the product to its users."""
 from __future__ import annotations
 
 import re
+import tomllib
 
+import modelmanager
 from config import Config, settings_table
+from modelmanager.contract.openapi import openapi_document
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -126,3 +129,9 @@ def test_readme_and_requirements_speak_of_the_product_only() -> None:
 
 def test_every_setting_has_a_help_text() -> None:
     assert all(help_text.strip() for _, _, help_text in settings_table())
+
+
+def test_package_version_is_pyprojects_and_the_openapi_documents() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert modelmanager.__version__ == project["version"]
+    assert openapi_document()["info"]["version"] == modelmanager.__version__

@@ -3,8 +3,8 @@
 * hypothesis posts random JSON, random bytes and mutated valid submissions to the running
   service; the HTTP answer must agree with the pure validator (200 when it accepts, 400 in
   the error shape naming the same field when it refuses).
-* the model-name validator accepts exactly a reference grammar written here without
-  regular expressions, and so does the pattern in the OpenAPI document.
+* the OpenAPI document's model-name pattern accepts exactly the names the validator
+  accepts (Ollama's grammar as ``names.parse`` reads it).
 * schemathesis generates valid and invalid requests for every operation of the served
   ``/api/openapi.json`` and calls the Flask app in-process (WSGI): no 5xx, every response
   matches the document (status, content type, headers, body schema), invalid data refused.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import string
 from typing import Any
 
 import pytest
@@ -36,18 +35,20 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from modelmanager import http_api, openapi
-from modelmanager.errors import InvalidRequest
-from modelmanager.http_api import create_app
-from modelmanager.openapi import MODEL_NAME_PATTERN, openapi_document
-from modelmanager.validation import (
+from modelmanager import http_api
+from modelmanager.contract import (
     FIELDS,
-    MAX_IMAGE_BYTES,
     MAX_JSON_DEPTH,
     MAX_MODEL_NAME,
+    openapi,
     validate_model_name,
     validate_submission,
 )
+from modelmanager.contract import fields as contract_fields
+from modelmanager.contract.fields import MAX_IMAGE_BYTES
+from modelmanager.contract.openapi import openapi_document
+from modelmanager.errors import InvalidRequest
+from modelmanager.http_api import create_app
 from tests.conftest import Service
 
 # Fixed examples, no shrinking database, no deadline (a 2-core CI box stalls now and then).
@@ -66,38 +67,6 @@ UNKNOWN_MODELS = ["fuzz-a:1b", "fuzz/b", "host.local:5000/team/fuzz-c:q4"]  # fa
 
 # ------------------------------------------------------------------------ model names
 
-_START = set(string.ascii_letters + string.digits + "_")
-_PART = _START | set(".-")
-_NAMESPACE = _START | {"-"}
-_DIGITS = set(string.digits)
-
-
-def _part_ok(text: str, chars: set[str]) -> bool:
-    return bool(text) and text[0] in _START and set(text) <= chars
-
-
-def reference_model_name(name: str) -> bool:
-    """``[host[:port]/][namespace/]model[:tag]`` from RELIABILITY_NOTES 4.5, by hand.
-
-    Parts are letters, digits, ``_ . -`` and start with a letter, digit or ``_``; the
-    namespace has no ``.``; a port is digits; ``..`` nowhere; 1 to 128 characters.
-    """
-    if not 0 < len(name) <= MAX_MODEL_NAME or ".." in name:
-        return False
-    segments = name.split("/")
-    if len(segments) > 3:
-        return False
-    *prefix, last = segments
-    if len(prefix) == 2 and not _part_ok(prefix[1], _NAMESPACE):
-        return False
-    if prefix:
-        # with one prefix it may be a host or a namespace; a namespace is also a valid host
-        host, colon, port = prefix[0].partition(":")
-        if not _part_ok(host, _PART) or (colon and not (port and set(port) <= _DIGITS)):
-            return False
-    model, colon, tag = last.partition(":")
-    return _part_ok(model, _PART) and (not colon or _part_ok(tag, _PART))
-
 
 def _validator_accepts(name: str) -> bool:
     try:
@@ -108,11 +77,22 @@ def _validator_accepts(name: str) -> bool:
     return True
 
 
+def _documented(name: str) -> bool:
+    """Whether the OpenAPI document's model-name schema (one of its anyOf branches, each
+    a pattern and a maxLength) accepts ``name``."""
+    doc = openapi_document()["components"]["schemas"]["GenerateJob"]["properties"]["model"]
+    return bool(name) and any(
+        re.fullmatch(branch["pattern"].strip("^$"), name) and len(name) <= branch["maxLength"]
+        for branch in doc["anyOf"]
+    )
+
+
 _part = st.text(alphabet="aZ9_.-", min_size=1, max_size=12)
 _names_built = st.builds(
-    lambda host, port, ns, model, tag: (
-        (f"{host}{port}/" if host else "") + (f"{ns}/" if ns else "") + model + tag
+    lambda scheme, host, port, ns, model, tag: (
+        scheme + (f"{host}{port}/" if host else "") + (f"{ns}/" if ns else "") + model + tag
     ),
+    st.sampled_from(["", "", "http://", "https://", "HTTP://", "ftp://"]),
     st.one_of(st.just(""), _part),
     st.sampled_from(["", ":5000", ":", ":x"]),
     st.one_of(st.just(""), st.text(alphabet="aZ9_-.", min_size=1, max_size=8)),
@@ -120,38 +100,53 @@ _names_built = st.builds(
     st.one_of(st.just(""), _part.map(lambda t: f":{t}")),
 )
 _names_random = st.text(alphabet="ab9_.-:/@+ \n\x00é", max_size=MAX_MODEL_NAME + 8)
+_names_long = st.integers(MAX_MODEL_NAME - 2, MAX_MODEL_NAME + 10).flatmap(
+    lambda n: st.sampled_from(["", "http://", "https://"]).map(lambda p: p + "m" * n)
+)
 
 
-@given(name=st.one_of(_names_built, _names_random, st.text(max_size=30)))
+@given(name=st.one_of(_names_built, _names_random, _names_long, st.text(max_size=30)))
 @settings(max_examples=1500, derandomize=True, deadline=None, database=None)
-def test_model_name_validator_accepts_exactly_the_reference_grammar(name: str) -> None:
-    expected = reference_model_name(name)
-    assert _validator_accepts(name) is expected, name
-    # the OpenAPI document's pattern (plus its maxLength) says the same
-    documented = bool(re.fullmatch(MODEL_NAME_PATTERN, name)) and len(name) <= MAX_MODEL_NAME
-    assert documented is expected, name
+def test_documented_model_name_pattern_is_the_validators_grammar(name: str) -> None:
+    assert _documented(name) is _validator_accepts(name), name
 
 
 @pytest.mark.parametrize(
     ("name", "ok"),
     [
         ("llama3.2:1b", True),
-        ("registry.local:5000/team/model:v1.2", True),
         ("hf.co/org/model:Q4_K_M", True),
         ("m" * MAX_MODEL_NAME, True),
         ("m" * (MAX_MODEL_NAME + 1), False),
-        ("team.x/model", True),  # one prefix: a host, which may have dots
-        ("h/team.x/model", False),  # two prefixes: the second is a namespace, no dots
+        ("https://" + "m" * MAX_MODEL_NAME, True),  # the limit is on the name, not the scheme
+        ("http://host/team/model", True),  # Ollama drops the scheme
+        ("h/team.x/model", False),  # the namespace has no dots
         ("a..b", False),
         ("model:", False),
-        (".hidden", False),
         ("a/b/c/d", False),
         ("host:/m", False),
+        ("llama3@sha256:abc", False),
     ],
 )
-def test_reference_grammar_examples(name: str, ok: bool) -> None:
-    assert reference_model_name(name) is ok
+def test_model_name_examples(name: str, ok: bool) -> None:
     assert _validator_accepts(name) is ok
+    assert _documented(name) is ok
+
+
+def test_documented_duration_pattern_is_the_keep_alive_grammar() -> None:
+    pattern = contract_fields.DURATION_PATTERN.strip("^$")
+
+    @given(text=st.one_of(st.from_regex(pattern, fullmatch=True), st.text("0123456789.+-smhnuµ")))
+    @settings(max_examples=400, derandomize=True, deadline=None, database=None)
+    def check(text: str) -> None:
+        try:
+            contract_fields.keep_alive_seconds(text)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted is bool(re.fullmatch(pattern, text)), text
+
+    check()
 
 
 # --------------------------------------------------------------- random bodies over HTTP
@@ -260,11 +255,27 @@ _valid_common = {
     "metadata": json_values,
     "options": _options,
     "idempotency_key": st.one_of(st.uuids().map(str), _any_text),
+    "keep_alive": st.one_of(st.integers(-5, 600), st.sampled_from(["5m", "1h30m", "-1s", "0"])),
 }
+_think = st.one_of(st.booleans(), st.sampled_from(["low", "medium", "high", "max"]))
+_tool_call = st.fixed_dictionaries(
+    {"function": st.fixed_dictionaries({"name": _text, "arguments": st.just({"a": 1})})},
+    optional={"id": _any_text},
+)
 valid_jobs = st.one_of(
     st.fixed_dictionaries(
         {"model": _model, "prompt": _text},
-        optional={**_valid_common, "kind": st.just("generate"), "system": _any_text},
+        optional={
+            **_valid_common,
+            "kind": st.just("generate"),
+            "system": _any_text,
+            "suffix": _any_text,
+            "context": st.lists(st.integers(0, 2**20), max_size=3),
+            "raw": st.booleans(),
+            "think": _think,
+            "stream": st.booleans(),
+            "top_logprobs": st.integers(0, 20),
+        },
     ),
     st.fixed_dictionaries(
         {
@@ -272,20 +283,37 @@ valid_jobs = st.one_of(
             "messages": st.lists(
                 st.fixed_dictionaries(
                     {"role": st.sampled_from(["system", "user", "assistant", "tool"])},
-                    optional={"content": _any_text},
+                    optional={
+                        "content": _any_text,
+                        "thinking": _any_text,
+                        "tool_calls": st.lists(_tool_call, max_size=2),
+                        "tool_name": _text,
+                    },
                 ),
                 min_size=1,
                 max_size=3,
             ),
         },
-        optional={**_valid_common, "kind": st.just("chat"), "format": st.just("json")},
+        optional={
+            **_valid_common,
+            "kind": st.just("chat"),
+            "format": st.just("json"),
+            "think": _think,
+            "truncate": st.booleans(),
+            "logprobs": st.booleans(),
+        },
     ),
     st.fixed_dictionaries(
         {
             "model": _model,
             "input": st.one_of(_text, st.lists(_text, min_size=1, max_size=3)),
         },
-        optional={**_valid_common, "kind": st.just("embed")},
+        optional={
+            **_valid_common,
+            "kind": st.just("embed"),
+            "truncate": st.booleans(),
+            "dimensions": st.integers(1, 4096),
+        },
     ),
 )
 _odd_strings = st.sampled_from(
@@ -338,7 +366,19 @@ def test_mutated_submissions_get_the_validators_answer(fuzz_service: Service) ->
     check()
 
 
-STRING_FIELDS = ["model", "priority", "kind", "prompt", "system", "input", "idempotency_key"]
+STRING_FIELDS = [
+    "model",
+    "priority",
+    "kind",
+    "prompt",
+    "system",
+    "suffix",
+    "template",
+    "input",
+    "idempotency_key",
+    "keep_alive",
+    "think",
+]
 
 
 @pytest.mark.parametrize("field", [*STRING_FIELDS, "content", "stop"])
@@ -390,7 +430,7 @@ def test_served_document_is_the_openapi_document(sim: Any, make_service: Any) ->
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
     assert r.json() == openapi_document()
     assert openapi.MAX_BODY_BYTES == http_api.MAX_BODY_BYTES
-    longest = openapi.MAX_IMAGE_CHARS
+    longest = contract_fields.MAX_IMAGE_CHARS
     assert longest * 3 // 4 <= MAX_IMAGE_BYTES < (longest + 1) * 3 // 4
 
 

@@ -20,22 +20,23 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from config import Config
-from modelmanager.api import MAX_BATCH, MAX_LIST
-from modelmanager.http_api import MAX_BODY_BYTES, create_app
-from modelmanager.manager import Manager
-from modelmanager.server import DRAIN_LIMIT
-from modelmanager.validation import (
+from modelmanager.contract import (
+    MAX_BATCH,
     MAX_IDEMPOTENCY_KEY,
     MAX_IMAGE_BYTES,
     MAX_IMAGES,
     MAX_INPUTS,
     MAX_JSON_DEPTH,
+    MAX_LIST,
     MAX_MESSAGES,
     MAX_METADATA_BYTES,
     MAX_MODEL_NAME,
     MAX_NUM_CTX,
     MAX_TEXT_BYTES,
 )
+from modelmanager.http_api import MAX_BODY_BYTES, create_app
+from modelmanager.manager import Manager
+from modelmanager.server import DRAIN_LIMIT
 from tests.conftest import Service, serve_manager
 from tools.fake_ollama import FakeOllama
 
@@ -165,7 +166,8 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("model with a dot in the namespace", job(model="host/name.space/model"), "model"),
     ("model forging a log line", job(model="llama3\n[00:00:00.000] [API] forged"), "model"),
     ("model too long", job(model="m" * (MAX_MODEL_NAME + 1)), "model"),
-    ("model a URL", job(model="http://evil/x"), "model"),
+    ("model a URL with a path", job(model="http://evil/x/y/z"), "model"),
+    ("model with a scheme in upper case", job(model="HTTP://evil/x"), "model"),
     ("priority unknown", job(priority="urgent"), "priority"),
     ("priority a number", job(priority=0), "priority"),
     ("priority null", job(priority=None), "priority"),
@@ -254,8 +256,24 @@ FIELDS: list[tuple[str, Any, str]] = [
     ),
     ("idempotency_key a lone surrogate", job(idempotency_key="\udc00"), "idempotency_key"),
     ("unknown field (typo)", job(promt="x"), "promt"),
-    ("unknown field stream", job(stream=False), "stream"),
-    ("unknown field keep_alive", job(keep_alive=0), "keep_alive"),
+    ("unknown field temperature", job(temperature=0), "temperature"),
+    ("stream on an embed job", embed(stream=False), "stream"),
+    ("stream a string", job(stream="false"), "stream"),
+    ("keep_alive without a unit", job(keep_alive="300"), "keep_alive"),
+    ("keep_alive a bool", job(keep_alive=True), "keep_alive"),
+    ("tools on a generate job", job(tools=[]), "tools"),
+    ("suffix on a chat job", chat(suffix="x"), "suffix"),
+    ("dimensions on a chat job", chat(dimensions=8), "dimensions"),
+    ("think unknown", chat(think="hard"), "think"),
+    ("top_logprobs over 20", job(top_logprobs=21), "top_logprobs"),
+    ("context with a string", job(context=["1"]), "context"),
+    ("dimensions zero", embed(dimensions=0), "dimensions"),
+    (
+        "tool call extra key",
+        chat(messages=[{"role": "assistant", "tool_calls": [{"function": {}, "x": 1}]}]),
+        "messages",
+    ),
+    ("tool without type", chat(tools=[{"function": {"name": "f"}}]), "tools"),
 ]
 
 
@@ -556,6 +574,15 @@ def test_wrong_method_is_405_with_allow(svc: Service, path: str) -> None:
         ("limit=%00", "limit"),
         ("limit=NaN", "limit"),
         ("status=complete&limit=99999999999999999999", "limit"),
+        ("stat=failed", "stat"),
+        ("status=failed&colour=red", "colour"),
+        ("status=failed&status=complete", "status"),
+        ("limit=5&limit=6", "limit"),
+        ("cursor=", "cursor"),
+        ("cursor=abc", "cursor"),
+        ("cursor=-1", "cursor"),
+        ("cursor=1.5", "cursor"),
+        ("cursor=" + "9" * 19, "cursor"),
     ],
 )
 def test_bad_list_query_is_400_naming_the_parameter(svc: Service, query: str, field: str) -> None:
@@ -564,7 +591,16 @@ def test_bad_list_query_is_400_naming_the_parameter(svc: Service, query: str, fi
 
 
 @pytest.mark.parametrize(
-    "query", ["model=%ED%A0%80", "model=" + "m" * 5000, "model=%00", f"limit={MAX_LIST}"]
+    "query",
+    [
+        "model=%ED%A0%80",
+        "model=" + "m" * 5000,
+        "model=%00",
+        f"limit={MAX_LIST}",
+        "cursor=0",
+        "cursor=" + "9" * 18,
+        "",
+    ],
 )
 def test_odd_but_harmless_list_queries_answer_200(svc: Service, query: str) -> None:
     r = svc.session.get(f"{svc.url}/api/jobs?{query}", timeout=10)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelmanager.models import Priority
-from modelmanager.queue_manager import ModelDemand, QueueManager
+from modelmanager.pending import PendingIndex
+from modelmanager.plan import Demand
 
 T0 = 1_000.0
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
@@ -14,7 +15,7 @@ HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
 class Jobs:
     """Adds jobs with increasing store ``seq`` numbers, as the store hands them out."""
 
-    def __init__(self, queue: QueueManager) -> None:
+    def __init__(self, queue: PendingIndex) -> None:
         self.queue = queue
         self.seq = 0
 
@@ -33,20 +34,27 @@ class Jobs:
 
 
 @pytest.fixture
-def queue() -> QueueManager:
-    return QueueManager(aging_seconds=60.0)
+def queue() -> PendingIndex:
+    return PendingIndex(aging_seconds=60.0)
 
 
 @pytest.fixture
-def jobs(queue: QueueManager) -> Jobs:
+def jobs(queue: PendingIndex) -> Jobs:
     return Jobs(queue)
 
 
-def demand_of(queue: QueueManager, model: str, now: float = T0) -> ModelDemand | None:
-    return next((d for d in queue.demand(now) if d.model == model), None)
+def brief(d: Demand) -> tuple[str, int, int, float]:
+    """(runner, waiting, best rank, oldest submit time) of a demand."""
+    return (d.runner, d.waiting, d.rank, d.oldest_submitted_at)
 
 
-def test_queue_is_fifo_within_a_priority(queue: QueueManager, jobs: Jobs) -> None:
+def demand_of(
+    queue: PendingIndex, model: str, now: float = T0
+) -> tuple[str, int, int, float] | None:
+    return next((brief(d) for d in queue.demand(now) if d.runner == model), None)
+
+
+def test_queue_is_fifo_within_a_priority(queue: PendingIndex, jobs: Jobs) -> None:
     for i in range(5):
         jobs.add(f"j{i}", submitted_at=T0 + i)
     assert queue.pop("m", 2, T0 + 5) == ["j0", "j1"]
@@ -54,7 +62,7 @@ def test_queue_is_fifo_within_a_priority(queue: QueueManager, jobs: Jobs) -> Non
     assert queue.pop("m", 10, T0 + 5) == []
 
 
-def test_queue_orders_by_store_seq_not_by_arrival(queue: QueueManager) -> None:
+def test_queue_orders_by_store_seq_not_by_arrival(queue: PendingIndex) -> None:
     # rebuilt from the store after a restart, rows may arrive in any order
     queue.add("third", "m", NORMAL, 3, T0)
     queue.add("first", "m", NORMAL, 1, T0)
@@ -62,7 +70,7 @@ def test_queue_orders_by_store_seq_not_by_arrival(queue: QueueManager) -> None:
     assert queue.pop("m", 3, T0) == ["first", "second", "third"]
 
 
-def test_queue_serves_high_before_normal_before_low(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_serves_high_before_normal_before_low(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("low", priority=LOW)
     jobs.add("normal", priority=NORMAL)
     jobs.add("high1", priority=HIGH)
@@ -70,13 +78,13 @@ def test_queue_serves_high_before_normal_before_low(queue: QueueManager, jobs: J
     assert queue.pop("m", 4, T0) == ["high1", "high2", "normal", "low"]
 
 
-def test_queue_pop_takes_only_the_model_asked_for(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_pop_takes_only_the_model_asked_for(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("a1", model="a")
     jobs.add("b1", model="b", priority=HIGH)
     jobs.add("a2", model="a")
     assert queue.pop("a", 10, T0) == ["a1", "a2"]
     assert queue.pop("unknown", 10, T0) == []
-    assert [d.model for d in queue.demand(T0)] == ["b"]
+    assert [d.runner for d in queue.demand(T0)] == ["b"]
 
 
 @pytest.mark.parametrize(
@@ -92,7 +100,7 @@ def test_queue_pop_takes_only_the_model_asked_for(queue: QueueManager, jobs: Job
 def test_queue_aging_lets_a_waiting_low_job_overtake_newer_high_jobs(
     now: float, order: list[str]
 ) -> None:
-    queue = QueueManager(aging_seconds=10.0)
+    queue = PendingIndex(aging_seconds=10.0)
     jobs = Jobs(queue)
     jobs.add("low", priority=LOW, submitted_at=T0)
     jobs.add("high1", priority=HIGH, submitted_at=now)
@@ -102,26 +110,29 @@ def test_queue_aging_lets_a_waiting_low_job_overtake_newer_high_jobs(
 
 @pytest.mark.parametrize(("waited", "rank"), [(0, 2), (9.9, 2), (10, 1), (25, 0), (45, -2)])
 def test_queue_demand_rank_improves_with_aging(waited: float, rank: int) -> None:
-    queue = QueueManager(aging_seconds=10.0)
+    queue = PendingIndex(aging_seconds=10.0)
     queue.add("j", "m", LOW, 1, T0)
-    assert queue.demand(T0 + waited) == [ModelDemand("m", 1, rank, T0)]
+    assert [brief(d) for d in queue.demand(T0 + waited)] == [("m", 1, rank, T0)]
 
 
-def test_queue_demand_counts_and_ranks_every_model(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_demand_counts_and_ranks_every_model(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("a1", model="a", priority=LOW, submitted_at=T0)
     jobs.add("a2", model="a", priority=NORMAL, submitted_at=T0 + 5)
     jobs.add("b1", model="b", priority=HIGH, submitted_at=T0 + 9)
     jobs.add("c1", model="c", priority=NORMAL, submitted_at=T0 + 1)
-    demand = {d.model: d for d in queue.demand(T0 + 10)}
-    assert demand == {
-        "a": ModelDemand("a", 2, NORMAL.rank, T0),
-        "b": ModelDemand("b", 1, HIGH.rank, T0 + 9),
-        "c": ModelDemand("c", 1, NORMAL.rank, T0 + 1),
+    demand = {d.runner: d for d in queue.demand(T0 + 10)}
+    assert {k: brief(d) for k, d in demand.items()} == {
+        "a": ("a", 2, NORMAL.rank, T0),
+        "b": ("b", 1, HIGH.rank, T0 + 9),
+        "c": ("c", 1, NORMAL.rank, T0 + 1),
     }
+    # per priority: counts, and the effective rank of each priority's oldest job
+    assert (demand["a"].counts, demand["a"].ranks) == ((0, 1, 1), (None, 1, 2))
+    assert (demand["b"].counts, demand["b"].ranks) == ((1, 0, 0), (0, None, None))
 
 
 def test_queue_remove_skips_a_cancelled_job_and_fixes_counts(
-    queue: QueueManager, jobs: Jobs
+    queue: PendingIndex, jobs: Jobs
 ) -> None:
     for name in ("j1", "j2", "j3"):
         jobs.add(name)
@@ -130,12 +141,12 @@ def test_queue_remove_skips_a_cancelled_job_and_fixes_counts(
     assert queue.remove("j2") is False  # already gone
     assert queue.remove("never") is False
     assert len(queue) == 1
-    assert demand_of(queue, "m") == ModelDemand("m", 1, NORMAL.rank, T0)
+    assert demand_of(queue, "m") == ("m", 1, NORMAL.rank, T0)
     assert queue.depth_by_model() == {"m": {"high": 0, "normal": 1, "low": 0}}
     assert queue.pop("m", 10, T0) == ["j3"]
 
 
-def test_queue_remove_of_a_job_in_the_middle(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_remove_of_a_job_in_the_middle(queue: PendingIndex, jobs: Jobs) -> None:
     for name in ("j1", "j2", "j3"):
         jobs.add(name)
     queue.remove("j2")
@@ -144,7 +155,7 @@ def test_queue_remove_of_a_job_in_the_middle(queue: QueueManager, jobs: Jobs) ->
     assert queue.demand(T0) == []
 
 
-def test_queue_removing_every_job_leaves_no_demand(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_removing_every_job_leaves_no_demand(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("j1", priority=HIGH)
     jobs.add("j2", priority=LOW)
     queue.remove("j1")
@@ -154,7 +165,7 @@ def test_queue_removing_every_job_leaves_no_demand(queue: QueueManager, jobs: Jo
     assert queue.depth_by_model() == {}
 
 
-def test_queue_delayed_retry_appears_only_after_release(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_delayed_retry_appears_only_after_release(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("retry", not_before=T0 + 5, now=T0)
     assert queue.demand(T0) == []
     assert queue.pop("m", 10, T0) == []
@@ -169,13 +180,13 @@ def test_queue_delayed_retry_appears_only_after_release(queue: QueueManager, job
     assert queue.pop("m", 10, T0 + 5) == ["retry"]
 
 
-def test_queue_not_before_in_the_past_is_not_delayed(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_not_before_in_the_past_is_not_delayed(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("j", not_before=T0 - 1, now=T0)
     assert queue.next_delayed_at() is None
     assert queue.pop("m", 1, T0) == ["j"]
 
 
-def test_queue_retried_job_keeps_its_original_place(queue: QueueManager) -> None:
+def test_queue_retried_job_keeps_its_original_place(queue: PendingIndex) -> None:
     for seq, name in enumerate(("first", "second", "third"), start=1):
         queue.add(name, "m", NORMAL, seq, T0 + seq)
     assert queue.pop("m", 1, T0 + 10) == ["first"]
@@ -186,7 +197,7 @@ def test_queue_retried_job_keeps_its_original_place(queue: QueueManager) -> None
     assert queue.pop("m", 10, T0 + 12) == ["first", "second", "third", "fourth"]
 
 
-def test_queue_cancelled_delayed_retry_is_never_released(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_cancelled_delayed_retry_is_never_released(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("retry", not_before=T0 + 5, now=T0)
     jobs.add("other")
     assert queue.remove("retry") is True
@@ -196,21 +207,21 @@ def test_queue_cancelled_delayed_retry_is_never_released(queue: QueueManager, jo
     assert queue.demand(T0 + 5) == []
 
 
-def test_queue_drop_model_returns_its_waiting_jobs(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_drop_model_returns_its_waiting_jobs(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("a1", model="a")
     jobs.add("a2", model="a", priority=HIGH)
     jobs.add("a3", model="a")
     jobs.add("b1", model="b")
     queue.remove("a3")
     assert sorted(queue.drop_model("a")) == ["a1", "a2"]
-    assert [d.model for d in queue.demand(T0)] == ["b"]
+    assert [d.runner for d in queue.demand(T0)] == ["b"]
     assert len(queue) == 1
     assert queue.depth_by_model() == {"b": {"high": 0, "normal": 1, "low": 0}}
     assert queue.drop_model("a") == []
     assert queue.pop("a", 10, T0) == []
 
 
-def test_queue_drop_model_includes_delayed_retries(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_drop_model_includes_delayed_retries(queue: PendingIndex, jobs: Jobs) -> None:
     # a model that can never fit: its jobs waiting out a backoff must fail with the rest
     jobs.add("now", model="a")
     jobs.add("later", model="a", not_before=T0 + 30, now=T0)
@@ -218,10 +229,10 @@ def test_queue_drop_model_includes_delayed_retries(queue: QueueManager, jobs: Jo
     assert sorted(queue.drop_model("a")) == ["later", "now"]
     assert queue.depth_by_model() == {"b": {"high": 0, "normal": 1, "low": 0}}
     assert queue.release_delayed(T0 + 30) == 1
-    assert [d.model for d in queue.demand(T0 + 30)] == ["b"]
+    assert [d.runner for d in queue.demand(T0 + 30)] == ["b"]
 
 
-def test_queue_depth_by_model_counts_every_priority(queue: QueueManager, jobs: Jobs) -> None:
+def test_queue_depth_by_model_counts_every_priority(queue: PendingIndex, jobs: Jobs) -> None:
     jobs.add("a1", model="a", priority=HIGH)
     jobs.add("a2", model="a", priority=LOW)
     jobs.add("a3", model="a", priority=LOW, not_before=T0 + 9, now=T0)
@@ -233,7 +244,7 @@ def test_queue_depth_by_model_counts_every_priority(queue: QueueManager, jobs: J
     assert len(queue) == 4
 
 
-def test_queue_add_many_indexes_store_rows(queue: QueueManager) -> None:
+def test_queue_add_many_indexes_store_rows(queue: PendingIndex) -> None:
     rows = [
         ("j1", "a", "low", 1, T0, 0.0),
         ("j2", "a", "high", 2, T0, 0.0),

@@ -1,78 +1,117 @@
-"""The planner: every scheduling rule of DESIGN.md as a pure function call.
+"""The planner: every scheduling rule as a pure function call.
 
-Each test builds demand, model views and a resource snapshot by hand and reads the Plan.
+Each test builds demand, runner views, a backend and facts by hand and reads the Plan.
 Memory is in GiB for readability; the planner itself works in bytes.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pytest
 
-from modelmanager.models import GIB, MIB, ResourceSnapshot
-from modelmanager.queue_manager import ModelDemand
-from modelmanager.vram_scheduler import ModelView, PlannerSettings, Residency, plan
+from modelmanager.models import GIB, MIB
+from modelmanager.plan import (
+    BackendView,
+    Demand,
+    Dispatch,
+    Drain,
+    Fail,
+    FailCode,
+    JobVerdict,
+    Load,
+    Plan,
+    PlannerSettings,
+    Pull,
+    RunnerFacts,
+    RunnerState,
+    RunnerView,
+    Unload,
+    UnloadReason,
+    Wait,
+    WaitReason,
+)
+from modelmanager.planner import (
+    after_job_error,
+    after_load_failure,
+    backoff_delay,
+    demand_weight,
+    plan,
+)
 
 NOW = 10_000.0
-READY, LOADING, UNLOADING = Residency.READY, Residency.LOADING, Residency.UNLOADING
+READY, LOADING, UNLOADING = RunnerState.READY, RunnerState.LOADING, RunnerState.UNLOADING
 HIGH, NORMAL, LOW = 0, 1, 2
+B = "gpu0"
 
 
-def want(model: str, waiting: int = 1, rank: int = NORMAL, oldest: float = NOW - 1) -> ModelDemand:
-    return ModelDemand(model=model, waiting=waiting, rank=rank, oldest_submitted_at=oldest)
+def want(
+    runner: str,
+    waiting: int = 1,
+    rank: int = NORMAL,
+    oldest: float = NOW - 1,
+    counts: tuple[int, int, int] | None = None,
+) -> Demand:
+    """Demand of ``waiting`` jobs, all of priority ``rank`` unless ``counts`` says."""
+    if counts is None:
+        priority = min(max(rank, 0), 2)
+        counts = tuple(waiting if i == priority else 0 for i in range(3))  # type: ignore[assignment]
+        ranks = tuple(rank if i == priority else None for i in range(3))
+    else:
+        waiting = sum(counts)
+        ranks = tuple(i if n else None for i, n in enumerate(counts))
+        rank = min(r for r in ranks if r is not None)
+    return Demand(runner, waiting, rank, oldest, counts, ranks)  # type: ignore[arg-type]
 
 
 def view(
-    name: str,
-    residency: Residency = READY,
+    runner: str,
+    state: RunnerState = READY,
     *,
     in_flight: int = 0,
     size_gb: float = 4,
     loaded_ago: float = 3600,
     used_ago: float = 1,
-    slots: int | None = None,
+    slots: int = 1,
     jobs_done: int = 0,
-) -> ModelView:
-    return ModelView(
-        name=name,
-        residency=residency,
+    keep_alive: float | None = None,
+) -> RunnerView:
+    return RunnerView(
+        runner=runner,
+        backend=B,
+        state=state,
         in_flight=in_flight,
         loaded_at=NOW - loaded_ago,
         last_used=NOW - used_ago,
         size_bytes=int(size_gb * GIB),
         slots=slots,
         jobs_done=jobs_done,
+        keep_alive=keep_alive,
     )
 
 
-def views_of(*vs: ModelView) -> dict[str, ModelView]:
-    return {v.name: v for v in vs}
+def gb(n: float) -> int:
+    return int(n * GIB)
 
 
-def snap(
+def backend(
     total_gb: float = 16,
     free_gb: float | None = None,
-    views: Iterable[ModelView] = (),
+    views: Iterable[RunnerView] = (),
     *,
-    backend_up: bool = True,
-) -> ResourceSnapshot:
-    """A snapshot; by default free = total - what the READY/UNLOADING views hold."""
-    total = int(total_gb * GIB)
+    up: bool = True,
+    max_loaded: int = 3,
+    loads: int = 1,
+    foreign: int = 0,
+) -> BackendView:
+    """A backend; by default free = total - what the ready/unloading views hold."""
     if free_gb is None:
-        held = sum(v.size_bytes for v in views if v.residency is not LOADING)
-        free = total - held
+        held = sum(v.size_bytes for v in views if v.state is not LOADING)
+        free = gb(total_gb) - held
     else:
-        free = int(free_gb * GIB)
-    return ResourceSnapshot(
-        taken_at=NOW,
-        source="nvml",
-        total_bytes=total,
-        used_bytes=total - free,
-        free_bytes=free,
-        backend_up=backend_up,
-    )
+        free = gb(free_gb)
+    return BackendView(B, up, gb(total_gb), free, max_loaded, loads, foreign)
 
 
 def settings(**kw: float) -> PlannerSettings:
@@ -81,19 +120,44 @@ def settings(**kw: float) -> PlannerSettings:
         "max_concurrent_per_model": 4,
         "min_residency": 10.0,
         "keep_alive": 300.0,
-        "max_loaded_models": 3,
-        "max_parallel_loads": 1,
     }
     base.update(kw)
     return PlannerSettings(**base)  # type: ignore[arg-type]
 
 
-def gb(n: float) -> int:
-    return int(n * GIB)
+def facts(
+    estimates: Mapping[str, float | None] | None = None, **per: RunnerFacts
+) -> dict[str, RunnerFacts]:
+    """Facts from GiB estimates (None: unknown size); ``per`` overrides whole entries."""
+    out = {
+        name: RunnerFacts(estimate_bytes=None if size is None else gb(size))
+        for name, size in (estimates or {}).items()
+    }
+    out.update(per)
+    return out
 
 
-def unloaded(result_unloads: list[tuple[str, str]]) -> list[str]:
-    return [name for name, _ in result_unloads]
+def run(
+    demand: list[Demand],
+    views: list[RunnerView],
+    estimates: Mapping[str, float | None] | None = None,
+    *,
+    total: float = 16,
+    free: float | None = None,
+    config: PlannerSettings | None = None,
+    known: dict[str, RunnerFacts] | None = None,
+    **backend_kw: object,
+) -> Plan:
+    """Plan with one backend; facts default to a 4 GiB estimate for held runners."""
+    f = {v.runner: RunnerFacts(estimate_bytes=v.size_bytes) for v in views}
+    f.update(facts(estimates))
+    f.update(known or {})
+    b = backend(total, free, views, **backend_kw)  # type: ignore[arg-type]
+    return plan(demand, views, [b], f, config or settings(), NOW)
+
+
+def waits(result: Plan) -> dict[str, WaitReason]:
+    return result.waits
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -112,8 +176,7 @@ def unloaded(result_unloads: list[tuple[str, str]]) -> list[str]:
 def test_plan_dispatch_fills_up_to_max_concurrent_minus_in_flight(
     waiting: int, in_flight: int, expected: int | None
 ) -> None:
-    vs = views_of(view("a", in_flight=in_flight))
-    result = plan([want("a", waiting)], vs, snap(views=vs.values()), {}, settings(), NOW)
+    result = run([want("a", waiting)], [view("a", in_flight=in_flight, slots=8)])
     assert result.dispatch.get("a") == expected
 
 
@@ -124,31 +187,26 @@ def test_plan_dispatch_sends_no_more_than_ollama_runs_at_once(
     slots: int, in_flight: int, expected: int | None
 ) -> None:
     # the rest wait in our queue, where priorities apply, not inside Ollama's runner
-    vs = views_of(view("a", in_flight=in_flight, slots=slots))
-    result = plan([want("a", 10)], vs, snap(views=vs.values()), {}, settings(), NOW)
+    result = run([want("a", 10)], [view("a", in_flight=in_flight, slots=slots)])
     assert result.dispatch.get("a") == expected
 
 
-@pytest.mark.parametrize("residency", [LOADING, UNLOADING])
-def test_plan_dispatch_only_to_ready_models(residency: Residency) -> None:
-    vs = views_of(view("a", residency), view("b"))
-    result = plan([want("a", 3), want("b", 3)], vs, snap(views=vs.values()), {}, settings(), NOW)
+@pytest.mark.parametrize("state", [LOADING, UNLOADING])
+def test_plan_dispatch_only_to_ready_runners(state: RunnerState) -> None:
+    result = run([want("a", 3), want("b", 3)], [view("a", state), view("b", slots=4)])
     assert result.dispatch == {"b": 3}
     assert "a" not in result.loads
 
 
-def test_plan_does_nothing_when_backend_down() -> None:
-    vs = views_of(view("ready"), view("stale", used_ago=10_000))
-    result = plan(
+def test_plan_when_the_backend_is_down_everything_waits() -> None:
+    result = run(
         [want("ready", 5), want("new")],
-        vs,
-        snap(views=vs.values(), backend_up=False),
-        {"new": gb(1)},
-        settings(),
-        NOW,
+        [view("ready"), view("stale", used_ago=10_000)],
+        {"new": 1},
+        up=False,
     )
-    assert result.is_empty()
-    assert not result.drain and not result.waiting_for_memory
+    assert result.dispatch == {} and result.loads == [] and result.unloads == {}
+    assert result.waits == {"new": WaitReason.BACKEND_DOWN}
 
 
 # --------------------------------------------------------------------------------- loads
@@ -163,21 +221,20 @@ def test_plan_does_nothing_when_backend_down() -> None:
         (1, 0.5, []),  # the margin itself is never used
     ],
 )
-def test_plan_loads_model_only_when_estimate_fits_free_minus_margin(
+def test_plan_loads_only_when_the_estimate_fits_free_minus_margin(
     free_gb: float, need_gb: float, loads: list[str]
 ) -> None:
-    result = plan([want("m")], {}, snap(32, free_gb), {"m": gb(need_gb)}, settings(), NOW)
+    result = run([want("m")], [], {"m": need_gb}, total=32, free=free_gb)
     assert result.loads == loads
-    assert ("m" in result.waiting_for_memory) == (not loads)
-    assert not result.fail
+    assert (result.waits.get("m") is WaitReason.MEMORY) == (not loads)
+    assert not result.fails
 
 
 @pytest.mark.parametrize(("need_gb", "loads"), [(3, ["m"]), (3.5, [])])
-def test_plan_loading_models_reserve_their_memory(need_gb: float, loads: list[str]) -> None:
+def test_plan_loading_runners_reserve_their_memory(need_gb: float, loads: list[str]) -> None:
     # "b" is loading: NVML does not show it yet, so its 6 GiB must be reserved by hand
-    vs = views_of(view("b", LOADING, size_gb=6))
-    result = plan(
-        [want("m")], vs, snap(10, 10), {"m": gb(need_gb)}, settings(max_parallel_loads=2), NOW
+    result = run(
+        [want("m")], [view("b", LOADING, size_gb=6)], {"m": need_gb}, total=10, free=10, loads=2
     )
     assert result.loads == loads
 
@@ -189,18 +246,14 @@ def test_plan_loading_models_reserve_their_memory(need_gb: float, loads: list[st
 def test_plan_loads_at_most_max_parallel_loads_at_once(
     max_parallel: int, already_loading: int, expected: list[str]
 ) -> None:
-    vs = views_of(*(view(f"busy{i}", LOADING, size_gb=1) for i in range(already_loading)))
+    views = [view(f"busy{i}", LOADING, size_gb=1) for i in range(already_loading)]
     demand = [want("a", oldest=1), want("b", oldest=2), want("c", oldest=3)]
-    estimates = {"a": gb(1), "b": gb(1), "c": gb(1)}
-    result = plan(
-        demand,
-        vs,
-        snap(64),
-        estimates,
-        settings(max_parallel_loads=max_parallel, max_loaded_models=10),
-        NOW,
+    result = run(
+        demand, views, {"a": 1, "b": 1, "c": 1}, total=64, loads=max_parallel, max_loaded=10
     )
     assert result.loads == expected
+    queued = {d.runner for d in demand} - set(expected)
+    assert all(result.waits[r] is WaitReason.LOAD_SLOT for r in queued)
 
 
 @pytest.mark.parametrize(
@@ -218,349 +271,491 @@ def test_plan_loads_at_most_max_parallel_loads_at_once(
         ),
     ],
 )
-def test_plan_loads_in_rank_order(demand: list[ModelDemand], expected: list[str]) -> None:
-    estimates = {d.model: gb(1) for d in demand}
-    wide = settings(max_parallel_loads=10, max_loaded_models=10)
-    assert plan(demand, {}, snap(64), estimates, wide, NOW).loads == expected
+def test_plan_loads_in_rank_order(demand: list[Demand], expected: list[str]) -> None:
+    estimates = {d.runner: 1.0 for d in demand}
+    assert run(demand, [], estimates, total=64, loads=10, max_loaded=10).loads == expected
     # with one load at a time only the top group loads
-    one = settings(max_parallel_loads=1, max_loaded_models=10)
-    assert plan(demand, {}, snap(64), estimates, one, NOW).loads == expected[:1]
+    assert run(demand, [], estimates, total=64, loads=1, max_loaded=10).loads == expected[:1]
 
 
 @pytest.mark.parametrize(
-    ("work", "expected"),
+    ("job_seconds", "expected"),
     [
         # a burst (same wait): the group with the most queued work starts first, so no
         # long group is left running alone at the end
-        ({"small": 5.0, "big": 60.0}, ["big", "small"]),
+        ({"small": 0.5, "big": 6.0}, ["big", "small"]),
         # equal work: oldest wait first
-        ({"small": 5.0, "big": 5.0}, ["small", "big"]),
+        ({"small": 0.5, "big": 0.5}, ["small", "big"]),
         # a wait longer than the difference in work wins
-        ({"small": 5.0, "big": 40.0}, ["small", "big"]),
+        ({"small": 0.5, "big": 4.0}, ["small", "big"]),
     ],
 )
 def test_plan_same_priority_ranks_by_oldest_wait_plus_queued_work(
-    work: dict[str, float], expected: list[str]
+    job_seconds: dict[str, float], expected: list[str]
 ) -> None:
-    demand = [want("small", oldest=NOW - 40), want("big", oldest=NOW - 1)]
-    estimates = {d.model: gb(1) for d in demand}
-    wide = settings(max_parallel_loads=10, max_loaded_models=10)
-    assert plan(demand, {}, snap(64), estimates, wide, NOW, work).loads == expected
+    known = {n: RunnerFacts(estimate_bytes=gb(1), job_seconds=s) for n, s in job_seconds.items()}
+    demand = [want("small", 10, oldest=NOW - 40), want("big", 10, oldest=NOW - 1)]
+    assert run(demand, [], known=known, total=64, loads=10, max_loaded=10).loads == expected
     # priority still comes first
-    urgent = [want("small", rank=HIGH, oldest=NOW), want("big", oldest=NOW - 1)]
-    assert plan(urgent, {}, snap(64), estimates, wide, NOW, work).loads == ["small", "big"]
+    urgent = [want("small", 10, rank=HIGH, oldest=NOW), want("big", 10, oldest=NOW - 1)]
+    assert run(urgent, [], known=known, total=64, loads=10).loads == ["small", "big"]
 
 
 def test_plan_higher_ranked_group_keeps_memory_from_lower_ones() -> None:
     # 10 GiB usable: "top" (8) loads, "next" (4) no longer fits, "small" (2) does
     demand = [want("top", rank=HIGH), want("next"), want("small", rank=LOW)]
-    estimates = {"top": gb(8), "next": gb(4), "small": gb(2)}
-    result = plan(demand, {}, snap(11), estimates, settings(max_parallel_loads=3), NOW)
+    result = run(demand, [], {"top": 8, "next": 4, "small": 2}, total=11, loads=3)
     assert result.loads == ["top", "small"]
-    assert "next" in result.waiting_for_memory
+    assert result.waits["next"] is WaitReason.MEMORY
 
 
-def test_plan_respects_ollama_max_loaded_models() -> None:
-    # three busy models fill Ollama's slots; plenty of memory is free
-    vs = views_of(*(view(n, in_flight=1, size_gb=1) for n in ("a", "b", "c")))
+def test_plan_respects_ollamas_loaded_model_cap() -> None:
+    # three busy runners fill Ollama's seats; plenty of memory is free
+    views = [view(n, in_flight=1, size_gb=1) for n in ("a", "b", "c")]
     demand = [want(n) for n in ("a", "b", "c")] + [want("d")]
-    result = plan(demand, vs, snap(64, views=vs.values()), {"d": gb(1)}, settings(), NOW)
+    result = run(demand, views, {"d": 1}, total=64)
     assert result.loads == []
-    assert "d" in result.waiting_for_memory
+    assert result.waits["d"] is WaitReason.BUSY_SEATS
     assert not result.unloads
 
 
-def test_plan_unloading_model_still_holds_an_ollama_slot() -> None:
-    vs = views_of(view("a", in_flight=1), view("b", in_flight=1), view("gone", UNLOADING))
-    demand = [want("a"), want("b"), want("d")]
-    result = plan(demand, vs, snap(64, views=vs.values()), {"d": gb(1)}, settings(), NOW)
+def test_plan_models_ollama_holds_for_others_take_seats_too() -> None:
+    """A model loaded by another program counts under Ollama's cap: loading past it
+    would make Ollama evict a model of its own choosing."""
+    result = run([want("d")], [view("a", in_flight=1, size_gb=1)], {"d": 1}, total=64, foreign=2)
     assert result.loads == []
-    assert result.unloads == []
-    assert result.waiting_for_memory == ["d"]
+    assert result.waits["d"] is WaitReason.MODEL_CAP
+    assert run([want("d")], [], {"d": 1}, total=64, foreign=2).loads == ["d"]
 
 
-def test_plan_loads_when_a_slot_is_free() -> None:
-    vs = views_of(view("a", in_flight=1), view("b", in_flight=1))
-    demand = [want("a"), want("b"), want("d")]
-    result = plan(demand, vs, snap(64, views=vs.values()), {"d": gb(1)}, settings(), NOW)
-    assert result.loads == ["d"]
-
-
-def test_plan_full_slots_evict_an_idle_model_even_when_memory_is_free() -> None:
-    vs = views_of(view("a", in_flight=1), view("idle1", used_ago=50), view("idle2", used_ago=100))
-    result = plan(
-        [want("a"), want("d")], vs, snap(64, views=vs.values()), {"d": gb(1)}, settings(), NOW
-    )
-    assert unloaded(result.unloads) == ["idle2"]  # one slot is enough: the LRU one
+def test_plan_an_unloading_runner_still_holds_its_seat_until_ollama_drops_it() -> None:
+    views = [view("a", in_flight=1), view("b", in_flight=1), view("gone", UNLOADING)]
+    result = run([want("a"), want("b"), want("d")], views, {"d": 1}, total=64)
     assert result.loads == []
-    assert "d" in result.waiting_for_memory
+    assert result.unloads == {}
+    assert result.waits == {"d": WaitReason.UNLOADING}
+
+
+def test_plan_loads_when_a_seat_is_free() -> None:
+    views = [view("a", in_flight=1), view("b", in_flight=1)]
+    assert run([want("a"), want("b"), want("d")], views, {"d": 1}, total=64).loads == ["d"]
+
+
+def test_plan_full_seats_evict_an_idle_runner_even_when_memory_is_free() -> None:
+    views = [view("a", in_flight=1), view("idle1", used_ago=50), view("idle2", used_ago=100)]
+    result = run([want("a"), want("d")], views, {"d": 1}, total=64)
+    assert result.unloads == {"idle2": UnloadReason.ROOM}  # one seat is enough: the LRU one
+    assert result.loads == []
+    assert result.waits["d"] is WaitReason.MODEL_CAP
 
 
 # ------------------------------------------------------------------------------ eviction
 
 
-@pytest.mark.parametrize(
-    ("need_gb", "victims"),
-    [
-        (4, ["lru"]),
-        (8, ["lru", "recent"]),
-        (12, ["lru", "recent", "outranked"]),
-    ],
-)
-def test_plan_evicts_idle_no_demand_models_first_least_recently_used_first(
+@pytest.mark.parametrize(("need_gb", "victims"), [(4, ["lru"]), (8, ["lru", "recent"])])
+def test_plan_evicts_idle_runners_without_demand_least_recently_used_first(
     need_gb: float, victims: list[str]
 ) -> None:
-    # 16 GiB, margin 1, three 5 GiB models resident: 1 GiB left after margin -> none usable
-    vs = views_of(
-        view("outranked", size_gb=5, used_ago=500),  # has low demand
+    # 16 GiB, margin 1, three 5 GiB runners resident: 1 GiB left after margin
+    views = [
+        view("outranked", size_gb=5, used_ago=500),  # has one low job: not worth a reload
         view("recent", size_gb=5, used_ago=10),
         view("lru", size_gb=5, used_ago=200),
-    )
+    ]
     demand = [want("outranked", rank=LOW), want("g", rank=HIGH)]
-    result = plan(demand, vs, snap(16, 1, views=vs.values()), {"g": gb(need_gb)}, settings(), NOW)
-    assert unloaded(result.unloads) == victims
+    result = run(demand, views, {"g": need_gb}, free=1)
+    assert list(result.unloads) == victims
+    assert set(result.unloads.values()) == {UnloadReason.ROOM}
     assert result.loads == []  # memory comes back only once the unloads finish
-    assert "g" in result.waiting_for_memory
-    if "outranked" in victims:
-        assert "outranked" not in result.dispatch
+    assert result.waits["g"] is WaitReason.MEMORY
 
 
-def test_plan_eviction_reason_names_the_waiting_model() -> None:
-    vs = views_of(view("old", size_gb=8))
-    result = plan([want("g")], vs, snap(10, 2, views=vs.values()), {"g": gb(6)}, settings(), NOW)
-    [(name, reason)] = result.unloads
-    assert name == "old"
-    assert "g" in reason
+def test_plan_eviction_names_the_group_it_makes_room_for() -> None:
+    result = run([want("g")], [view("old", size_gb=8)], {"g": 6}, total=10, free=2)
+    [unload] = result.of(Unload)
+    assert (unload.runner, unload.reason, unload.for_runner) == ("old", UnloadReason.ROOM, "g")
 
 
-def test_plan_never_evicts_a_model_with_jobs_in_flight() -> None:
-    vs = views_of(view("busy", in_flight=1, size_gb=12))  # no demand of its own
-    result = plan(
-        [want("g", rank=HIGH)], vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW
-    )
-    assert result.unloads == []
+def test_plan_never_evicts_a_runner_with_jobs_in_flight_it_drains_it() -> None:
+    views = [view("busy", in_flight=1, size_gb=12)]  # no waiting jobs of its own
+    result = run([want("g", rank=HIGH)], views, {"g": 8})
+    assert result.unloads == {}
+    assert result.drains == {"busy": UnloadReason.ROOM}
     assert result.loads == []
-    assert result.waiting_for_memory == ["g"]
+    assert result.waits["g"] is WaitReason.MEMORY
+
+
+@pytest.mark.parametrize("own_rank", [HIGH, NORMAL, -1])
+def test_plan_never_displaces_a_runner_whose_demand_is_equal_or_better(own_rank: int) -> None:
+    views = [view("loaded", size_gb=12, jobs_done=5)]
+    demand = [want("loaded", 500, rank=own_rank), want("g", 50, rank=NORMAL, oldest=0)]
+    result = run(demand, views, {"g": 8})
+    assert result.unloads == {} and result.drains == {}
+    assert "loaded" in result.dispatch
+    assert result.waits["g"] is WaitReason.BUSY_SEATS
+
+
+# ------------------------------------------------------------- the switch must pay
+
+
+def slow(job_seconds: float, load_seconds: float = 1.0, size_gb: float = 12) -> RunnerFacts:
+    return RunnerFacts(
+        estimate_bytes=gb(size_gb), job_seconds=job_seconds, load_seconds=load_seconds
+    )
 
 
 @pytest.mark.parametrize(
-    ("own_rank", "evicted"),
-    [(HIGH, False), (NORMAL, False), (LOW, True), (-1, False)],
+    ("backlog", "job_seconds", "evicted"),
+    [
+        (1, 0.1, False),  # one short low job: finishing it beats a reload
+        (10, 0.1, False),  # a second of low work: done before a reload would be
+        (200, 0.1, True),  # a 20 s low backlog: the high job goes first
+        (20, 1.0, True),  # likewise with longer jobs
+    ],
 )
-def test_plan_never_evicts_a_model_whose_demand_is_equal_or_better(
-    own_rank: int, evicted: bool
+def test_plan_a_high_job_overtakes_a_low_backlog_only_when_the_switch_pays(
+    backlog: int, job_seconds: float, evicted: bool
 ) -> None:
-    vs = views_of(view("loaded", size_gb=12))
-    demand = [want("loaded", rank=own_rank), want("g", rank=NORMAL, oldest=0)]
-    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW)
-    assert (unloaded(result.unloads) == ["loaded"]) is evicted
+    views = [view("loaded", size_gb=12, jobs_done=3)]
+    demand = [want("loaded", backlog, rank=LOW), want("g", 1, rank=HIGH)]
+    result = run(demand, views, {"g": 8}, known={"loaded": slow(job_seconds)})
+    assert (result.unloads == {"loaded": UnloadReason.OUTRANKED}) is evicted
     assert ("loaded" in result.dispatch) is not evicted
+    if evicted:
+        [unload] = result.of(Unload)
+        assert "gain" in unload.detail and "cost" in unload.detail
+
+
+def test_plan_in_a_mixed_priority_burst_a_loaded_runner_keeps_its_queue() -> None:
+    """Every model has high, normal and low jobs; a loaded runner whose high jobs are done
+    still has normal and low ones. Another model's high jobs outrank them, but evicting
+    it would cost its jobs a reload and delay every model still waiting for a load: it
+    finishes its queue (its normal and low jobs ride along)."""
+    views = [view(n, size_gb=2, jobs_done=6) for n in ("a", "b", "c")]  # one slot each
+    mixed = (6, 18, 6)
+    demand = [want(n, counts=(0, 18, 6)) for n in ("a", "b", "c")]
+    demand += [want(n, counts=mixed, oldest=NOW - 5) for n in ("d", "e", "f", "g", "h")]
+    known = {n: slow(0.09, 1.2, size_gb=2) for n in "abcdefgh"}
+    result = run(demand, views, {n: 2 for n in "defgh"}, total=8, free=1, known=known)
+    assert result.unloads == {} and result.drains == {}
+    assert result.dispatch == {"a": 1, "b": 1, "c": 1}
+    assert all(result.waits[n] is WaitReason.BUSY_SEATS for n in "defgh")
+
+
+def test_plan_the_reload_cost_counts_every_group_still_waiting_for_a_load() -> None:
+    views = [view("loaded", size_gb=12, jobs_done=3)]
+    base = [want("loaded", 40, rank=LOW), want("g", 1, rank=HIGH)]
+    known = {"loaded": slow(0.1)}  # 4 s of low work
+    assert run(base, views, {"g": 8}, known=known).unloads  # alone, the switch pays
+    crowd = [*base, *(want(f"w{i}", 30, rank=NORMAL) for i in range(3))]
+    estimates = {"g": 8, **{f"w{i}": 8 for i in range(3)}}
+    assert run(crowd, views, estimates, known=known).unloads == {}  # others would wait
 
 
 @pytest.mark.parametrize(
     ("loaded_ago", "jobs_done", "evicted"),
     [(5, 0, False), (9.99, 0, False), (10, 0, True), (5, 1, True)],
 )
-def test_plan_outranked_model_with_demand_evicted_after_min_residency_or_a_finished_job(
+def test_plan_a_runner_with_demand_is_displaced_only_after_min_residency_or_a_finished_job(
     loaded_ago: float, jobs_done: int, evicted: bool
 ) -> None:
-    vs = views_of(view("loaded", size_gb=12, loaded_ago=loaded_ago, jobs_done=jobs_done))
-    demand = [want("loaded", rank=LOW), want("g", rank=HIGH)]
-    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW)
-    assert (unloaded(result.unloads) == ["loaded"]) is evicted
+    views = [view("loaded", size_gb=12, loaded_ago=loaded_ago, jobs_done=jobs_done)]
+    demand = [want("loaded", 200, rank=LOW), want("g", rank=HIGH)]
+    result = run(demand, views, {"g": 8}, known={"loaded": slow(0.2)})
+    assert (result.unloads == {"loaded": UnloadReason.OUTRANKED}) is evicted
     assert ("loaded" in result.dispatch) is not evicted
 
 
-def test_plan_evicts_lowest_ranked_outranked_model_first() -> None:
-    vs = views_of(view("normal", size_gb=7), view("low", size_gb=7))
-    demand = [want("normal", rank=NORMAL), want("low", rank=LOW), want("g", rank=HIGH)]
-    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(6)}, settings(), NOW)
-    assert unloaded(result.unloads) == ["low"]
+def test_plan_evicts_the_least_urgent_paying_runner_first() -> None:
+    views = [view("normal", size_gb=7, jobs_done=1), view("low", size_gb=7, jobs_done=1)]
+    demand = [want("normal", 300, rank=NORMAL), want("low", 300, rank=LOW), want("g", rank=HIGH)]
+    known = {"normal": slow(0.5), "low": slow(0.5)}
+    result = run(demand, views, {"g": 6}, known=known)
+    assert result.unloads == {"low": UnloadReason.OUTRANKED}
     assert result.dispatch == {"normal": 1}
 
 
 # -------------------------------------------------------------------------------- drains
 
 
-def test_plan_drains_outranked_busy_model_instead_of_evicting_it() -> None:
-    vs = views_of(view("busy", in_flight=2, size_gb=12))
-    demand = [want("busy", 10, rank=LOW), want("g", rank=HIGH)]
-    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW)
-    assert result.drain == {"busy"}
+def test_plan_drains_a_busy_paying_runner_instead_of_evicting_it() -> None:
+    views = [view("busy", in_flight=2, size_gb=12, jobs_done=1)]
+    demand = [want("busy", 200, rank=LOW), want("g", rank=HIGH)]
+    result = run(demand, views, {"g": 8}, known={"busy": slow(0.2)})
+    assert result.drains == {"busy": UnloadReason.OUTRANKED}
     assert "busy" not in result.dispatch  # stop feeding it so it goes idle
-    assert result.unloads == []
-    assert result.waiting_for_memory == ["g"]
+    assert result.unloads == {}
+    assert result.waits["g"] is WaitReason.MEMORY
 
 
-@pytest.mark.parametrize("own_rank", [HIGH, NORMAL])
-def test_plan_does_not_drain_a_model_it_does_not_outrank(own_rank: int) -> None:
-    vs = views_of(view("busy", in_flight=2, size_gb=12))
-    demand = [want("busy", 10, rank=own_rank), want("g", rank=NORMAL)]
-    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW)
-    assert result.drain == set()
-    assert result.dispatch == {"busy": 2}
+def test_plan_a_drained_runner_is_evicted_once_idle() -> None:
+    demand = [want("busy", 200, rank=LOW), want("g", rank=HIGH)]
+    known = {"busy": slow(0.2)}
+    first = [view("busy", in_flight=2, size_gb=12, jobs_done=1)]
+    assert run(demand, first, {"g": 8}, known=known).drains
+    later = [view("busy", in_flight=0, size_gb=12, jobs_done=3)]  # its last jobs finished
+    result = run(demand, later, {"g": 8}, known=known)
+    assert result.unloads == {"busy": UnloadReason.OUTRANKED}
+    assert "busy" not in result.dispatch
 
 
-def test_plan_drain_needs_no_min_residency_the_model_finishes_its_batch() -> None:
-    # loaded 1 s ago and running its first jobs: a higher-priority group may stop feeding
-    # it at once; it is evicted when those jobs are done, not MIN_RESIDENCY later
-    vs = views_of(view("busy", in_flight=2, size_gb=12, loaded_ago=1))
-    demand = [want("busy", 10, rank=LOW), want("g", rank=HIGH)]
-    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(8)}, settings(), NOW)
-    assert result.drain == {"busy"}
-    done = views_of(view("busy", size_gb=12, loaded_ago=2, jobs_done=2))
-    result = plan(demand, done, snap(16, views=done.values()), {"g": gb(8)}, settings(), NOW)
-    assert unloaded(result.unloads) == ["busy"]
-
-
-def test_plan_drains_just_enough_models_lowest_ranked_first() -> None:
-    # "g" needs one of the three seats: draining one model is enough, the least urgent
-    vs = views_of(
-        view("normal", in_flight=1, size_gb=3),
-        view("low_old", in_flight=1, size_gb=3),
-        view("low_new", in_flight=1, size_gb=3),
-    )
+def test_plan_drains_just_enough_runners_least_urgent_first() -> None:
+    # "g" needs one of the three seats: draining one runner is enough, the least urgent
+    names = ("normal", "low_a", "low_b")
+    views = [view(n, in_flight=1, size_gb=3, jobs_done=1, slots=2) for n in names]
     demand = [
-        want("normal", 5, rank=NORMAL),
-        want("low_old", 5, rank=LOW, oldest=NOW - 50),
-        want("low_new", 5, rank=LOW, oldest=NOW - 5),
+        want("normal", 300, rank=NORMAL),
+        want("low_a", 300, rank=LOW),
+        want("low_b", 300, rank=LOW),
         want("g", rank=HIGH),
     ]
-    result = plan(demand, vs, snap(16, views=vs.values()), {"g": gb(3)}, settings(), NOW)
-    assert result.drain == {"low_new"}
-    assert result.dispatch == {"normal": 3, "low_old": 3}
-
-
-def test_plan_drained_model_is_evicted_once_idle() -> None:
-    demand = [want("busy", 10, rank=LOW), want("g", rank=HIGH)]
-    first = views_of(view("busy", in_flight=2, size_gb=12))
-    assert plan(demand, first, snap(16, views=first.values()), {"g": gb(8)}, settings(), NOW).drain
-    # next pass: its last jobs finished
-    later = views_of(view("busy", in_flight=0, size_gb=12))
-    result = plan(demand, later, snap(16, views=later.values()), {"g": gb(8)}, settings(), NOW)
-    assert unloaded(result.unloads) == ["busy"]
-    assert "busy" not in result.dispatch
-
-
-def test_plan_drain_also_stops_feeding_idle_outranked_models_it_counts_on() -> None:
-    # "g" needs both 6 GiB models gone: "idle" could go now, "busy" first has to drain.
-    # Feeding "idle" again would make it busy by the time "busy" is idle: the two would
-    # take turns and "g" would wait until their queues ran dry.
-    vs = views_of(view("idle", size_gb=6), view("busy", in_flight=1, size_gb=6))
-    demand = [want("idle", 5, rank=LOW), want("busy", 5, rank=LOW), want("g", rank=HIGH)]
-    result = plan(demand, vs, snap(13, 1, views=vs.values()), {"g": gb(11)}, settings(), NOW)
-    assert "busy" in result.drain
-    assert "idle" not in result.dispatch
-    assert "busy" not in result.dispatch
+    known = {n: slow(0.5) for n in ("normal", "low_a", "low_b")}
+    result = run(demand, views, {"g": 3}, known=known)
+    assert len(result.drains) == 1 and set(result.drains) <= {"low_a", "low_b"}
+    assert "normal" in result.dispatch
 
 
 def test_plan_waits_for_memory_from_unloads_under_way() -> None:
-    # 8 GiB are on their way back; an idle model and a drainable one must be left alone
-    vs = views_of(
+    # 8 GiB are on their way back; an idle runner and a busy one are left alone
+    views = [
         view("leaving", UNLOADING, size_gb=8),
         view("idle", size_gb=3),
-        view("busy", in_flight=1, size_gb=3),
-    )
+        view("busy", in_flight=1, size_gb=3, slots=2),
+    ]
     demand = [want("busy", 4, rank=LOW), want("g", rank=HIGH)]
-    result = plan(
-        demand,
-        vs,
-        snap(16, 1, views=vs.values()),
-        {"g": gb(8)},
-        settings(max_loaded_models=5),
-        NOW,
-    )
-    assert result.loads == []
-    assert result.unloads == []
-    assert result.drain == set()
-    assert result.dispatch == {"busy": 3}
-    assert result.waiting_for_memory == ["g"]
+    result = run(demand, views, {"g": 8}, free=1, max_loaded=5)
+    assert result.loads == [] and result.unloads == {} and result.drains == {}
+    assert result.dispatch == {"busy": 1}
+    assert result.waits == {"g": WaitReason.UNLOADING}
 
 
 def test_plan_unloads_planned_this_pass_count_as_memory_under_way() -> None:
     # "stale" expires this pass; "g" then waits for it rather than evicting "recent"
-    vs = views_of(view("stale", size_gb=6, used_ago=400), view("recent", size_gb=6))
-    result = plan([want("g")], vs, snap(13, 1, views=vs.values()), {"g": gb(5)}, settings(), NOW)
-    assert unloaded(result.unloads) == ["stale"]
-    assert result.waiting_for_memory == ["g"]
+    views = [view("stale", size_gb=6, used_ago=400), view("recent", size_gb=6)]
+    result = run([want("g")], views, {"g": 5}, total=13, free=1)
+    assert result.unloads == {"stale": UnloadReason.IDLE}
+    assert result.waits == {"g": WaitReason.UNLOADING}
+
+
+# -------------------------------------------------------------------- runner options
+
+
+def test_plan_another_runner_of_the_same_model_goes_first() -> None:
+    """Ollama keeps one runner per model: jobs with num_ctx 16384 wait while the
+    num_ctx 2048 runner is unloaded (it has nothing left to do)."""
+    small, big = 'm|{"num_ctx":2048}', 'm|{"num_ctx":16384}'
+    result = run([want(big)], [view(small, size_gb=1)], {big: 2}, total=64)
+    assert result.unloads == {small: UnloadReason.RUNNER_OPTIONS}
+    assert result.loads == []
+    assert result.waits == {big: WaitReason.RUNNER_SWITCH}
+
+
+def test_plan_a_runner_switch_waits_while_the_current_runner_has_its_own_work() -> None:
+    small, big = 'm|{"num_ctx":2048}', 'm|{"num_ctx":16384}'
+    views = [view(small, size_gb=1, jobs_done=2, slots=4)]
+    result = run([want(small, 3), want(big)], views, {big: 2}, total=64)
+    assert result.unloads == {} and result.dispatch == {small: 3}
+    assert result.waits == {big: WaitReason.RUNNER_SWITCH}
 
 
 # ------------------------------------------------------------------------ too large, other
 
 
 def test_plan_fails_a_model_larger_than_the_gpu_naming_the_sizes() -> None:
-    result = plan(
-        [want("huge"), want("ok")], {}, snap(8), {"huge": gb(10), "ok": gb(1)}, settings(), NOW
-    )
-    [(model, reason)] = result.fail
-    assert model == "huge"
-    assert "huge" in reason
-    assert "10240 MB" in reason  # what it needs
-    assert "7168 MB" in reason  # what the GPU has after the margin
-    assert "1024 MB" in reason  # the margin
+    result = run([want("huge"), want("ok")], [], {"huge": 10, "ok": 1}, total=8)
+    [fail] = result.of(Fail)
+    assert (fail.runner, fail.code) == ("huge", FailCode.MODEL_TOO_LARGE)
+    assert "10240 MB" in fail.message  # what it needs
+    assert "7168 MB" in fail.message  # what the GPU has after the margin
+    assert "1024 MB" in fail.message  # the margin
     assert result.loads == ["ok"]
-    assert "huge" not in result.waiting_for_memory
+    assert "huge" not in result.waits
 
 
 @pytest.mark.parametrize(("need_gb", "failed"), [(7, False), (7 + 1 / 1024, True)])
 def test_plan_too_large_boundary_is_total_minus_margin(need_gb: float, failed: bool) -> None:
-    result = plan([want("m")], {}, snap(8, 2), {"m": gb(need_gb)}, settings(), NOW)
-    assert bool(result.fail) is failed
+    result = run([want("m")], [], {"m": need_gb}, total=8, free=2)
+    assert bool(result.fails) is failed
     assert result.loads == []
 
 
-def test_plan_does_not_fail_models_when_gpu_size_is_unknown() -> None:
+def test_plan_a_raised_estimate_never_makes_a_model_impossible() -> None:
+    """Failures may raise an estimate past the GPU; only the measured size can fail it.
+    Raised past the GPU, it is planned as the whole GPU: everything else must go."""
+    raised = RunnerFacts(estimate_bytes=gb(20), evidence_bytes=gb(2))
+    result = run([want("m")], [view("other", size_gb=3)], known={"m": raised}, total=8)
+    assert result.fails == {}
+    assert result.unloads == {"other": UnloadReason.ROOM}
+
+
+def test_plan_does_not_fail_models_when_the_gpu_size_is_unknown() -> None:
     # no NVML and no budget: total 0 -- loads wait, nothing fails
-    result = plan([want("m")], {}, snap(0), {"m": gb(1)}, settings(), NOW)
-    assert result.fail == []
-    assert result.loads == []
+    result = run([want("m")], [], {"m": 1}, total=0)
+    assert result.fails == {} and result.loads == []
 
 
 def test_plan_respects_memory_held_by_another_program() -> None:
     # nothing of ours is loaded, yet NVML shows only 4 GiB free
-    result = plan([want("m")], {}, snap(16, 4), {"m": gb(5)}, settings(), NOW)
-    assert result.loads == []
-    assert result.fail == []
-    assert result.unloads == []
-    assert result.waiting_for_memory == ["m"]
-
-
-@pytest.mark.parametrize("estimates", [{"m": None}, {}])
-def test_plan_unknown_estimate_does_not_load(estimates: dict[str, int | None]) -> None:
-    vs = views_of(view("idle", size_gb=10))
-    result = plan([want("m")], vs, snap(16, views=vs.values()), estimates, settings(), NOW)
-    assert result.loads == []
-    assert result.fail == []
-    assert result.unloads == []
+    result = run([want("m")], [], {"m": 5}, total=16, free=4)
+    assert result.loads == [] and result.fails == {} and result.unloads == {}
+    assert result.waits == {"m": WaitReason.MEMORY}
 
 
 @pytest.mark.parametrize(
-    ("used_ago", "in_flight", "has_demand", "residency", "expired"),
+    ("entry", "reason"),
     [
-        (300, 0, False, READY, True),
-        (1000, 0, False, READY, True),
-        (299, 0, False, READY, False),
-        (1000, 1, False, READY, False),  # jobs in flight
-        (1000, 0, True, READY, False),  # jobs waiting for it
-        (1000, 0, False, LOADING, False),
-        (1000, 0, False, UNLOADING, False),  # already leaving
+        (RunnerFacts(estimate_bytes=None), WaitReason.SIZE_UNKNOWN),
+        (RunnerFacts(estimate_bytes=gb(1), pulling=True), WaitReason.PULLING),
+        (RunnerFacts(estimate_bytes=gb(1), blocked_until=NOW + 5), WaitReason.BACKOFF),
     ],
 )
-def test_plan_unloads_idle_models_past_keep_alive(
-    used_ago: float, in_flight: int, has_demand: bool, residency: Residency, expired: bool
+def test_plan_a_group_that_cannot_load_yet_waits_with_its_reason(
+    entry: RunnerFacts, reason: WaitReason
 ) -> None:
-    vs = views_of(view("m", residency, in_flight=in_flight, used_ago=used_ago))
-    demand = [want("m")] if has_demand else []
-    result = plan(demand, vs, snap(64, views=vs.values()), {}, settings(), NOW)
-    assert (unloaded(result.unloads) == ["m"]) is expired
-    if expired:
-        assert "idle" in result.unloads[0][1]
+    result = run([want("m")], [view("idle", size_gb=10)], known={"m": entry})
+    assert result.loads == [] and result.fails == {} and result.unloads == {}
+    assert result.waits == {"m": reason}
+
+
+@pytest.mark.parametrize(("auto_pull", "action"), [(False, Fail), (True, Pull)])
+def test_plan_a_model_ollama_lacks_fails_or_is_pulled(auto_pull: bool, action: type) -> None:
+    missing = RunnerFacts(estimate_bytes=None, installed=False)
+    result = run([want("m")], [], known={"m": missing}, config=settings(auto_pull=auto_pull))
+    [decided] = [a for a in result.actions if isinstance(a, Fail | Pull)]
+    assert isinstance(decided, action)
+    if isinstance(decided, Fail):
+        assert decided.code is FailCode.MODEL_NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("used_ago", "in_flight", "has_demand", "state", "keep_alive", "expired"),
+    [
+        (300, 0, False, READY, None, True),
+        (1000, 0, False, READY, None, True),
+        (299, 0, False, READY, None, False),
+        (1000, 1, False, READY, None, False),  # jobs in flight
+        (1000, 0, True, READY, None, False),  # jobs waiting for it
+        (1000, 0, False, LOADING, None, False),
+        (1000, 0, False, UNLOADING, None, False),  # already leaving
+        (5, 0, False, READY, 5.0, True),  # the last job's keep_alive: 5 s
+        (4, 0, False, READY, 5.0, False),
+        (0, 0, False, READY, 0.0, True),  # keep_alive 0: unload once idle
+        (10**6, 0, False, READY, -1.0, False),  # negative: never for idleness
+    ],
+)
+def test_plan_unloads_idle_runners_past_their_keep_alive(
+    used_ago: float,
+    in_flight: int,
+    has_demand: bool,
+    state: RunnerState,
+    keep_alive: float | None,
+    expired: bool,
+) -> None:
+    views = [view("m", state, in_flight=in_flight, used_ago=used_ago, keep_alive=keep_alive)]
+    result = run([want("m")] if has_demand else [], views, total=64)
+    assert (result.unloads == {"m": UnloadReason.IDLE}) is expired
 
 
 def test_plan_with_nothing_to_do_is_empty() -> None:
-    vs = views_of(view("m", used_ago=5))
-    assert plan([], vs, snap(16, views=vs.values()), {}, settings(), NOW).is_empty()
-    assert plan([], {}, snap(16), {}, settings(), NOW).is_empty()
+    assert run([], [view("m", used_ago=5)]).actions == []
+    assert run([], []).actions == []
+
+
+# ----------------------------------------------------------------------- weights
+
+
+def test_demand_weight_counts_each_priority_at_its_oldest_jobs_rank() -> None:
+    d = want("m", counts=(2, 3, 4))
+    assert demand_weight(d, 10.0) == 2 * 100 + 3 * 10 + 4 * 1
+    assert demand_weight(d, 10.0, below=NORMAL) == 200  # only what outranks normal
+    aged = Demand("m", 4, 0, NOW, (0, 0, 4), (None, None, 0))  # low jobs aged to high
+    assert demand_weight(aged, 10.0) == 400
+
+
+# ---------------------------------------------------------------- verdicts on outcomes
+
+
+@pytest.mark.parametrize(
+    ("kw", "verdict"),
+    [
+        ({"aborted": True}, JobVerdict.ABORTED),
+        ({"reached": False}, JobVerdict.RELEASE),
+        ({"attempts": 1}, JobVerdict.RETRY),
+        ({"attempts": 3}, JobVerdict.FAIL),
+        ({"transient": False}, JobVerdict.FAIL),
+    ],
+)
+def test_after_job_error_retries_fails_or_gives_the_attempt_back(
+    kw: dict[str, object], verdict: JobVerdict
+) -> None:
+    args: dict[str, object] = {
+        "transient": True,
+        "reached": True,
+        "aborted": False,
+        "out_of_memory": False,
+        "attempts": 1,
+        "max_attempts": 3,
+        "delay": 2.0,
+    }
+    args.update(kw)
+    decision = after_job_error(**args)  # type: ignore[arg-type]
+    assert decision.verdict is verdict
+    assert decision.delay == (2.0 if verdict is JobVerdict.RETRY else 0.0)
+
+
+def test_after_job_error_out_of_memory_raises_the_estimate() -> None:
+    decision = after_job_error(
+        transient=True,
+        reached=True,
+        aborted=False,
+        out_of_memory=True,
+        attempts=1,
+        max_attempts=3,
+        delay=0.5,
+    )
+    assert decision.raise_estimate and decision.verdict is JobVerdict.RETRY
+
+
+@pytest.mark.parametrize(
+    ("failures", "not_found", "oom", "dropped", "fail_jobs", "raise_estimate"),
+    [
+        (1, False, False, False, False, False),
+        (3, False, False, False, True, False),  # out of attempts
+        (1, True, False, False, True, False),  # the model is missing: no point waiting
+        (1, False, True, False, False, True),
+        (0, False, False, True, False, True),  # loaded, then dropped at once by Ollama
+    ],
+)
+def test_after_load_failure(
+    failures: int,
+    not_found: bool,
+    oom: bool,
+    dropped: bool,
+    fail_jobs: bool,
+    raise_estimate: bool,
+) -> None:
+    decision = after_load_failure(
+        failures=failures,
+        max_attempts=3,
+        not_found=not_found,
+        out_of_memory=oom,
+        dropped=dropped,
+        delay=1.5,
+    )
+    assert (decision.fail_jobs, decision.raise_estimate, decision.backoff) == (
+        fail_jobs,
+        raise_estimate,
+        1.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("attempt", "draw", "expected"), [(1, 1.0, 1.0), (3, 1.0, 4.0), (10, 1.0, 60.0), (3, 0.5, 2.0)]
+)
+def test_backoff_is_capped_exponential_with_full_jitter(
+    attempt: int, draw: float, expected: float
+) -> None:
+    assert backoff_delay(attempt, 1.0, 60.0, draw) == expected
 
 
 # -------------------------------------------------------------------- random invariants
@@ -568,93 +763,106 @@ def test_plan_with_nothing_to_do_is_empty() -> None:
 
 def _random_scenario(
     rng: random.Random,
-) -> tuple[
-    list[ModelDemand],
-    dict[str, ModelView],
-    ResourceSnapshot,
-    dict[str, int | None],
-    PlannerSettings,
-]:
+) -> tuple[list[Demand], list[RunnerView], BackendView, dict[str, RunnerFacts], PlannerSettings]:
     names = [f"m{i}" for i in range(8)]
-    vs: dict[str, ModelView] = {}
+    views = []
     for name in rng.sample(names, rng.randint(0, 5)):
-        residency = rng.choice([READY, READY, READY, LOADING, UNLOADING])
-        vs[name] = ModelView(
-            name=name,
-            residency=residency,
-            in_flight=rng.randint(0, 5) if residency is READY else 0,
-            loaded_at=NOW - rng.uniform(0, 60),
-            last_used=NOW - rng.uniform(0, 600),
-            size_bytes=rng.randint(1, 8 * 1024) * MIB,
+        state = rng.choice([READY, READY, READY, LOADING, UNLOADING])
+        views.append(
+            RunnerView(
+                runner=name,
+                backend=B,
+                state=state,
+                in_flight=rng.randint(0, 5) if state is READY else 0,
+                loaded_at=NOW - rng.uniform(0, 60),
+                last_used=NOW - rng.uniform(0, 600),
+                size_bytes=rng.randint(1, 8 * 1024) * MIB,
+                slots=rng.randint(1, 4),
+                jobs_done=rng.randint(0, 3),
+            )
         )
-    demand = [
-        ModelDemand(
-            model=name,
-            waiting=rng.randint(1, 30),
-            rank=rng.randint(-2, 2),
-            oldest_submitted_at=NOW - rng.uniform(0, 300),
+    demand = []
+    for name in rng.sample(names, rng.randint(0, len(names))):
+        counts = (rng.randint(0, 9), rng.randint(0, 9), rng.randint(1, 9))
+        ranks = tuple(None if not n else i - rng.randint(0, 2) for i, n in enumerate(counts))
+        best = min(r for r in ranks if r is not None)
+        oldest = NOW - rng.uniform(0, 300)
+        demand.append(Demand(name, sum(counts), best, oldest, counts, ranks))  # type: ignore[arg-type]
+    known = {
+        name: RunnerFacts(
+            estimate_bytes=rng.choice([None, rng.randint(1, 20 * 1024) * MIB]),
+            job_seconds=rng.uniform(0.01, 2.0),
+            load_seconds=rng.uniform(0.2, 5.0),
         )
-        for name in rng.sample(names, rng.randint(0, len(names)))
-    ]
-    estimates: dict[str, int | None] = {
-        name: rng.choice([None, rng.randint(1, 20 * 1024) * MIB]) for name in names
+        for name in names
     }
     total = rng.randint(0, 24 * 1024) * MIB
-    snapshot = ResourceSnapshot(
-        taken_at=NOW,
-        source="nvml",
-        total_bytes=total,
-        used_bytes=0,
-        free_bytes=rng.randint(0, total // MIB) * MIB,
-        backend_up=rng.random() > 0.05,
+    b = BackendView(
+        B,
+        rng.random() > 0.05,
+        total,
+        rng.randint(0, total // MIB) * MIB,
+        rng.randint(1, 5),
+        rng.randint(1, 3),
+        rng.randint(0, 1),
     )
     config = PlannerSettings(
         safety_margin_bytes=rng.choice([0, 512, 1024]) * MIB,
         max_concurrent_per_model=rng.randint(1, 8),
         min_residency=rng.choice([0.0, 10.0, 30.0]),
         keep_alive=rng.choice([0.0, 60.0, 300.0]),
-        max_loaded_models=rng.randint(1, 5),
-        max_parallel_loads=rng.randint(1, 3),
     )
-    return demand, vs, snapshot, estimates, config
+    return demand, views, b, known, config
 
 
 def test_plan_invariants_hold_in_random_scenarios() -> None:
     rng = random.Random(20240601)
     for _ in range(3000):
-        demand, vs, snapshot, estimates, config = _random_scenario(rng)
-        result = plan(demand, vs, snapshot, estimates, config, NOW)
-        context = (demand, vs, snapshot, estimates, config, result)
-        waiting = {d.model: d.waiting for d in demand}
-        if not snapshot.backend_up:
-            assert result.is_empty(), context
+        demand, views, b, known, config = _random_scenario(rng)
+        result = plan(demand, views, [b], known, config, NOW)
+        context = (demand, views, b, known, config, result.actions)
+        waiting = {d.runner: d for d in demand}
+        held = {v.runner: v for v in views}
+        if not b.up:
+            assert all(isinstance(a, Wait) for a in result.actions), context
             continue
-        loading = [v for v in vs.values() if v.residency is LOADING]
-        budget = (
-            snapshot.free_bytes - config.safety_margin_bytes - sum(v.size_bytes for v in loading)
-        )
+        loading = [v for v in views if v.state is LOADING]
+        budget = b.free_bytes - config.safety_margin_bytes - sum(v.size_bytes for v in loading)
+        loads = result.loads
         # loads fit in free - margin - reservations, and respect every cap
-        if result.loads:
-            assert sum(estimates[m] or 0 for m in result.loads) <= budget, context
-        assert all(estimates[m] is not None and m not in vs for m in result.loads), context
-        assert len(result.loads) <= max(0, config.max_parallel_loads - len(loading)), context
-        if result.loads:
-            assert len(vs) + len(result.loads) <= config.max_loaded_models, context
-        # never unload a model with jobs in flight, nor one that is not ready
-        for name, _ in result.unloads:
-            assert vs[name].residency is READY and vs[name].in_flight == 0, context
-            if name in waiting:
-                assert NOW - vs[name].loaded_at >= config.min_residency, context
-        assert len({n for n, _ in result.unloads}) == len(result.unloads), context
-        # dispatch only to ready models, within the room they have and what waits
-        for name, n in result.dispatch.items():
-            v = vs[name]
-            assert v.residency is READY, context
-            assert 0 < n <= min(config.max_concurrent_per_model - v.in_flight, waiting[name])
-            assert name not in result.drain, context
-            assert name not in {u for u, _ in result.unloads}, context
-        # only models that can never fit are failed
-        for name, _ in result.fail:
-            need = estimates[name]
-            assert need is not None and need > snapshot.total_bytes - config.safety_margin_bytes
-            assert name not in result.loads, context
+        if loads:
+            assert sum(known[m].estimate_bytes or 0 for m in loads) <= budget, context
+            assert len(views) + b.foreign + len(loads) <= b.max_loaded, context
+        assert all(known[m].estimate_bytes is not None and m not in held for m in loads), context
+        assert len(loads) <= max(0, b.max_parallel_loads - len(loading)), context
+        # never unload a runner with jobs in flight, nor one that is not ready
+        leaving = {**result.unloads, **result.drains}
+        for a in result.of(Unload):
+            v = held[a.runner]
+            assert v.state is READY and v.in_flight == 0, context
+        for a in result.of(Drain):
+            assert held[a.runner].state is READY and held[a.runner].in_flight > 0, context
+        for name, reason in leaving.items():
+            if reason is UnloadReason.OUTRANKED:  # a runner with waiting jobs: it pays
+                assert name in waiting, context
+                v = held[name]
+                assert v.jobs_done > 0 or NOW - v.loaded_at >= config.min_residency, context
+        # dispatch only to ready runners, within the room they have and what waits
+        for a in result.of(Dispatch):
+            v = held[a.runner]
+            assert v.state is READY, context
+            room = min(config.max_concurrent_per_model, v.slots) - v.in_flight
+            assert 0 < a.count <= min(room, waiting[a.runner].waiting), context
+            assert a.runner not in leaving, context
+        # only runners that can never fit are failed
+        for a in result.of(Fail):
+            need = known[a.runner].estimate_bytes
+            assert need is not None and need > b.total_bytes - config.safety_margin_bytes
+            assert a.runner not in loads, context
+        # every waiting runner not held gets exactly one decision
+        for name in waiting:
+            if name in held:
+                continue
+            decided = [a for a in result.actions if getattr(a, "runner", None) == name]
+            decided = [a for a in decided if isinstance(a, Load | Wait | Fail | Pull)]
+            assert len(decided) == 1, context

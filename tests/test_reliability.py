@@ -185,7 +185,7 @@ def test_job_timeout_fails_unfinished_jobs_and_drops_late_results(
     assert {d["error_code"] for d in done.values()} == {"JOB_TIMEOUT"}
     assert {d["status"] for d in done.values()} == {"failed"}
     sim.set_gate(False)
-    wait_until(lambda: svc.manager.engine.in_flight() == 0)
+    wait_until(lambda: svc.manager.jobs.in_flight() == 0)
     assert all(svc.job(i)["status"] == "failed" for i in ids)  # the late answer was dropped
 
 
@@ -281,8 +281,8 @@ def test_failed_unload_keeps_the_model_managed_and_is_retried_with_backoff(
     wait_until(lambda: MODEL not in sim.loaded_models(), timeout=20)  # third try succeeds
     generate_calls = sim.stats()["requests_by_endpoint"]["/api/generate"]
     assert generate_calls <= 1 + 3 + 1  # the job, three unload tries (and a spare)
-    wait_until(lambda: MODEL not in svc.manager.engine.views())
-    assert svc.manager.engine.counters_snapshot()["unloads"] == 3
+    wait_until(lambda: not svc.manager.scheduler.snapshot().runners)
+    assert svc.manager.scheduler.snapshot().counters["unloads"] == 3
     messages = [r.getMessage() for r in caplog.records]
     assert sum(m == f"unloaded {MODEL}" for m in messages) == 1  # only the real one
     assert sum("stays loaded" in m for m in messages) == 2

@@ -1,4 +1,6 @@
-"""Submission validation: a corpus of bad bodies, each a 400 naming its field; good ones."""
+"""Submission validation (``modelmanager.contract``): a corpus of bad bodies, each a 400
+naming its field in a readable sentence; good ones, with every field Ollama accepts per
+kind, forwarded unchanged."""
 
 from __future__ import annotations
 
@@ -8,9 +10,7 @@ from typing import Any
 
 import pytest
 
-from modelmanager.errors import InvalidRequest
-from modelmanager.models import JobKind, Priority
-from modelmanager.validation import (
+from modelmanager.contract import (
     MAX_IDEMPOTENCY_KEY,
     MAX_METADATA_BYTES,
     MAX_MODEL_NAME,
@@ -19,6 +19,8 @@ from modelmanager.validation import (
     validate_model_name,
     validate_submission,
 )
+from modelmanager.errors import InvalidRequest
+from modelmanager.models import JobKind, Priority
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake image bytes").decode()
 
@@ -52,7 +54,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("model not a string", body(model=42), "model"),
     ("model a list", body(model=["llama3.2"]), "model"),
     ("model with empty tag", body(model="llama3.2:"), "model"),
-    ("model starting with -", body(model="-rf"), "model"),
+    ("model with a digest", body(model="llama3@sha256:abc"), "model"),
     ("priority unknown", body(priority="urgent"), "priority"),
     ("priority upper case", body(priority="HIGH"), "priority"),
     ("priority a number", body(priority=1), "priority"),
@@ -121,7 +123,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("stop a string", body(options={"stop": "\n"}), "options"),
     ("stop with a number", body(options={"stop": ["\n", 3]}), "options"),
     ("unknown field (typo)", body(promt="hi"), "promt"),
-    ("unknown field", body(stream=True), "stream"),
+    ("unknown field", body(temperature=0.5), "temperature"),
     ("metadata too big", body(metadata={"blob": "x" * MAX_METADATA_BYTES}), "metadata"),
     ("idempotency_key empty", body(idempotency_key=""), "idempotency_key"),
     ("idempotency_key a number", body(idempotency_key=12), "idempotency_key"),
@@ -182,7 +184,8 @@ def test_validate_submission_infers_the_kind_from_the_body(good: Any, kind: JobK
         "library/llama3.2:1b",
         "hf.co/org/model:Q4",
         "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
-        "registry.local:5000/team/model:v1.2",
+        "Qwen2.5:Latest",
+        "https://registry.local/team/model:v1.2",
         "m" * MAX_MODEL_NAME,
     ],
 )
@@ -222,21 +225,14 @@ def test_validate_submission_defaults() -> None:
     assert sub.payload == {"prompt": "Why is the sky blue?"}
 
 
-def test_validate_submission_chat_keeps_only_known_message_fields() -> None:
+def test_validate_submission_chat_forwards_messages_as_sent() -> None:
     messages = [
         {"role": "system", "content": "terse"},
         {"role": "user", "content": "look", "images": [PNG]},
-        {"role": "assistant"},  # content defaults to ""
+        {"role": "assistant"},  # Ollama reads a missing content as ""
     ]
     sub = validate_submission(chat(messages=messages, format="json"))
-    assert sub.payload == {
-        "messages": [
-            {"role": "system", "content": "terse"},
-            {"role": "user", "content": "look", "images": [PNG]},
-            {"role": "assistant", "content": ""},
-        ],
-        "format": "json",
-    }
+    assert sub.payload == {"messages": messages, "format": "json"}
 
 
 @pytest.mark.parametrize(
@@ -259,3 +255,314 @@ def test_validate_submission_accepts_limits_exactly() -> None:
         body(prompt="x" * MAX_TEXT_BYTES, idempotency_key="k" * MAX_IDEMPOTENCY_KEY)
     )
     assert len(sub.payload["prompt"]) == MAX_TEXT_BYTES
+
+
+# ------------------------------------------------------------ every field Ollama accepts
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+TOOL_CALL = {"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": {}}}
+GENERATE_FIELDS: dict[str, Any] = {
+    "prompt": "def add(a, b):",
+    "suffix": "    return c",
+    "system": "complete the code",
+    "template": "{{ .Prompt }}",
+    "context": [1, 2, 3],
+    "raw": True,
+    "format": {"type": "object", "properties": {"x": {"type": "integer"}}},
+    "images": [PNG],
+    "think": "high",
+    "truncate": False,
+    "shift": True,
+    "logprobs": True,
+    "top_logprobs": 5,
+    "options": {"temperature": 0.1},
+}
+CHAT_FIELDS: dict[str, Any] = {
+    "messages": [
+        {"role": "system", "content": "use tools"},
+        {"role": "user", "content": "weather in Paris?", "images": [PNG]},
+        {"role": "assistant", "content": "", "thinking": "call it", "tool_calls": [TOOL_CALL]},
+        {"role": "tool", "content": "sunny", "tool_name": "get_weather", "tool_call_id": "call_1"},
+    ],
+    "tools": [TOOL],
+    "format": "json",
+    "think": True,
+    "truncate": True,
+    "shift": False,
+    "logprobs": False,
+    "top_logprobs": 0,
+    "options": {"num_ctx": 8192},
+}
+EMBED_FIELDS: dict[str, Any] = {
+    "input": ["a", "b"],
+    "truncate": False,
+    "dimensions": 256,
+    "options": {"num_thread": 4},
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        (GENERATE_FIELDS, JobKind.GENERATE),
+        (CHAT_FIELDS, JobKind.CHAT),
+        (EMBED_FIELDS, JobKind.EMBED),
+    ],
+)
+def test_validate_submission_forwards_every_ollama_field_unchanged(
+    fields: dict[str, Any], kind: JobKind
+) -> None:
+    sent = {"model": "Llama3.2", "priority": "low", "metadata": {"a": 1}, **fields}
+    sub = validate_submission({**sent, "idempotency_key": "k-1"})
+    assert sub.kind is kind and sub.priority is Priority.LOW
+    assert sub.model == "Llama3.2"  # as sent: identity comes from names.model_key
+    assert sub.payload == fields  # nothing added, nothing of the manager's
+    assert sub.metadata == {"a": 1} and sub.idempotency_key == "k-1"
+
+
+@pytest.mark.parametrize("make", [body, chat])
+def test_validate_submission_accepts_stream_and_leaves_it_out(make: Any) -> None:
+    """A job always collects the whole answer, so ``stream`` is accepted and dropped."""
+    for stream in (True, False):
+        assert "stream" not in validate_submission(make(stream=stream)).payload
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (300, 300.0),
+        (1.5, 1.5),
+        (0, 0.0),
+        (-1, -1.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("-1s", -1.0),
+        ("0", 0.0),
+        ("-0", 0.0),
+        ("+10s", 10.0),
+        ("0s", 0.0),
+        ("1.5h", 5400.0),
+        (".5s", 0.5),
+        ("2.s", 2.0),
+        ("300ms", 0.3),
+        ("1h1m1s1ms", 3661.001),
+        ("1500us", 0.0015),
+        ("1500µs", 0.0015),
+        ("2000000000ns", 2.0),
+        ("99999999999h", 9223372036.0),  # past Go's range: clamped to it
+        (10**400, 9223372036.0),
+        (-(10**400), -9223372036.0),
+    ],
+)
+def test_validate_submission_reads_keep_alive_as_seconds(value: Any, seconds: float) -> None:
+    for make in (body, chat, embed):
+        payload = validate_submission(make(keep_alive=value)).payload
+        assert payload["keep_alive"] == pytest.approx(seconds)
+        assert isinstance(payload["keep_alive"], float)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["300", "", "m", "5 m", "5m ", "1d", "1.2.3s", "+-1s", "--1s", "5m\n", "00", ".s", "1e3s",
+     "٣s", True, None, [], {}, math.inf, math.nan],
+)  # fmt: skip
+def test_validate_submission_refuses_a_bad_keep_alive(value: Any) -> None:
+    with pytest.raises(InvalidRequest, match="'keep_alive'") as info:
+        validate_submission(body(keep_alive=value))
+    assert info.value.details == {"field": "keep_alive"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "kind"),
+    [
+        (body(tools=[TOOL]), "tools", "a generate"),
+        (body(kind="generate", messages=CHAT_FIELDS["messages"]), "messages", "a generate"),
+        (body(dimensions=3), "dimensions", "a generate"),
+        (chat(suffix="x"), "suffix", "a chat"),
+        (chat(context=[1]), "context", "a chat"),
+        (chat(raw=True), "raw", "a chat"),
+        (chat(template="x"), "template", "a chat"),
+        (chat(images=[PNG]), "images", "a chat"),
+        (embed(think=True), "think", "an embed"),
+        (embed(stream=False), "stream", "an embed"),
+        (embed(logprobs=True), "logprobs", "an embed"),
+        (embed(shift=True), "shift", "an embed"),
+        (embed(format="json"), "format", "an embed"),
+        (embed(tools=[TOOL]), "tools", "an embed"),
+    ],
+)
+def test_validate_submission_refuses_a_field_of_another_kind(
+    bad: Any, field: str, kind: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_submission(bad)
+    assert info.value.message == f"'{field}' does not apply to {kind} job"
+    assert info.value.details == {"field": field}
+
+
+def _message(**fields: Any) -> dict[str, Any]:
+    return chat(messages=[{"role": "assistant", "content": "", **fields}])
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "message"),
+    [
+        (_message(name="x"), "messages[0].name", "'messages[0]' has unknown field(s): name"),
+        (
+            _message(tool_calls=[{"function": {"name": "f", "arguments": {}, "args": 1}}]),
+            "messages[0].tool_calls[0].function.args",
+            "'messages[0].tool_calls[0].function' has unknown field(s): args",
+        ),
+        (
+            _message(tool_calls=[{**TOOL_CALL, "type": "function"}]),
+            "messages[0].tool_calls[0].type",
+            "'messages[0].tool_calls[0]' has unknown field(s): type",
+        ),
+        (
+            chat(tools=[{**TOOL, "strict": True}]),
+            "tools[0].strict",
+            "'tools[0]' has unknown field(s): strict",
+        ),
+        (
+            chat(tools=[{"type": "function", "function": {"name": "f", "params": {}}}]),
+            "tools[0].function.params",
+            "'tools[0].function' has unknown field(s): params",
+        ),
+        (
+            body(options={"temprature": 1}),
+            "options.temprature",
+            "'options.temprature' is not a known Ollama option",
+        ),
+    ],
+)
+def test_validate_submission_refuses_unknown_nested_keys(
+    bad: Any, field: str, message: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_submission(bad)
+    assert (info.value.message, info.value.details) == (message, {"field": field})
+
+
+def test_validate_submission_leaves_arguments_and_parameters_free_form() -> None:
+    call = {"function": {"name": "f", "arguments": {"any": {"shape": [1, None]}}}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"x-anything": 1}}}
+    sub = validate_submission(
+        chat(messages=[{"role": "assistant", "tool_calls": [call]}], tools=[tool])
+    )
+    assert sub.payload["tools"] == [tool]
+
+
+BAD_NEW: list[tuple[str, Any, str]] = [
+    ("suffix a number", body(suffix=1), "suffix"),
+    ("template with NUL", body(template="\x00"), "template"),
+    ("context not a list", body(context="1,2"), "context"),
+    ("context with a float", body(context=[1, 2.0]), "context[1]"),
+    ("context negative", body(context=[-1]), "context[0]"),
+    ("raw a string", body(raw="yes"), "raw"),
+    ("think unknown level", body(think="extreme"), "think"),
+    ("think a number", chat(think=1), "think"),
+    ("truncate null", body(truncate=None), "truncate"),
+    ("shift an int", chat(shift=1), "shift"),
+    ("logprobs a string", body(logprobs="true"), "logprobs"),
+    ("top_logprobs 21", body(top_logprobs=21), "top_logprobs"),
+    ("top_logprobs negative", chat(top_logprobs=-1), "top_logprobs"),
+    ("top_logprobs a float", chat(top_logprobs=1.0), "top_logprobs"),
+    ("stream a string", body(stream="no"), "stream"),
+    ("dimensions zero", embed(dimensions=0), "dimensions"),
+    ("dimensions a bool", embed(dimensions=True), "dimensions"),
+    ("tools not a list", chat(tools=TOOL), "tools"),
+    ("tool type not function", chat(tools=[{**TOOL, "type": "code"}]), "tools[0].type"),
+    ("tool without function", chat(tools=[{"type": "function"}]), "tools[0].function"),
+    ("tool function without name", chat(tools=[{"type": "function", "function": {}}]), "tools[0]"),
+    (
+        "tool parameters a list",
+        chat(tools=[{"type": "function", "function": {"name": "f", "parameters": []}}]),
+        "tools[0].function.parameters",
+    ),
+    ("tool_calls not a list", _message(tool_calls={}), "messages[0].tool_calls"),
+    ("tool call without arguments", _message(tool_calls=[{"function": {"name": "f"}}]), "messages"),
+    (
+        "tool call arguments a string",
+        _message(tool_calls=[{"function": {"name": "f", "arguments": "{}"}}]),
+        "messages[0].tool_calls[0].function.arguments",
+    ),
+    (
+        "tool call index negative",
+        _message(tool_calls=[{"function": {"name": "f", "arguments": {}, "index": -1}}]),
+        "messages[0].tool_calls[0].function.index",
+    ),
+    ("thinking a number", _message(thinking=1), "messages[0].thinking"),
+    ("tool_name a list", _message(tool_name=["f"]), "messages[0].tool_name"),
+    ("tool_call_id with NUL", _message(tool_call_id="\x00"), "messages[0].tool_call_id"),
+    ("message role upper case", chat(messages=[{"role": "User"}]), "messages[0].role"),
+]
+
+
+@pytest.mark.parametrize(("case", "bad", "field"), BAD_NEW, ids=[c for c, _, _ in BAD_NEW])
+def test_validate_submission_rejects_bad_new_field(case: str, bad: Any, field: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_submission(bad)
+    named = info.value.details.get("field", "")
+    assert named == field or named.startswith((f"{field}[", f"{field}.")), (case, named)
+
+
+@pytest.mark.parametrize(
+    ("case", "bad", "field"), BAD + BAD_NEW, ids=[c for c, _, _ in BAD + BAD_NEW]
+)
+def test_validate_submission_error_is_a_sentence_not_a_pydantic_dump(
+    case: str, bad: Any, field: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_submission(bad)
+    message = info.value.message
+    assert "\n" not in message and len(message) < 300, message
+    for dump in ("pydantic", "Input should", "validation error", "type=", "input_value"):
+        assert dump not in message, message
+    assert info.value.details["field"].split("[")[0].split(".")[0] in message, message
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"model": "m"}, "one of 'prompt' (generate), 'messages' (chat) or 'input' (embed)"),
+        (body(kind="chat"), "'messages' is required for a chat job"),
+        (body(promt="x", sytem="y"), "unknown field(s): promt, sytem"),
+        (body(model="a b"), "'model' is not a valid Ollama model name"),
+        (chat(messages=[{"role": "bot"}]), "'messages[0].role' must be 'system', 'user', "),
+        (body(options={"num_ctx": 4096.0}), "'options.num_ctx' must be an integer"),
+        (embed(input=["a", " "]), "'input[1]' must not be empty"),
+        (body(images=[PNG, "%"]), "'images[1]' is not valid base64"),
+    ],
+)  # fmt: skip
+def test_validate_submission_main_error_sentences(bad: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_submission(bad)
+    assert info.value.message.startswith(message), info.value.message
+
+
+def _nested(depth: int) -> Any:
+    """``depth`` levels of objects and lists, alternating, around a string."""
+    value: Any = "leaf"
+    for level in range(depth):
+        value = {"k": value} if (depth - level) % 2 else [value]  # an object outside
+    return value
+
+
+@pytest.mark.parametrize("field", ["metadata", "format"])
+@pytest.mark.parametrize("depth", [65, 900, 5000])  # 5000: deeper than json.dumps can go
+def test_validate_submission_refuses_json_nested_too_deep(field: str, depth: int) -> None:
+    with pytest.raises(InvalidRequest, match="nested more than") as info:
+        validate_submission(body(**{field: _nested(depth)}))
+    assert info.value.details == {"field": field}
+
+
+def test_validate_submission_accepts_json_nested_to_the_limit() -> None:
+    deep = _nested(63)  # 63 objects around a leaf, inside format's own object: 64 levels
+    assert validate_submission(body(metadata=deep, format={"k": deep})).metadata == deep
