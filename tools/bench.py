@@ -2,7 +2,7 @@
 """Benchmark: Model Manager against programs talking to Ollama directly, in one run.
 
     python3 tools/bench.py                 # full run, about 10 minutes on 2 cores
-    python3 tools/bench.py --quick         # smoke run (< 45 s): small counts, time scale 0.1
+    python3 tools/bench.py --quick         # smoke run (< 60 s): small counts, time scale 0.1
     python3 tools/bench.py --json          # machine-readable output instead of tables
     options: --time-scale X --seed N --direct-cap S --only interleaved,mixed,stream,service
              --driver auto|wrk|python --connections N --service-seconds S --rounds N
@@ -64,7 +64,7 @@ MAX_LOADED = 3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="short smoke run (under 45 s)")
+    p.add_argument("--quick", action="store_true", help="short smoke run (under 60 s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     p.add_argument("--time-scale", type=float, help="simulator time scale (1.0; --quick 0.1)")
     p.add_argument("--seed", type=int, default=7, help="workload seed")
@@ -213,7 +213,8 @@ def ratios(res: dict[str, Any], lb: float, sequential: bool = False) -> dict[str
 def _high_bound(res: dict[str, Any], high: dict[str, Any], lb: float) -> dict[str, Any]:
     """The high-priority p95 bound, its ratio to the makespan bound and each mode's p95
     high over it (None where a mode has no high-priority latency)."""
-    out = {**high, "p95_s": rnd(high["p95_s"]), "over_lb": rnd(high["p95_s"] / lb)}
+    out = {k: rnd(v) if isinstance(v, float) else v for k, v in high.items()}
+    out["over_lb"] = rnd(high["p95_s"] / lb)
     for mode in ("direct", "managed"):
         p95 = res[mode]["latency_by_priority"].get("high", {}).get("p95_s")
         out[f"{mode}_over_bound"] = None if p95 is None else rnd(p95 / high["p95_s"])

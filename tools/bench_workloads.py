@@ -29,22 +29,23 @@ loads with work and keeping every slot busy.
 
 Lower bound of the high-priority p95 of a burst (every job arrives at t = 0; latency is
 then the job's end), :func:`high_p95_bound`, for the mixed-priority burst. ``n`` high jobs,
-``n_m`` of them on model m, ``h_m`` the shortest of those on m. ``pct()`` interpolates
-between the sorted latencies, so the p95 is at least the ``r``-th smallest high latency,
-``r = floor((n - 1) * 0.95) + 1``. Let ``T`` be that latency and ``S`` the models of the
-``r`` high jobs that have ended by ``T``, so ``sum(n_m for m in S) >= r``. Ollama loads
-one model at a time and a model runs jobs only once loaded, so the model of ``S`` whose
-first load ends last is loaded no earlier than ``sum(l_m for m in S)`` (the sum of the
-``k = |S|`` loads, whatever their order: at best the k shortest loads come first), and
-one of the ``r`` jobs runs on it after that. Hence
+``n_m`` of them on model m, ``h_m`` the shortest of those on m, ``x_k`` the k-th smallest
+high latency. Ollama loads one model at a time and a model runs jobs only once loaded,
+so the k-th model to load is ready no earlier than the sum of the k loads before it, at
+best the k shortest. Take ``x_k`` and the set ``S`` of models of the k high jobs ended by
+then (``sum(n_m for m in S) >= k``): the model of ``S`` whose first load ends last is
+loaded no earlier than ``sum(l_m for m in S)``, whatever the order, and one of the k jobs
+runs on it after that. Hence, trying every set (2^8 for 8 models),
 
-    p95_high >= min over model sets S with sum(n_m) >= r of sum(l_m) + min(h_m), m in S
+    x_k >= B(k) = min over model sets S with sum(n_m) >= k of sum(l_m) + min(h_m), m in S
 
-(every set is tried: 2^8 for 8 models). Normal and low jobs, the order of a model's jobs
-on its slots, evictions and HTTP count as zero, so this too is optimistic. Its ratio to
-the makespan bound tells whether a high/low p95 target can be met at all: the low jobs'
-p95 is at most the makespan, so ``p95_high <= x * p95_low`` together with ``makespan <=
-y * lower bound`` needs ``high_p95_bound <= x * y * lower bound`` (0.4 * 1.3 = 0.52).
+``pct()`` interpolates: with ``pos = (n - 1) * 0.95``, ``r = floor(pos) + 1`` and
+``f = pos - floor(pos)``, ``p95 = (1 - f) * x_r + f * x_(r+1) >= (1 - f) * B(r) + f *
+B(r+1)``, which is the bound. Normal and low jobs, the order of a model's jobs on its
+slots, evictions and HTTP count as zero, so this too is optimistic. Its ratio to the
+makespan bound tells whether a high/low p95 target can be met at all: the low jobs' p95
+is at most the makespan, so ``p95_high <= x * p95_low`` together with ``makespan <= y *
+lower bound`` needs ``high_p95_bound <= x * y * lower bound`` (0.4 * 1.3 = 0.52).
 """
 
 from __future__ import annotations
@@ -439,31 +440,45 @@ def lower_bound(
 def high_p95_bound(
     wl: Workload, *, time_scale: float, num_parallel: int, q: float = 95.0
 ) -> dict[str, Any] | None:
-    """The ``q``-th percentile of the high-priority latencies no scheduler can beat, for a
-    burst (see the module docstring); seconds. None without high-priority jobs.
+    """The ``q``-th percentile (as :func:`tools.bench_procs.pct` takes it) of the
+    high-priority latencies no scheduler can beat, for a burst (see the module docstring);
+    seconds. None without high-priority jobs. Raises ValueError if a job arrives after 0.
 
-    Returns ``p95_s``, ``rank`` (the r-th smallest high latency it bounds), ``high_jobs``
-    and ``models`` (a cheapest set S). Raises ValueError if a job arrives after t = 0.
+    Returns ``p95_s``; ``high_jobs``; ``rank`` r and ``rank_s`` B(r), ``next_s`` B(r + 1)
+    (the bounds of the two latencies ``pct`` interpolates between); ``models``, a
+    cheapest set of models holding r high jobs.
     """
     if any(j.at > 0.0 for j in wl.jobs):
         raise ValueError(f"{wl.key}: not a burst, the bound needs every job at t = 0")
     high = [j for j in wl.jobs if j.priority == "high"]
     if not high:
         return None
-    rank = math.floor((len(high) - 1) * q / 100.0) + 1
     count = Counter(j.model for j in high)
     shortest: dict[str, float] = {}
     for j in high:
         s = j.seconds(time_scale)
         shortest[j.model] = min(s, shortest.get(j.model, s))
     loads = {m: load_seconds(m, num_parallel, time_scale) for m in count}
-    best: tuple[float, tuple[str, ...]] | None = None
-    for size in range(1, len(count) + 1):
-        for group in combinations(sorted(count), size):
-            if sum(count[m] for m in group) < rank:
-                continue
-            t = sum(loads[m] for m in group) + min(shortest[m] for m in group)
-            if best is None or t < best[0]:
-                best = (t, group)
-    assert best is not None  # all the models together hold every high job
-    return {"p95_s": best[0], "rank": rank, "high_jobs": len(high), "models": list(best[1])}
+    sets = [g for k in range(1, len(count) + 1) for g in combinations(sorted(count), k)]
+
+    def earliest(rank: int) -> tuple[float, tuple[str, ...]]:
+        """B(rank) and its set: the rank-th smallest high latency is at least that."""
+        return min(
+            (sum(loads[m] for m in g) + min(shortest[m] for m in g), g)
+            for g in sets
+            if sum(count[m] for m in g) >= rank
+        )
+
+    pos = (len(high) - 1) * q / 100.0  # as pct(): 0-based, interpolated
+    lo = math.floor(pos)
+    frac = pos - lo
+    rank_s, models = earliest(lo + 1)
+    next_s = earliest(min(lo + 2, len(high)))[0]
+    return {
+        "p95_s": rank_s + (next_s - rank_s) * frac,
+        "high_jobs": len(high),
+        "rank": lo + 1,
+        "rank_s": rank_s,
+        "next_s": next_s,
+        "models": list(models),
+    }
