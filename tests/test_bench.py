@@ -264,6 +264,7 @@ def test_short_stream_is_a_seeded_poisson_stream_of_short_jobs() -> None:
     pressured = short_stream(60.0, 0.5, 13, rate=4.0, pressure=True)
     assert pressured.jobs == wl.jobs and pressured.key != wl.key
     assert pressured.pressure and all(0 < a < b <= 30.0 for a, b, _ in pressured.pressure)
+    assert {mb for _, _, mb in pressured.pressure} == {5120}  # leaves room for ~2 of the 5
 
 
 def _high(idx: int, model: str, priority: str = "high") -> BenchJob:
