@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: Model Manager against programs talking to Ollama directly, in one run.
 
-    python3 tools/bench.py                 # full run, about 10 minutes on 2 cores
+    python3 tools/bench.py                 # full run, about 16 minutes on 2 cores
     python3 tools/bench.py --quick         # smoke run (< 60 s): small counts, time scale 0.1
     python3 tools/bench.py --json          # machine-readable output instead of tables
     options: --time-scale X --seed N --direct-cap S --only interleaved,mixed,stream,service
