@@ -31,11 +31,11 @@ Lower bound of the high-priority p95 of a burst (every job arrives at t = 0; lat
 then the job's end), :func:`high_p95_bound`, for the mixed-priority burst. ``n`` high jobs,
 ``n_m`` of them on model m, ``h_m`` the shortest of those on m, ``x_k`` the k-th smallest
 high latency. Ollama loads one model at a time and a model runs jobs only once loaded,
-so the k-th model to load is ready no earlier than the sum of the k loads before it, at
-best the k shortest. Take ``x_k`` and the set ``S`` of models of the k high jobs ended by
-then (``sum(n_m for m in S) >= k``): the model of ``S`` whose first load ends last is
-loaded no earlier than ``sum(l_m for m in S)``, whatever the order, and one of the k jobs
-runs on it after that. Hence, trying every set (2^8 for 8 models),
+so the k-th model to load is ready no earlier than the sum of the first k loads (its
+own included), at best the k shortest. Take ``x_k`` and the set ``S`` of models of the k
+high jobs ended by then (``sum(n_m for m in S) >= k``): the model of ``S`` whose first
+load ends last is loaded no earlier than ``sum(l_m for m in S)``, whatever the order,
+and one of the k jobs runs on it after that. Hence, trying every set (2^8 for 8 models),
 
     x_k >= B(k) = min over model sets S with sum(n_m) >= k of sum(l_m) + min(h_m), m in S
 
