@@ -1,11 +1,12 @@
 """``tools/bench.py --quick`` runs and reports every workload and every field, sanely.
 
 Structure and arithmetic only: a benchmark's figures are never asserted here (the machine
-running the tests may be busy). The quick run takes about 30 s.
+running the tests may be busy). The quick run takes 30 to 60 s.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -18,13 +19,45 @@ from typing import Any
 
 import pytest
 
+from tools.bench import parse_args
+from tools.bench_procs import pct
 from tools.bench_report import TARGETS, render
 from tools.bench_service import drive
-from tools.bench_workloads import BenchJob, Workload, lower_bound
+from tools.bench_workloads import (
+    STREAM_MODELS,
+    TEXT_MODELS,
+    BenchJob,
+    Workload,
+    high_p95_bound,
+    lower_bound,
+    mixed_burst,
+    short_stream,
+)
 from tools.fake_ollama import generate_seconds, load_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("interleaved", "priority", "pressure", "embed_mix", "warm")
+WORKLOADS = (
+    "interleaved",
+    "priority",
+    "pressure",
+    "embed_mix",
+    "warm",
+    "mixed",
+    "stream",
+    "stream_pressure",
+)
+PRIORITIZED = ("priority", "mixed", "stream", "stream_pressure")  # high and low jobs
+HIGH_BOUND_FIELDS = {
+    "p95_s": float,
+    "over_lb": float,
+    "rank": int,
+    "rank_s": float,
+    "next_s": float,
+    "high_jobs": int,
+    "models": list,
+    "direct_over_bound": float,
+    "managed_over_bound": float,
+}
 MODE_FIELDS = {
     "jobs": int,
     "complete": int,
@@ -119,11 +152,25 @@ def test_quick_run_reports_every_workload_and_field(report: dict[str, Any]) -> N
         counters = wl["managed"]["service_counters"]
         warmup = 1 if key == "warm" else 0  # the untimed job that loads the warm model
         assert counters["completed"] == wl["managed"]["complete"] + warmup, key
-    prio = report["workloads"]["priority"]
-    assert {"high", "low"} <= set(prio["managed"]["latency_by_priority"])
-    assert "managed_p95_high_over_low" in prio["ratios"]
-    assert "direct_p95_high_over_low" in prio["ratios"]
-    assert report["workloads"]["pressure"]["managed"]["other_program_peak_mb"] > 0
+    for key in PRIORITIZED:
+        prio = report["workloads"][key]
+        for mode in ("direct", "managed"):
+            assert {"high", "low"} <= set(prio[mode]["latency_by_priority"]), (key, mode)
+            assert f"{mode}_p95_high_over_low" in prio["ratios"], key
+    for key in ("pressure", "stream_pressure"):
+        assert report["workloads"][key]["managed"]["other_program_peak_mb"] > 0, key
+    stream, pressured = report["workloads"]["stream"], report["workloads"]["stream_pressure"]
+    assert stream["jobs"] == pressured["jobs"] and stream["lower_bound"] == pressured["lower_bound"]
+    for key, wl in report["workloads"].items():
+        assert ("high_p95_bound" in wl) == (key == "mixed"), key
+    hb = report["workloads"]["mixed"]["high_p95_bound"]
+    for key, kind in HIGH_BOUND_FIELDS.items():
+        ok = _number(hb[key]) if kind is float else isinstance(hb[key], kind)
+        assert ok, f"high_p95_bound: {key} = {hb[key]!r}"
+    assert hb["p95_s"] > 0 and 1 <= hb["rank"] <= hb["high_jobs"] and hb["models"]
+    assert hb["rank_s"] <= hb["p95_s"] <= hb["next_s"]
+    lb = report["workloads"]["mixed"]["lower_bound"]["lb_s"]
+    assert hb["over_lb"] == pytest.approx(hb["p95_s"] / lb, abs=2e-3)
     warm = report["workloads"]["warm"]
     assert warm["managed"]["loads"] == warm["direct"]["loads"] == 0
     assert set(warm["ratios"]["added_latency_ms"]) == {"p50", "p95"}
@@ -160,6 +207,7 @@ def test_quick_run_checks_every_target_and_renders(report: dict[str, Any]) -> No
     assert "| workload | mode |" in text and "| target | measured | met |" in text
     for wl in report["workloads"].values():
         assert wl["title"] in text
+    assert "p95 high bound" in text
     assert "submits/s (synchronous=FULL)" in text and report["command"] in text
 
 
@@ -181,6 +229,95 @@ def test_lower_bound_is_the_largest_term() -> None:
     assert lower_bound(serial, time_scale=0.5, num_parallel=1, max_loaded=3)[
         "lb_s"
     ] == pytest.approx((sa + sb) / 2)
+
+
+def test_only_accepts_every_workload_key() -> None:
+    assert parse_args(["--only", "mixed,stream,stream_pressure"]).only == {
+        "mixed",
+        "stream",
+        "stream_pressure",
+    }
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "stream,nonesuch"])
+
+
+def test_mixed_burst_is_a_round_robin_burst_of_short_jobs_in_exact_shares() -> None:
+    wl = mixed_burst(30, 0.5, 12)
+    assert len(wl.jobs) == 240 and wl.models == sorted(TEXT_MODELS) and wl.high_bound
+    assert all(j.at == 0.0 and j.num_predict == 16 for j in wl.jobs)
+    assert [j.model for j in wl.jobs[:8]] == list(TEXT_MODELS)
+    prios = [j.priority for j in wl.jobs]
+    assert (prios.count("high"), prios.count("normal"), prios.count("low")) == (48, 144, 48)
+    assert prios != sorted(prios)  # shuffled, not in blocks
+    assert [j.priority for j in mixed_burst(30, 0.5, 12).jobs] == prios  # seeded
+
+
+def test_short_stream_is_a_seeded_poisson_stream_of_short_jobs() -> None:
+    wl = short_stream(60.0, 0.5, 13, rate=4.0)
+    at = [j.at for j in wl.jobs]
+    assert at == sorted(at) and at[0] > 0 and at[-1] < 60.0 * 0.5
+    assert 180 <= len(wl.jobs) <= 300  # 240 expected
+    assert set(wl.models) == set(STREAM_MODELS) and not wl.pressure
+    assert all(8 <= (j.num_predict or 0) <= 16 for j in wl.jobs)
+    assert all(0.02 <= j.seconds(1.0) <= 0.1 for j in wl.jobs)  # a few tens of ms
+    assert {j.priority for j in wl.jobs} == {"high", "normal", "low"}
+    pressured = short_stream(60.0, 0.5, 13, rate=4.0, pressure=True)
+    assert pressured.jobs == wl.jobs and pressured.key != wl.key
+    assert pressured.pressure and all(0 < a < b <= 30.0 for a, b, _ in pressured.pressure)
+    assert {mb for _, _, mb in pressured.pressure} == {5120}  # leaves room for ~2 of the 5
+
+
+def _high(idx: int, model: str, priority: str = "high") -> BenchJob:
+    return BenchJob(idx, 0.0, model, "generate", priority, f"[bench:{idx}] a b c {idx}")
+
+
+def test_high_p95_bound_interpolates_the_cheapest_loads_covering_each_rank() -> None:
+    big, small, mid = "phi3:mini", "smollm:360m", "qwen2.5:0.5b"
+    jobs = [_high(0, big), _high(1, big), _high(2, small), _high(3, mid), _high(4, mid, "low")]
+    wl = Workload("t", "t", "t", jobs)
+    bound = high_p95_bound(wl, time_scale=1.0, num_parallel=1)
+    assert bound is not None
+    # 4 high jobs: pct() = 0.15 x the 3rd smallest + 0.85 x the 4th; {big, small} or
+    # {big, mid} hold 3 of them, only all three models hold 4
+    h = {j.idx: generate_seconds(j.model, j.text) for j in jobs}
+    l_big, l_small, l_mid = load_seconds(big), load_seconds(small), load_seconds(mid)
+    third = min(
+        (l_big + l_small + min(h[0], h[1], h[2]), [big, small]),
+        (l_big + l_mid + min(h[0], h[1], h[3]), sorted([big, mid])),
+    )
+    fourth = l_big + l_small + l_mid + min(h[0], h[1], h[2], h[3])
+    assert bound["rank"] == 3 and bound["high_jobs"] == 4 and bound["models"] == third[1]
+    assert bound["rank_s"] == pytest.approx(third[0])
+    assert bound["next_s"] == pytest.approx(fourth)
+    assert bound["p95_s"] == pytest.approx(0.15 * third[0] + 0.85 * fourth)
+    scaled = high_p95_bound(wl, time_scale=0.1, num_parallel=1)
+    assert scaled is not None and scaled["p95_s"] == pytest.approx(bound["p95_s"] * 0.1)
+    no_high = Workload("t", "t", "t", jobs[4:])
+    assert high_p95_bound(no_high, time_scale=1.0, num_parallel=1) is None
+    late = Workload("t", "t", "t", [BenchJob(0, 1.0, big, "generate", "high", "x")])
+    with pytest.raises(ValueError, match="t = 0"):
+        high_p95_bound(late, time_scale=1.0, num_parallel=1)
+
+
+def test_high_p95_bound_never_beats_a_load_order() -> None:
+    """Every order of serial loads, each high job run the moment its model is loaded (the
+    bound's relaxation): the p95 of the high latencies is never below the bound."""
+    five = TEXT_MODELS[3:]
+    wl = Workload("t", "t", "t", [j for j in mixed_burst(6, 1.0, 5).jobs if j.model in five])
+    bound = high_p95_bound(wl, time_scale=1.0, num_parallel=1)
+    assert bound is not None
+    high = [j for j in wl.jobs if j.priority == "high"]
+    models = sorted({j.model for j in high})
+    best = float("inf")
+    for order in itertools.permutations(models):
+        ready, t = {}, 0.0
+        for m in order:
+            t += load_seconds(m)
+            ready[m] = t
+        p95 = pct([ready[j.model] + j.seconds(1.0) for j in high], 95)
+        assert p95 is not None and p95 >= bound["p95_s"] - 1e-9, order
+        best = min(best, p95)
+    assert best <= 1.1 * bound["p95_s"]  # and it is close to the best order
 
 
 class _Ok(BaseHTTPRequestHandler):

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark: Model Manager against programs talking to Ollama directly, in one run.
 
-    python3 tools/bench.py                 # full run, about 10 minutes on 2 cores
-    python3 tools/bench.py --quick         # smoke run (< 45 s): small counts, time scale 0.1
+    python3 tools/bench.py                 # full run, about 16 minutes on 2 cores
+    python3 tools/bench.py --quick         # smoke run (< 60 s): small counts, time scale 0.1
     python3 tools/bench.py --json          # machine-readable output instead of tables
-    options: --time-scale X --seed N --direct-cap S --only interleaved,warm,service
+    options: --time-scale X --seed N --direct-cap S --only interleaved,mixed,stream,service
              --driver auto|wrk|python --connections N --service-seconds S --rounds N
              --pending N --modes direct,managed --keep
 
@@ -14,7 +14,7 @@ models must swap): **direct**, each job sent straight to the simulator by its ow
 thread at its arrival time (no retries); **managed**, the same jobs submitted to a fresh
 Model Manager (``main.py``, default settings, reading the simulated GPU through fake
 NVML) and polled to completion. Both are subprocesses. Workloads, job counts and the
-lower bound are described in ``tools/bench_workloads.py``; what is measured in
+lower bounds are described in ``tools/bench_workloads.py``; what is measured in
 ``tools/bench_run.py``; workload 6 (the service alone) in ``tools/bench_service.py``.
 
 A direct run that has not finished after ``--direct-cap`` seconds (default 150; it would
@@ -44,9 +44,19 @@ from tools.bench_procs import Procs, Service, Sim, fake_nvml_lib, pct, rnd
 from tools.bench_report import render, targets
 from tools.bench_run import run_direct, run_managed
 from tools.bench_service import measure
-from tools.bench_workloads import Workload, build, lower_bound
+from tools.bench_workloads import Workload, build, high_p95_bound, lower_bound
 
-WORKLOADS = ("interleaved", "priority", "pressure", "embed_mix", "warm", "service")
+WORKLOADS = (
+    "interleaved",
+    "priority",
+    "pressure",
+    "embed_mix",
+    "warm",
+    "service",
+    "mixed",
+    "stream",
+    "stream_pressure",
+)
 VRAM_MB = 8192
 NUM_PARALLEL = 1
 MAX_LOADED = 3
@@ -54,7 +64,7 @@ MAX_LOADED = 3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="short smoke run (under 45 s)")
+    p.add_argument("--quick", action="store_true", help="short smoke run (under 60 s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     p.add_argument("--time-scale", type=float, help="simulator time scale (1.0; --quick 0.1)")
     p.add_argument("--seed", type=int, default=7, help="workload seed")
@@ -115,6 +125,11 @@ def run_workload(procs: Procs, wl: Workload, args: argparse.Namespace) -> dict[s
         "lower_bound": {k: rnd(v) if isinstance(v, float) else v for k, v in lb.items()},
     }
     out["lower_bound"]["terms"] = {k: rnd(v) for k, v in lb["terms"].items()}
+    high = (
+        high_p95_bound(wl, time_scale=args.time_scale, num_parallel=NUM_PARALLEL)
+        if wl.high_bound
+        else None
+    )
     for mode in ("direct", "managed"):
         if mode not in args.modes:
             out[mode] = _skipped(len(wl.jobs))
@@ -139,6 +154,8 @@ def run_workload(procs: Procs, wl: Workload, args: argparse.Namespace) -> dict[s
             sim.stop()
         _progress(f"{wl.key} {mode}: {_brief(out[mode])}")
     out["ratios"] = ratios(out, lb["lb_s"], wl.sequential)
+    if high is not None:
+        out["high_p95_bound"] = _high_bound(out, high, lb["lb_s"])
     for mode in ("direct", "managed"):
         out[mode].pop("_latency_by_job", None)
     return out
@@ -190,6 +207,17 @@ def ratios(res: dict[str, Any], lb: float, sequential: bool = False) -> dict[str
     added = [(ml[i] - dl[i]) * 1000.0 for i in ml if i in dl]
     if added and sequential:  # the same job alone on a warm model, in both modes
         out["added_latency_ms"] = {"p50": rnd(pct(added, 50)), "p95": rnd(pct(added, 95))}
+    return out
+
+
+def _high_bound(res: dict[str, Any], high: dict[str, Any], lb: float) -> dict[str, Any]:
+    """The high-priority p95 bound, its ratio to the makespan bound and each mode's p95
+    high over it (None where a mode has no high-priority latency)."""
+    out = {k: rnd(v) if isinstance(v, float) else v for k, v in high.items()}
+    out["over_lb"] = rnd(high["p95_s"] / lb)
+    for mode in ("direct", "managed"):
+        p95 = res[mode]["latency_by_priority"].get("high", {}).get("p95_s")
+        out[f"{mode}_over_bound"] = None if p95 is None else rnd(p95 / high["p95_s"])
     return out
 
 

@@ -19,6 +19,15 @@ TARGETS = (
     ("service_batch", "service: submit_batch jobs/s >= 20,000", 20000.0),
     ("service_tick", "service: scheduler tick p95 <= 5 ms with the pending jobs", 5.0),
     ("service_rss", "service: resident memory <= 300 MB with the pending jobs", 300.0),
+    ("mixed_loads", "mixed burst: managed loads <= 1.5x distinct models", 1.5),
+    ("mixed_makespan", "mixed burst: managed makespan <= 1.3x lower bound", 1.3),
+    ("mixed_p95", "mixed burst: managed p95 high <= 0.4x p95 low", 0.4),
+    ("stream_makespan", "short-job stream: managed makespan <= direct makespan", 1.0),
+    (
+        "stream_pressure_makespan",
+        "short-job stream, outside pressure: managed makespan <= direct makespan",
+        1.0,
+    ),
 )
 
 
@@ -42,6 +51,18 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         "priority_p95": (_get(w, "priority", "ratios", "managed_p95_high_over_low"), False),
         "pressure_failed": (_get(w, "pressure", "managed", "failed"), False),
         "pressure_ooms": (_sum(_get(w, "pressure", "managed"), "ooms", "crashes"), False),
+        "mixed_loads": (_get(w, "mixed", "ratios", "managed_loads_over_models"), False),
+        "mixed_makespan": (_get(w, "mixed", "ratios", "managed_over_lb"), False),
+        "mixed_p95": (_get(w, "mixed", "ratios", "managed_p95_high_over_low"), False),
+        # a direct run stopped at its cap counts as the cap: the ratio is then an upper bound
+        "stream_makespan": (
+            _get(w, "stream", "ratios", "makespan_managed_over_direct"),
+            False,
+        ),
+        "stream_pressure_makespan": (
+            _get(w, "stream_pressure", "ratios", "makespan_managed_over_direct"),
+            False,
+        ),
         "warm_dispatch_p50": (_get(w, "warm", "managed", "dispatch_ms", "p50"), False),
         "warm_dispatch_p99": (_get(w, "warm", "managed", "dispatch_ms", "p99"), False),
         "warm_added": (_get(w, "warm", "ratios", "added_latency_ms", "p50"), False),
@@ -79,6 +100,11 @@ def _prio(r: dict[str, Any]) -> str:
     return " / ".join(_f(_get(p, k, "p95_s")) for k in ("high", "normal", "low"))
 
 
+def _high_bound_brief(wl: dict[str, Any]) -> str:
+    hb = wl.get("high_p95_bound")
+    return f"; p95 high bound {_f(hb['p95_s'])} s" if hb else ""
+
+
 def render(report: dict[str, Any]) -> str:
     m, st = report["machine"], report["settings"]
     lines = [
@@ -108,7 +134,7 @@ def render(report: dict[str, Any]) -> str:
                 name = (
                     f"{wl['title']} ({wl['jobs']} jobs, {wl['models']} models; "
                     f"lower bound {_f(lb['lb_s'], 2 if lb['lb_s'] < 10 else 1)} s, "
-                    f"{lb['binding']})"
+                    f"{lb['binding']}{_high_bound_brief(wl)})"
                     if mode == "direct"
                     else ""
                 )
@@ -128,6 +154,12 @@ def render(report: dict[str, Any]) -> str:
             for key in ("managed_p95_high_over_low", "direct_p95_high_over_low"):
                 if key in ra:
                     other.append(f"{key.split('_')[0]} p95 high/low {_f(ra[key])}")
+            hb = wl.get("high_p95_bound")
+            if hb:
+                other.append(
+                    f"p95 high bound / lower bound {_f(hb['over_lb'])}; p95 high / bound "
+                    f"managed {_f(hb['managed_over_bound'])}, direct {_f(hb['direct_over_bound'])}"
+                )
             if "added_latency_ms" in ra:
                 other.append(f"added latency p50 {_f(ra['added_latency_ms']['p50'])} ms")
             other.append(

@@ -26,14 +26,36 @@ models Ollama holds at once (``OLLAMA_MAX_LOADED_MODELS``). It is the largest of
 Evictions, the VRAM release lag after an unload and HTTP time count as zero, so the bound
 is optimistic: nothing can beat it, and a scheduler may come close only by overlapping
 loads with work and keeping every slot busy.
+
+Lower bound of the high-priority p95 of a burst (every job arrives at t = 0; latency is
+then the job's end), :func:`high_p95_bound`, for the mixed-priority burst. ``n`` high jobs,
+``n_m`` of them on model m, ``h_m`` the shortest of those on m, ``x_k`` the k-th smallest
+high latency. Ollama loads one model at a time and a model runs jobs only once loaded,
+so the k-th model to load is ready no earlier than the sum of the first k loads (its
+own included), at best the k shortest. Take ``x_k`` and the set ``S`` of models of the k
+high jobs ended by then (``sum(n_m for m in S) >= k``): the model of ``S`` whose first
+load ends last is loaded no earlier than ``sum(l_m for m in S)``, whatever the order,
+and one of the k jobs runs on it after that. Hence, trying every set (2^8 for 8 models),
+
+    x_k >= B(k) = min over model sets S with sum(n_m) >= k of sum(l_m) + min(h_m), m in S
+
+``pct()`` interpolates: with ``pos = (n - 1) * 0.95``, ``r = floor(pos) + 1`` and
+``f = pos - floor(pos)``, ``p95 = (1 - f) * x_r + f * x_(r+1) >= (1 - f) * B(r) + f *
+B(r+1)``, which is the bound. Normal and low jobs, the order of a model's jobs on its
+slots, evictions and HTTP count as zero, so this too is optimistic. Its ratio to the
+makespan bound tells whether a high/low p95 target can be met at all: the low jobs' p95
+is at most the makespan, so ``p95_high <= x * p95_low`` together with ``makespan <= y *
+lower bound`` needs ``high_p95_bound <= x * y * lower bound`` (0.4 * 1.3 = 0.52).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 from tools.fake_ollama import CATALOG, embed_seconds, generate_seconds, load_seconds
@@ -50,6 +72,16 @@ TEXT_MODELS = (
     "phi3:mini",
 )
 EMBED_MODELS = ("nomic-embed-text:latest", "all-minilm:latest")
+#: The short-job streams' small models and each one's share of the jobs: 3 fit at once.
+STREAM_MODELS = {
+    "smollm:360m": 0.35,
+    "qwen2.5:0.5b": 0.25,
+    "tinyllama:1.1b": 0.18,
+    "llama3.2:1b": 0.12,
+    "qwen2.5:1.5b": 0.10,
+}
+#: Share of each priority in the mixed workloads (drawn per job with the seeded RNG).
+PRIORITY_SHARES = {"high": 0.2, "normal": 0.6, "low": 0.2}
 _WORDS = (  # noqa: SIM905 - a sentence is easier to read than 33 quoted words
     "gpu memory model queue batch token prompt answer latency cache layer weight scheduler "
     "request result vector cluster metric report summary quality review dataset sample "
@@ -121,6 +153,8 @@ class Workload:
     sequential: bool = False
     #: a model warmed up (loaded by one untimed job) before the timed jobs
     warm_model: str | None = None
+    #: report :func:`high_p95_bound` (a burst with high-priority jobs)
+    high_bound: bool = False
 
     @property
     def models(self) -> list[str]:
@@ -145,6 +179,28 @@ def _prompt(rng: random.Random, idx: int) -> str:
 
 def _ping(rng: random.Random, idx: int) -> str:
     return f"[bench:{idx}] ping {rng.choice(_WORDS)}"
+
+
+def _priorities(rng: random.Random, n: int) -> list[str]:
+    """``n`` priorities in ``PRIORITY_SHARES`` (rounded), in a seeded random order: exact
+    shares, so a seed cannot leave a workload short of high or low jobs."""
+    high, low = round(n * PRIORITY_SHARES["high"]), round(n * PRIORITY_SHARES["low"])
+    out = ["high"] * high + ["low"] * low + ["normal"] * (n - high - low)
+    rng.shuffle(out)
+    return out
+
+
+def _shares(jobs: list[BenchJob]) -> str:
+    n = Counter(j.priority for j in jobs)
+    return " / ".join(f"{n[p]} {p}" for p in PRIORITY_SHARES)
+
+
+def _pressure_windows(
+    duration: float, scale: float, mb: int = 3072
+) -> list[tuple[float, float, int]]:
+    """Another program holds up to ``mb`` MiB during 2 windows covering half the run."""
+    windows = [(0.17, 0.43), (0.57, 0.83)]
+    return [(a * duration * scale, b * duration * scale, mb) for a, b in windows]
 
 
 def _mean_seconds(model: str, seed: int) -> float:
@@ -216,15 +272,13 @@ def outside_pressure(duration: float, scale: float, seed: int, rate: float = 2.0
         BenchJob(i, i / rate * scale, models[i % 4], "generate", "normal", _prompt(rng, i))
         for i in range(count)
     ]
-    windows = [(0.17, 0.43), (0.57, 0.83)]
-    pressure = [(a * duration * scale, b * duration * scale, 3072) for a, b in windows]
     return Workload(
         "pressure",
         "3. outside pressure",
         f"{count} generate jobs over 4 models at {rate:g}/s; another program holds up to "
         "3 GiB (all it can get) during 2 windows covering half the run",
         jobs,
-        pressure=pressure,
+        pressure=_pressure_windows(duration, scale),
     )
 
 
@@ -274,8 +328,69 @@ def warm(count: int, scale: float, seed: int) -> Workload:
     )
 
 
+def mixed_burst(per_model: int, scale: float, seed: int) -> Workload:
+    """The interleaved burst's 8 models with short jobs (16 tokens) of mixed priority, drawn
+    per job (``PRIORITY_SHARES``), all at once, in round-robin order."""
+    rng = random.Random(seed)
+    jobs = []
+    for i, prio in enumerate(_priorities(rng, per_model * len(TEXT_MODELS))):
+        model = TEXT_MODELS[i % len(TEXT_MODELS)]
+        jobs.append(BenchJob(i, 0.0, model, "generate", prio, _prompt(rng, i), num_predict=16))
+    return Workload(
+        "mixed",
+        "7. mixed-priority burst",
+        f"{len(jobs)} 16-token generate jobs over {len(TEXT_MODELS)} models, all at t=0, "
+        f"round-robin; {_shares(jobs)} priority",
+        jobs,
+        high_bound=True,
+    )
+
+
+def short_stream(
+    duration: float, scale: float, seed: int, rate: float = 4.0, pressure: bool = False
+) -> Workload:
+    """A Poisson stream (``rate`` jobs/s for ``duration`` s) of short generate jobs (a
+    one-word prompt, 8 to 16 tokens: 30 to 100 ms) over the 5 ``STREAM_MODELS`` in their
+    shares, of mixed priority; with ``pressure``, the same stream (same seed) while another
+    program takes GPU memory in the outside-pressure workload's windows. It takes up to
+    5 GiB, not 3: the three largest of these small runners take 4.4 GiB with their CUDA
+    contexts, so 3 GiB would never be in their way; 5 GiB leaves room for about two."""
+    rng = random.Random(seed)
+    models, weights = tuple(STREAM_MODELS), tuple(STREAM_MODELS.values())
+    arrivals: list[float] = []
+    t = rng.expovariate(rate)
+    while t < duration:
+        arrivals.append(t)
+        t += rng.expovariate(rate)
+    jobs = [
+        BenchJob(
+            i,
+            at * scale,
+            rng.choices(models, weights=weights)[0],
+            "generate",
+            prio,
+            _ping(rng, i),
+            num_predict=rng.randint(8, 16),
+        )
+        for i, (at, prio) in enumerate(zip(arrivals, _priorities(rng, len(arrivals)), strict=True))
+    ]
+    note = (
+        f"{len(jobs)} short generate jobs (8-16 tokens) as a Poisson stream at {rate:g}/s for "
+        f"{duration:g} s over {len(models)} models ({_shares(jobs)} priority)"
+    )
+    if not pressure:
+        return Workload("stream", "8. short-job stream", note, jobs)
+    return Workload(
+        "stream_pressure",
+        "9. short-job stream, outside pressure",
+        f"{note}; another program holds up to 5 GiB during 2 windows covering half the run",
+        jobs,
+        pressure=_pressure_windows(duration, scale, 5120),
+    )
+
+
 def build(quick: bool, scale: float, seed: int) -> list[Workload]:
-    """The five job workloads (the sixth, the service alone, is in bench_service.py)."""
+    """The job workloads (workload 6, the service alone, is in bench_service.py)."""
     if quick:
         return [
             interleaved(4, scale, seed),
@@ -283,6 +398,9 @@ def build(quick: bool, scale: float, seed: int) -> list[Workload]:
             outside_pressure(8.0, scale, seed + 2),
             embed_mix(2, 12, scale, seed + 3),
             warm(40, scale, seed + 4),
+            mixed_burst(4, scale, seed + 5),
+            short_stream(8.0, scale, seed + 6),
+            short_stream(8.0, scale, seed + 6, pressure=True),
         ]
     return [
         interleaved(30, scale, seed),
@@ -290,6 +408,9 @@ def build(quick: bool, scale: float, seed: int) -> list[Workload]:
         outside_pressure(30.0, scale, seed + 2),
         embed_mix(6, 30, scale, seed + 3),
         warm(300, scale, seed + 4),
+        mixed_burst(30, scale, seed + 5),
+        short_stream(60.0, scale, seed + 6),
+        short_stream(60.0, scale, seed + 6, pressure=True),
     ]
 
 
@@ -318,3 +439,50 @@ def lower_bound(
     }
     binding = max(terms, key=lambda k: terms[k])
     return {"lb_s": terms[binding], "binding": binding, "terms": terms}
+
+
+def high_p95_bound(
+    wl: Workload, *, time_scale: float, num_parallel: int, q: float = 95.0
+) -> dict[str, Any] | None:
+    """The ``q``-th percentile (as :func:`tools.bench_procs.pct` takes it) of the
+    high-priority latencies no scheduler can beat, for a burst (see the module docstring);
+    seconds. None without high-priority jobs. Raises ValueError if a job arrives after 0.
+
+    Returns ``p95_s``; ``high_jobs``; ``rank`` r and ``rank_s`` B(r), ``next_s`` B(r + 1)
+    (the bounds of the two latencies ``pct`` interpolates between); ``models``, a
+    cheapest set of models holding r high jobs.
+    """
+    if any(j.at > 0.0 for j in wl.jobs):
+        raise ValueError(f"{wl.key}: not a burst, the bound needs every job at t = 0")
+    high = [j for j in wl.jobs if j.priority == "high"]
+    if not high:
+        return None
+    count = Counter(j.model for j in high)
+    shortest: dict[str, float] = {}
+    for j in high:
+        s = j.seconds(time_scale)
+        shortest[j.model] = min(s, shortest.get(j.model, s))
+    loads = {m: load_seconds(m, num_parallel, time_scale) for m in count}
+    sets = [g for k in range(1, len(count) + 1) for g in combinations(sorted(count), k)]
+
+    def earliest(rank: int) -> tuple[float, tuple[str, ...]]:
+        """B(rank) and its set: the rank-th smallest high latency is at least that."""
+        return min(
+            (sum(loads[m] for m in g) + min(shortest[m] for m in g), g)
+            for g in sets
+            if sum(count[m] for m in g) >= rank
+        )
+
+    pos = (len(high) - 1) * q / 100.0  # as pct(): 0-based, interpolated
+    lo = math.floor(pos)
+    frac = pos - lo
+    rank_s, models = earliest(lo + 1)
+    next_s = earliest(min(lo + 2, len(high)))[0]
+    return {
+        "p95_s": rank_s + (next_s - rank_s) * frac,
+        "high_jobs": len(high),
+        "rank": lo + 1,
+        "rank_s": rank_s,
+        "next_s": next_s,
+        "models": list(models),
+    }
