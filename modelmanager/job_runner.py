@@ -65,6 +65,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._calls: dict[str, Call] = {}  # job id -> its request in flight
         self._expected = 0  # taken from the queue, about to start (counted as in flight)
+        self._closed = False
         self._pool = ThreadPoolExecutor(config.ENGINE_THREADS, thread_name_prefix="job")
 
     def in_flight(self) -> int:
@@ -80,11 +81,15 @@ class JobRunner:
             self._expected = max(0, self._expected + n)
 
     def start(self, job: Job, backend: Backend, label: str) -> None:
-        """Run ``job`` (already claimed: status running, attempt counted) on ``backend``."""
+        """Run ``job`` (already claimed: status running, attempt counted) on ``backend``.
+        After :meth:`close` nothing starts: the job stays running in the store and runs
+        again at the next start, as after a crash."""
         call = Call()
         with self._lock:
-            self._calls[job.id] = call
             self._expected = max(0, self._expected - 1)
+            if self._closed:
+                return
+            self._calls[job.id] = call
         log.info("job %s started on %s (attempt %d)", job.id, label, job.attempts)
         self._pool.submit(self._run, job, backend, call)
 
@@ -104,6 +109,8 @@ class JobRunner:
     def close(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the jobs in flight, then abort the rest (they rerun
         at the next start). True if all ended in time."""
+        with self._lock:
+            self._closed = True
         deadline = time.monotonic() + timeout
         while self.in_flight() and time.monotonic() < deadline:
             time.sleep(0.02)

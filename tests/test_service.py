@@ -102,13 +102,14 @@ def test_aging_lets_a_waiting_low_job_overtake_later_high_jobs(sim: Any, make_se
 def test_high_priority_job_for_another_model_does_not_wait_for_a_low_backlog(
     gpu_state: Any, make_sim: Any, make_service: Any
 ) -> None:
-    # Ollama holds one model at a time; TEXT has a backlog of low-priority jobs. A
+    # Ollama holds one model at a time; TEXT has a long backlog of low-priority jobs. A
     # high-priority job for OTHER must not wait for that backlog: TEXT finishes the job
     # Ollama is running, makes way, and comes back after.
     sim = make_sim(vram_mb=24576, nvml_state=str(gpu_state), max_loaded_models=1)
     svc: Service = make_service(sim, OLLAMA_MAX_LOADED_MODELS=1)
     sim.set_gate(True)
-    lows = [svc.submit(model=TEXT, prompt=f"backlog {i}", priority="low") for i in range(8)]
+    long = {"options": {"num_predict": 3000}}
+    lows = [svc.submit(model=TEXT, prompt=f"backlog {i}", priority="low", **long) for i in range(8)]
     wait_until(lambda: svc.job(lows[0])["status"] == "running")
     high = svc.submit(model=OTHER, prompt="urgent", priority="high")
     sim.set_gate(False)
@@ -116,6 +117,25 @@ def test_high_priority_job_for_another_model_does_not_wait_for_a_low_backlog(
     assert all(d["status"] == "complete" for d in done.values())
     before_high = [i for i in lows if done[i]["started_at"] < done[high]["started_at"]]
     assert before_high == [lows[0]]  # only the job Ollama was already running
+
+
+def test_a_short_low_backlog_rides_along_before_a_high_job_for_another_model(
+    gpu_state: Any, make_sim: Any, make_service: Any
+) -> None:
+    """Evicting a model to save a high-priority job a few milliseconds would cost the
+    backlog a reload: the short backlog finishes first, and the model loads once."""
+    sim = make_sim(vram_mb=24576, nvml_state=str(gpu_state), max_loaded_models=1)
+    svc: Service = make_service(sim, OLLAMA_MAX_LOADED_MODELS=1)
+    warm = svc.submit(model=TEXT, prompt="learn the job time", priority="low")
+    svc.wait_done([warm])
+    sim.set_gate(True)
+    lows = [svc.submit(model=TEXT, prompt=f"short {i}", priority="low") for i in range(4)]
+    wait_until(lambda: svc.job(lows[0])["status"] == "running")
+    high = svc.submit(model=OTHER, prompt="urgent", priority="high")
+    sim.set_gate(False)
+    done = svc.wait_done([*lows, high])
+    assert all(done[i]["started_at"] < done[high]["started_at"] for i in lows)
+    assert [e["model"] for e in sim.stats()["load_events"]].count(TEXT) == 1
 
 
 # ----------------------------------------------------------------------- 2. grouping
@@ -318,7 +338,8 @@ def test_restart_reruns_unfinished_jobs_and_keeps_finished_results(
     sim.set_gate(True)
     unfinished = [svc.submit(model=TEXT, prompt=f"cut off {i}") for i in range(4)]
     wait_until(lambda: sum(svc.job(i)["status"] == "running" for i in unfinished) == 2)
-    svc.manager.jobs.close(timeout=0)  # the "crash": running jobs stay running in the store
+    svc.manager.scheduler.stop()  # the "crash": nothing more is started,
+    svc.manager.jobs.close(timeout=0)  # and running jobs stay running in the store
     svc.stop()
     sim.set_gate(False)
     again: Service = make_service(sim)
