@@ -73,8 +73,15 @@ class Config:
     OLLAMA_NUM_PARALLEL: int = _setting(
         1,
         "Requests Ollama runs at once per model (its OLLAMA_NUM_PARALLEL; embedding "
-        "models 1); the manager sends no more, so waiting jobs stay in its priority queue.",
+        "models 1); the manager sends no more than these plus DISPATCH_AHEAD, so waiting "
+        "jobs stay in its priority queue.",
         minimum=1,
+    )
+    DISPATCH_AHEAD: int = _setting(
+        1,
+        "Jobs sent to a model beyond the ones Ollama runs at once, so that a slot never "
+        "idles between two jobs (they wait in Ollama's runner, first come first served).",
+        minimum=0,
     )
     AGING_SECONDS: float = _setting(
         60.0, "A waiting job gains one priority level per this many seconds.", minimum=0.001
@@ -91,7 +98,10 @@ class Config:
     )
     RETRY_MAX_SECONDS: float = _setting(60.0, "Cap of the retry backoff.", minimum=0)
     REQUEST_TIMEOUT: float = _setting(
-        300.0, "Seconds to wait for one inference answer from Ollama.", minimum=0.1
+        300.0,
+        "Seconds Ollama may send nothing while answering a job (answers are streamed: "
+        "a long answer that keeps producing tokens never times out).",
+        minimum=0.1,
     )
     LOAD_TIMEOUT: float = _setting(900.0, "Seconds to wait for a model load.", minimum=0.1)
     MONITOR_INTERVAL: float = _setting(

@@ -64,6 +64,7 @@ def job_to_json(job: Job) -> dict[str, Any]:
         "completed_at": _iso(job.completed_at),
         "attempts": job.attempts,
         "metadata": job.metadata,
+        "source": job.source,
         "load_duration": job.timings.get("load_duration"),
         "total_duration": job.timings.get("total_duration"),
         "prompt_eval_count": job.timings.get("prompt_eval_count"),

@@ -64,4 +64,15 @@ class JobEnded:
     runner_crashed: bool = False
 
 
-Event = LoadEnded | UnloadEnded | PullEnded | JobEnded
+@dataclass(frozen=True)
+class KeepAliveSet:
+    """A client asked that the model ``model`` (an identity, :func:`modelmanager.names.
+    model_key`) stay loaded ``seconds`` once idle (0: unload it as soon as nothing else
+    needs it; negative: until evicted), as Ollama's ``keep_alive`` with an empty prompt
+    asks."""
+
+    model: str
+    seconds: float
+
+
+Event = LoadEnded | UnloadEnded | PullEnded | JobEnded | KeepAliveSet

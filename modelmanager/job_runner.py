@@ -39,6 +39,7 @@ from .ollama_client import InferenceResult
 from .plan import JobVerdict
 from .planner import after_job_error, backoff_delay
 from .store import Store
+from .streams import Ended, StreamHub
 
 log = get_logger("ENGINE")
 
@@ -54,8 +55,10 @@ class JobRunner:
         keep_alive: float,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        streams: StreamHub | None = None,
     ) -> None:
         self.store = store
+        self.streams = streams or StreamHub()
         self.registry = registry
         self.config = config
         self._post = post
@@ -138,12 +141,30 @@ class JobRunner:
         finally:
             with self._lock:
                 self._calls.pop(job.id, None)
-            self._post(ended or JobEnded(job, backend.name, JobOutcome.ABORTED))
+            ended = ended or JobEnded(job, backend.name, JobOutcome.ABORTED)
+            if self.streams.watched(job.id):
+                self.streams.end(job.id, self._ended(job, ended))
+            self._post(ended)
+
+    def _ended(self, job: Job, ended: JobEnded) -> Ended:
+        """What a subscriber to the job's stream learns of how its attempt ended."""
+        if ended.outcome is JobOutcome.FAILED:
+            stored = self.store.get(job.id, payload=False)
+            if stored is not None:
+                return Ended(ended.outcome.value, stored.error, stored.error_code)
+        return Ended(ended.outcome.value)
 
     def _send(self, job: Job, backend: Backend, call: Call) -> InferenceResult:
         fields = {k: v for k, v in job.payload.items() if k != "keep_alive"}
+        relay = None
+        if self.streams.watched(job.id):
+            job_id, publish = job.id, self.streams.publish
+
+            def relay(chunk: dict[str, Any]) -> None:
+                publish(job_id, chunk)
+
         return backend.client.infer(
-            job.kind.value, job.model, fields, keep_alive=self.keep_alive, call=call
+            job.kind.value, job.model, fields, keep_alive=self.keep_alive, call=call, on_chunk=relay
         )
 
     def _completed(self, job: Job, backend: Backend, res: InferenceResult) -> JobEnded:

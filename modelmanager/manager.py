@@ -29,6 +29,7 @@ from .residency import Residency
 from .resource_monitor import NvmlGpuSource, ResourceMonitor
 from .scheduler import Scheduler
 from .store import Store
+from .streams import StreamHub
 
 log = get_logger("SCHEDULER")
 syslog = get_logger("SYSTEM")
@@ -77,6 +78,7 @@ class Manager:
         # while models of a manager that died still expire eventually.
         ollama_keep_alive = config.MODEL_KEEP_ALIVE * 2 + 60
         self.residency = Residency(self.registry, self._post, keep_alive=ollama_keep_alive)
+        self.streams = StreamHub()  # answers in progress, for front doors that stream
         self.jobs = JobRunner(
             self.store,
             self.registry,
@@ -84,6 +86,7 @@ class Manager:
             self._post,
             keep_alive=ollama_keep_alive,
             clock=clock,
+            streams=self.streams,
         )
         self.scheduler = Scheduler(
             config,

@@ -93,6 +93,7 @@ class Job:
     idempotency_key: str | None = None
     seq: int = 0  # store insertion order: FIFO within a priority
     runner: str = ""
+    source: str = "api"  # the front door that took it: api (the job API), ollama, openai
 
 
 # ------------------------------------------------------------------------- resources

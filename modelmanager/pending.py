@@ -14,15 +14,18 @@ O(models), not O(jobs). Thread-safe: one lock.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import threading
+from collections import deque
 from collections.abc import Iterable
 
 from .models import Priority
 from .plan import Demand
 
 _PRIORITIES = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+ARRIVALS_KEPT = 1024  # submit times kept per runner, to estimate how fast jobs arrive
 
 
 def effective_rank(priority: Priority, submitted_at: float, now: float, aging: float) -> int:
@@ -51,6 +54,7 @@ class PendingIndex:
         self._delayed: list[tuple[float, int, str, str, Priority, float]] = []
         self._dead: set[str] = set()  # removed but still inside a heap (lazy deletion)
         self._names: dict[str, str] = {}  # runner -> a model name a client spelled it with
+        self._arrivals: dict[str, deque[float]] = {}  # runner -> submit times of new jobs
 
     def add(
         self,
@@ -63,12 +67,17 @@ class PendingIndex:
         now: float = 0.0,
         name: str | None = None,
     ) -> None:
-        """Index a waiting job (or re-index a retried one); ``name`` is the model name
-        its client sent, remembered per runner (:meth:`name_of`)."""
+        """Index a waiting job (or re-index a retried one). ``name`` is the model name a
+        client sent, given for a new job: it is remembered per runner (:meth:`name_of`)
+        and the job counts as an arrival (:meth:`arrivals_since`)."""
         with self._lock:
             self._dead.discard(job_id)
             if name is not None:
                 self._names.setdefault(model, name)
+                times = self._arrivals.get(model)
+                if times is None:
+                    times = self._arrivals[model] = deque(maxlen=ARRIVALS_KEPT)
+                times.append(submitted_at)
             if not_before > now:
                 heapq.heappush(
                     self._delayed, (not_before, seq, job_id, model, priority, submitted_at)
@@ -200,6 +209,16 @@ class PendingIndex:
             for job_id in ids:
                 self._where.pop(job_id, None)
             return ids
+
+    def arrivals_since(self, runner: str, since: float) -> int:
+        """How many new jobs for ``runner`` were submitted after ``since`` (of the last
+        :data:`ARRIVALS_KEPT`)."""
+        with self._lock:
+            times = self._arrivals.get(runner)
+            if not times:
+                return 0
+            ordered = list(times)
+        return len(ordered) - bisect.bisect_right(ordered, since)
 
     def name_of(self, runner: str) -> str | None:
         """A model name a client submitted a job of ``runner`` with, if one was seen."""

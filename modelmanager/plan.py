@@ -37,6 +37,8 @@ class RunnerView:
     slots: int = 1  # requests Ollama runs at once for it
     jobs_done: int = 0  # jobs finished since it became ready
     keep_alive: float | None = None  # idle seconds its last job asked for (None: default)
+    arrival_rate: float = 0.0  # new jobs per second for it lately (0: none, or too soon)
+    arrivals: int = 0  # new jobs for it since it loaded, in the last ARRIVAL_WINDOW seconds
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class PlannerSettings:
     unload_seconds: float = 0.5  # an unload plus the VRAM release after it
     weight_base: float = 10.0  # each priority level weighs this many times the next
     auto_pull: bool = False  # pull a model Ollama lacks instead of failing its jobs
+    dispatch_ahead: int = 0  # jobs sent beyond a runner's slots, queued in Ollama
 
 
 # ----------------------------------------------------------------------------- actions

@@ -14,28 +14,37 @@ Policy "demand_based", in the order of a pass:
    with other runner options waits for that runner to go. Otherwise it loads where its
    estimate fits in ``free - safety margin - loads in progress`` under Ollama's
    loaded-model cap and one load at a time. If it does not fit, room is made from, in
-   order: idle runners without waiting jobs (least recently used first), busy ones
+   order: idle runners without waiting jobs (fewest new jobs lately, then least recently
+   used, first), busy ones
    without waiting jobs (drained: they finish their jobs, then go), and runners that still
-   have waiting jobs, **only where the switch pays** (below).
+   have waiting jobs, **only where the switch pays** (below). A runner without waiting
+   jobs that still gets new ones (a stream) is spared until the group has waited as long
+   as reloading it would take: evicting it would most likely mean reloading it soon.
 4. **Dispatch**: every ready runner that is not being drained gets up to
-   ``min(MAX_CONCURRENT_PER_MODEL, its slots) - in flight`` more jobs.
+   ``min(MAX_CONCURRENT_PER_MODEL, its slots + DISPATCH_AHEAD) - in flight`` more jobs:
+   as many as Ollama runs at once, plus a few waiting in its runner so that a slot never
+   idles between two jobs (a newer, more urgent job for the same model waits for at
+   most those few).
 
 **A switch must pay for itself.** Evicting runner L, which still has waiting jobs, for
 group G is allowed only if G's best job strictly outranks L's, L has finished a job since
-it loaded (or been resident ``min_residency``), L would keep the seat longer than
-reloading it takes (``T_L`` > unload + L's load time), and the weighted waiting the switch
-saves exceeds the weighted waiting it causes::
+it loaded (or been resident ``min_residency``), L would need longer to finish its queue
+than the round trip of a switch takes (``T_L`` > ``away``: unload L, load G, run G's
+urgent jobs, reload L), and the weighted waiting the switch saves
+exceeds the weighted waiting it causes::
 
+    away = unload + G's load + G's urgent work + unload + L's load
     gain = W(G's jobs that outrank L) x T_L
-    cost = W(L's waiting jobs) x (2 unloads + G's load + G's urgent work + L's reload)
-         + W(every other group waiting for a load) x (an unload + L's reload)
+    cost = W(L's waiting jobs) x away + W(every other waiting job) x (unload + L's load)
 
-``T_L`` is how long L needs to finish its queue on its own ((waiting + in flight) x job
-seconds / slots); ``W`` sums job weights, ``weight_base ** (2 - effective rank)`` (high
+``T_L`` is how long L needs to finish its queue on its own: (waiting + in flight) x job
+seconds / slots, stretched by ``1 / (1 - rho)`` when new jobs keep arriving for it at a
+share ``rho`` of its capacity (infinite when it is fed as fast as it serves, as a
+low-priority stream would be); ``W`` sums job weights, ``weight_base ** (2 - effective rank)`` (high
 100, normal 10, low 1 by default; aging raises a job's weight with its rank). Keeping L
 makes G's urgent jobs wait ``T_L``; evicting it makes L's jobs wait while G loads and
-works and L loads again, and, since Ollama loads one model at a time, the extra load
-delays every group still waiting for one. So a burst in which every model has some high
+works and L loads again, and the extra load takes the one loader Ollama has and a seat,
+delaying the rest of the work that waits. So a burst in which every model has some high
 jobs runs each model's queue in one residency (the lower-priority jobs ride along),
 while a high-priority job still overtakes a long low-priority backlog.
 
@@ -45,6 +54,8 @@ Memory is in bytes throughout; a runner's memory counts until its unload is fini
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -73,6 +84,7 @@ from .plan import (
 from .runners import model_of
 
 MIB = 1024 * 1024
+ROLLOUT_GROUPS = 12  # at most this many equally urgent groups are compared for the next load
 
 
 def _mb(n: int) -> str:
@@ -153,14 +165,33 @@ class _Pass:
         return d.waiting * f.job_seconds / max(1, f.slots)
 
     def waiting_weight(self) -> float:
+        """The weight of every waiting job, held runners' included."""
         base = self.settings.weight_base
-        return sum(
-            demand_weight(d, base) for d in self.demands.values() if d.runner not in self.held
-        )
+        return sum(demand_weight(d, base) for d in self.demands.values())
 
     def fresh(self, v: RunnerView) -> bool:
         """Loaded so recently, with no job done yet, that it may not be evicted."""
         return v.jobs_done == 0 and self.now - v.loaded_at < self.settings.min_residency
+
+    @staticmethod
+    def time_to_idle(v: RunnerView, own: Demand, f: RunnerFacts) -> float:
+        """Seconds ``v`` needs to finish its queue on its own. New jobs arriving for it at
+        a share ``rho`` of what it can serve stretch that by ``1 / (1 - rho)``; fed at
+        or past its capacity, it never goes idle."""
+        work = (own.waiting + v.in_flight) * f.job_seconds / max(1, v.slots)
+        rho = v.arrival_rate * f.job_seconds / max(1, v.slots)
+        return work / (1.0 - rho) if rho < 1.0 else math.inf
+
+    def warm(self, v: RunnerView, group: Demand) -> bool:
+        """Whether ``v``, which has no waiting job, still gets new jobs and ``group`` has
+        not yet waited as long as reloading ``v`` would take. Evicting such a runner
+        would most likely mean loading it again soon: the group waits that long first
+        (and gathers more jobs to run per load), as a ski-rental rule would."""
+        if v.arrivals <= 0:
+            return False
+        f = self.facts.get(v.runner) or RunnerFacts(estimate_bytes=v.size_bytes)
+        reload = self.settings.unload_seconds + f.load_seconds
+        return self.now - group.oldest_submitted_at < reload
 
     def switch(self, group: Demand, v: RunnerView, others: float) -> tuple[bool, str]:
         """Whether evicting ``v`` (which has waiting jobs) for ``group`` pays (see the
@@ -171,7 +202,7 @@ class _Pass:
         fv = self.facts.get(v.runner) or RunnerFacts(estimate_bytes=v.size_bytes)
         fg = self.facts.get(group.runner) or RunnerFacts(estimate_bytes=None)
         base, unload = self.settings.weight_base, self.settings.unload_seconds
-        t_idle = (own.waiting + v.in_flight) * fv.job_seconds / max(1, v.slots)
+        t_idle = self.time_to_idle(v, own, fv)
         urgent = sum(
             n
             for n, r in zip(group.counts, group.ranks, strict=True)
@@ -179,12 +210,16 @@ class _Pass:
         )
         t_urgent = max(1, urgent) * fg.job_seconds / max(1, fg.slots)
         reload = unload + fv.load_seconds
-        if t_idle <= reload:  # it frees the seat before a reload would be done
+        away = unload + fg.load_seconds + t_urgent + reload
+        if t_idle <= away:  # it is done before the round trip of a switch would be
             return False, ""
         gain = demand_weight(group, base, below=own.rank) * t_idle
-        away = unload + fg.load_seconds + t_urgent + reload
-        cost = demand_weight(own, base) * away + others * reload
-        detail = f"switch gain {gain:.0f} > cost {cost:.0f} (weighted job-seconds)"
+        own_weight = demand_weight(own, base)
+        cost = own_weight * away + max(0.0, others - own_weight) * reload
+        if math.isinf(t_idle):
+            detail = "its queue is fed as fast as it serves it"
+        else:
+            detail = f"switch gain {gain:.0f} > cost {cost:.0f} (weighted job-seconds)"
         return gain > cost, detail
 
     def leave(self, v: RunnerView, reason: UnloadReason, group: str | None, detail: str) -> None:
@@ -211,11 +246,59 @@ class _Pass:
     def place_groups(self) -> None:
         waiting = [d for d in self.demands.values() if d.runner not in self.held]
         waiting.sort(key=lambda d: (d.rank, d.oldest_submitted_at - self.work(d)))
+        if len(self.backends) == 1 and len(waiting) > 1:
+            waiting = self.soonest_first(waiting, self.rooms[self.backends[0].name])
         total_waiting = self.waiting_weight()
         base = self.settings.weight_base
         for group in waiting:
             others = total_waiting - demand_weight(group, base)
             self.place(group, others)
+
+    def soonest_first(self, waiting: list[Demand], room: _Room) -> list[Demand]:
+        """Of the most urgent groups (same best rank), put first the one whose load now
+        lets all of them finish soonest (:func:`rollout`); the rest keep their order."""
+        tier = [d for d in waiting if d.rank == waiting[0].rank][:ROLLOUT_GROUPS]
+        jobs: list[tuple[str, float, float]] = []
+        for d in tier:
+            f = self.facts.get(d.runner)
+            if f is None or f.estimate_bytes is None:
+                return waiting
+            jobs.append((d.runner, f.load_seconds, self.work(d)))
+        if len(jobs) < 2:
+            return waiting
+        unload = self.settings.unload_seconds
+        seats: list[float] = [0.0] * max(0, room.view.max_loaded - room.seats)
+        loader = 0.0
+        for v in self.runners:
+            if v.backend != room.view.name:
+                continue
+            f = self.facts.get(v.runner) or RunnerFacts(estimate_bytes=v.size_bytes)
+            if v.state is RunnerState.LOADING:
+                ready = max(0.0, f.load_seconds - (self.now - v.loaded_at))
+                loader = max(loader, ready)
+                own = self.demands.get(v.runner)
+                work = self.work(own) if own is not None else 0.0
+                seats.append(ready + work + unload)
+            elif v.state is RunnerState.UNLOADING:
+                seats.append(unload)
+            else:
+                own = self.demands.get(v.runner)
+                busy = v.in_flight * f.job_seconds / max(1, v.slots)
+                if own is not None:
+                    busy = min(self.time_to_idle(v, own, f), 1e6)
+                seats.append(busy + unload)
+        seats.extend([1e6] * room.view.foreign)  # taken by others: not ours to plan
+        if not seats:
+            return waiting
+        best = min(
+            range(len(jobs)),
+            key=lambda i: (
+                rollout([jobs[i], *_longest_first(jobs[:i] + jobs[i + 1 :])], seats, loader),
+                i,
+            ),
+        )
+        first = next(d for d in waiting if d.runner == jobs[best][0])
+        return [first, *(d for d in waiting if d is not first)]
 
     def place(self, group: Demand, others: float) -> None:
         runner = group.runner
@@ -343,6 +426,9 @@ class _Pass:
             if (v.runner, v.backend) in self.leaving:
                 continue
             if v.runner not in self.demands:
+                if self.warm(v, group):
+                    blocked = True  # jobs keep coming for it: not yet worth a reload
+                    continue
                 (idle_free if v.in_flight == 0 else busy_free).append(v)
                 continue
             pays, detail = self.switch(group, v, others)
@@ -351,8 +437,10 @@ class _Pass:
                 paying.append((-own.rank, v, detail))  # least urgent first
             else:
                 blocked = True
-        idle_free.sort(key=lambda v: v.last_used)
-        busy_free.sort(key=lambda v: v.in_flight)
+        # the runner least likely to be needed again soon goes first: fewest new jobs
+        # lately, then least recently used
+        idle_free.sort(key=lambda v: (v.arrivals, v.last_used))
+        busy_free.sort(key=lambda v: (v.arrivals, v.in_flight))
         paying.sort(key=lambda item: (item[0], item[1].in_flight))
         ordered: list[tuple[RunnerView, UnloadReason, str]] = [
             *((v, UnloadReason.ROOM, "") for v in idle_free),
@@ -377,9 +465,30 @@ class _Pass:
             d = self.demands.get(v.runner)
             if d is None or not any(b.name == v.backend for b in self.backends):
                 continue
-            room = min(self.settings.max_concurrent_per_model, v.slots) - v.in_flight
+            ahead = self.settings.dispatch_ahead
+            room = min(self.settings.max_concurrent_per_model, v.slots + ahead) - v.in_flight
             if room > 0:
                 self.plan.actions.append(Dispatch(v.runner, v.backend, min(room, d.waiting)))
+
+
+def _longest_first(jobs: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    return sorted(jobs, key=lambda j: -j[2])
+
+
+def rollout(order: list[tuple[str, float, float]], seats: list[float], loader: float) -> float:
+    """When the last of ``order`` would finish: each (name, load s, work s) loads on the
+    one loader Ollama has, in turn, into the seat that frees first (``seats``: seconds
+    until each frees), then works; ``loader`` is when the loader is free. Memory is left
+    out: a quick estimate to choose which group to load next."""
+    free = sorted(seats)
+    end = 0.0
+    for _, load, work in order:
+        seat = free.pop(0)
+        done = max(loader, seat) + load
+        loader = done
+        end = max(end, done + work)
+        bisect.insort(free, done + work)
+    return end
 
 
 def plan(

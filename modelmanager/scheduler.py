@@ -28,7 +28,15 @@ from config import Config
 
 from .backend import Backend
 from .errors import ModelNotFound, OutOfMemory
-from .events import Event, JobEnded, JobOutcome, LoadEnded, PullEnded, UnloadEnded
+from .events import (
+    Event,
+    JobEnded,
+    JobOutcome,
+    KeepAliveSet,
+    LoadEnded,
+    PullEnded,
+    UnloadEnded,
+)
 from .job_runner import JobRunner
 from .logger import escape, get_logger
 from .model_registry import ModelRegistry, normalize
@@ -61,6 +69,9 @@ from .store import Store
 log = get_logger("SCHEDULER")
 
 IDLE_REFRESH = 2.0  # seconds between resource reads when nothing waits to be loaded
+WAIT_RELOG = 5.0  # seconds before a waiting runner's changed reason is logged again
+ARRIVAL_WINDOW = 10.0  # seconds of arrivals an arrival rate is measured over
+ARRIVAL_MIN_WINDOW = 2.0  # a runner ready for less than this has no arrival rate yet
 RECENT_EVENTS = 100  # loads, unloads and evictions kept for the dashboard
 
 _WAIT_TEXT = {
@@ -104,7 +115,7 @@ class _Held:
     def label(self) -> str:
         return describe(self.name, self.runner)
 
-    def view(self) -> RunnerView:
+    def view(self, arrival_rate: float = 0.0, arrivals: int = 0) -> RunnerView:
         return RunnerView(
             self.runner,
             self.backend,
@@ -116,6 +127,8 @@ class _Held:
             self.slots,
             self.jobs_done,
             self.keep_alive,
+            arrival_rate,
+            arrivals,
         )
 
 
@@ -181,6 +194,7 @@ class Scheduler:
             min_residency=config.MIN_RESIDENCY,
             keep_alive=config.MODEL_KEEP_ALIVE,
             auto_pull=config.AUTO_PULL,
+            dispatch_ahead=config.DISPATCH_AHEAD,
         )
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -196,7 +210,9 @@ class Scheduler:
         self._unload_failures: collections.Counter[str] = collections.Counter()
         self._unload_blocked_until: dict[str, float] = {}
         self._pulling: set[str] = set()  # model identities
-        self._waits: dict[str, WaitReason] = {}
+        self._waits: dict[str, WaitReason] = {}  # runner -> why it waits now
+        # runner -> the wait reason last logged for it, and when
+        self._wait_logged: dict[str, tuple[WaitReason, float]] = {}
         self._backend_up: dict[str, bool] = {}
         self.counters: collections.Counter[str] = collections.Counter()
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
@@ -265,7 +281,7 @@ class Scheduler:
         must_plan_loads = any(d.runner not in held_runners for d in demands)
         self._refresh(now, self.config.MONITOR_INTERVAL if must_plan_loads else IDLE_REFRESH)
         facts = self._facts([d.runner for d in demands] + list(held_runners), now)
-        views = [h.view() for h in self._held.values()]
+        views = [h.view(*self._arrivals(h, now)) for h in self._held.values()]
         result = plan(demands, views, self._backend_views(), facts, self.settings, now)
         self._carry_out(result, now)
         self._publish(now)
@@ -368,6 +384,19 @@ class Scheduler:
             )
         return out
 
+    def _arrivals(self, h: _Held, now: float) -> tuple[float, int]:
+        """New jobs for a ready runner since it loaded, over the last ARRIVAL_WINDOW
+        seconds: (per second, how many). Jobs already waiting when it loaded are its
+        backlog, not a stream. The rate is 0 until it has been ready ARRIVAL_MIN_WINDOW
+        seconds."""
+        if h.state is not RunnerState.READY:
+            return 0.0, 0
+        since = max(now - ARRIVAL_WINDOW, h.loaded_at)
+        count = self.pending.arrivals_since(h.runner, since)
+        if now - since < ARRIVAL_MIN_WINDOW:
+            return 0.0, count
+        return count / (now - since), count
+
     @staticmethod
     def _load_prior(estimate: int | None) -> float:
         """Load seconds before a model has loaded once: start-up plus 2 GB/s of weights."""
@@ -392,7 +421,7 @@ class Scheduler:
                 self._dispatch(action, now)
             elif isinstance(action, Wait):
                 waiting[action.runner] = action
-        self._log_waits(waiting)
+        self._log_waits(waiting, now)
         drained = {a.runner for a in result.actions if isinstance(a, Drain)}
         for h in self._held.values():
             if h.runner not in drained:
@@ -524,17 +553,22 @@ class Scheduler:
         for job in jobs:
             self.jobs.start(job, backend, h.label)
 
-    def _log_waits(self, waiting: dict[str, Wait]) -> None:
-        """One line per runner when it starts waiting or its reason changes."""
+    def _log_waits(self, waiting: dict[str, Wait], now: float) -> None:
+        """One line when a runner starts waiting, with its reason; while it keeps waiting,
+        a changed reason is logged at most every WAIT_RELOG seconds (a burst moves
+        reasons around quickly: memory, the cap, the one load at a time)."""
         for runner, wait in waiting.items():
-            if self._waits.get(runner) is wait.reason:
-                continue
             self._waits[runner] = wait.reason
+            logged = self._wait_logged.get(runner)
+            if logged is not None and (logged[0] is wait.reason or now - logged[1] < WAIT_RELOG):
+                continue
+            self._wait_logged[runner] = (wait.reason, now)
             detail = f" ({wait.detail})" if wait.detail else ""
             log.info("%s %s%s", self._label(runner), _WAIT_TEXT[wait.reason], detail)
         for runner in list(self._waits):
             if runner not in waiting:
                 del self._waits[runner]
+                self._wait_logged.pop(runner, None)
 
     def _remember(self, kind: str, label: str, what: str, detail: str, now: float) -> None:
         self._recent.append(
@@ -558,6 +592,10 @@ class Scheduler:
                 self._unload_ended(event, now)
             elif isinstance(event, PullEnded):
                 self._pull_ended(event)
+            elif isinstance(event, KeepAliveSet):
+                for h in self._held.values():
+                    if model_of(h.runner) == event.model:
+                        h.keep_alive = event.seconds
 
     def _job_ended(self, e: JobEnded, now: float) -> None:
         job = e.job

@@ -30,7 +30,7 @@ from .runners import runner_of
 _Inserted = list[tuple[Job, bool]]
 _Outcome = tuple[_Inserted | None, BaseException | None]  # what one insert_jobs call gets
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     not_before REAL NOT NULL DEFAULT 0,
     timings TEXT,
     idempotency_key TEXT UNIQUE,
-    runner TEXT NOT NULL DEFAULT ''
+    runner TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT 'api'
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model, status);
@@ -72,7 +73,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _COLUMNS = (
     "seq, id, model, kind, priority, status, payload, metadata, result, error, error_code, "
     "submitted_at, started_at, completed_at, attempts, not_before, timings, idempotency_key, "
-    "runner"
+    "runner, source"
 )
 
 # Reads for clients leave the payload (prompts, images: up to megabytes) in the database.
@@ -112,6 +113,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         idempotency_key=key,
         seq=seq,
         runner=row[18],
+        source=row[19],
     )
 
 
@@ -237,13 +239,17 @@ class Store:
         """Bring a store written by an older version up to :data:`SCHEMA_VERSION`.
 
         Version 2 adds ``jobs.runner`` (the runner key a job runs on, see
-        :mod:`modelmanager.runners`), filled in from each job's model and options.
+        :mod:`modelmanager.runners`), filled in from each job's model and options;
+        version 3 adds ``jobs.source`` (which front door took the job; older jobs came
+        through the job API).
         """
         db = self._writer
         columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
         with self._write(views=False) as tx:
             if "runner" not in columns:
                 tx.execute("ALTER TABLE jobs ADD COLUMN runner TEXT NOT NULL DEFAULT ''")
+            if "source" not in columns:
+                tx.execute("ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'api'")
             rows = tx.execute("SELECT id, model, payload FROM jobs WHERE runner = ''").fetchall()
             for job_id, model, payload in rows:
                 tx.execute(
@@ -409,8 +415,8 @@ class Store:
                 job.runner = runner_of(job.model, job.payload.get("options"))
             cur = db.execute(
                 "INSERT INTO jobs (id, model, kind, priority, status, payload, metadata,"
-                " submitted_at, attempts, not_before, idempotency_key, runner)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " submitted_at, attempts, not_before, idempotency_key, runner, source)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job.id,
                     job.model,
@@ -424,6 +430,7 @@ class Store:
                     job.not_before,
                     job.idempotency_key,
                     job.runner,
+                    job.source,
                 ),
             )
             job.seq = int(cur.lastrowid or 0)

@@ -38,6 +38,7 @@ from modelmanager.planner import (
     backoff_delay,
     demand_weight,
     plan,
+    rollout,
 )
 
 NOW = 10_000.0
@@ -278,27 +279,50 @@ def test_plan_loads_in_rank_order(demand: list[Demand], expected: list[str]) -> 
     assert run(demand, [], estimates, total=64, loads=1, max_loaded=10).loads == expected[:1]
 
 
-@pytest.mark.parametrize(
-    ("job_seconds", "expected"),
-    [
-        # a burst (same wait): the group with the most queued work starts first, so no
-        # long group is left running alone at the end
-        ({"small": 0.5, "big": 6.0}, ["big", "small"]),
-        # equal work: oldest wait first
-        ({"small": 0.5, "big": 0.5}, ["small", "big"]),
-        # a wait longer than the difference in work wins
-        ({"small": 0.5, "big": 4.0}, ["small", "big"]),
-    ],
-)
-def test_plan_same_priority_ranks_by_oldest_wait_plus_queued_work(
-    job_seconds: dict[str, float], expected: list[str]
-) -> None:
-    known = {n: RunnerFacts(estimate_bytes=gb(1), job_seconds=s) for n, s in job_seconds.items()}
-    demand = [want("small", 10, oldest=NOW - 40), want("big", 10, oldest=NOW - 1)]
-    assert run(demand, [], known=known, total=64, loads=10, max_loaded=10).loads == expected
+def test_plan_equally_urgent_groups_load_in_the_order_that_finishes_them_soonest() -> None:
+    """Eight models, all with high jobs, about three fit: the first load is the one after
+    which all of them finish soonest (loads go one at a time, each model then works
+    through its queue in a seat); the rest follow, longest queue first."""
+    figures = {  # load seconds, job seconds (30 jobs each): the simulator's small models
+        "phi3": (2.35, 0.181),
+        "gemma": (1.56, 0.109),
+        "smollm17": (1.23, 0.091),
+        "llama": (1.19, 0.091),
+        "qwen15": (1.16, 0.091),
+        "tiny": (0.85, 0.072),
+        "qwen05": (0.92, 0.054),
+        "smollm360": (0.67, 0.054),
+    }
+    known = {
+        n: RunnerFacts(estimate_bytes=gb(1), load_seconds=load, job_seconds=job)
+        for n, (load, job) in figures.items()
+    }
+    demand = [want(n, 30, rank=HIGH) for n in figures]
+    first = run(demand, [], known=known, total=64, loads=1).loads
+    groups = [(n, load, 30 * job) for n, (load, job) in figures.items()]
+
+    def finish(name: str) -> float:
+        rest = sorted((g for g in groups if g[0] != name), key=lambda g: -g[2])
+        return rollout([next(g for g in groups if g[0] == name), *rest], [0.0] * 3, 0.0)
+
+    assert first == [min(figures, key=finish)]
+    longest_first = finish("phi3")
+    assert finish(first[0]) < longest_first  # better than starting with the longest queue
     # priority still comes first
-    urgent = [want("small", 10, rank=HIGH, oldest=NOW), want("big", 10, oldest=NOW - 1)]
-    assert run(urgent, [], known=known, total=64, loads=10).loads == ["small", "big"]
+    urgent = [
+        want("tiny", 30, rank=HIGH),
+        *(want(n, 30, rank=NORMAL) for n in figures if n != "tiny"),
+    ]
+    assert run(urgent, [], known=known, total=64, loads=1).loads == ["tiny"]
+
+
+def test_rollout_loads_one_at_a_time_into_the_seat_that_frees_first() -> None:
+    # two seats: a frees at 1 s, b at 5 s; the loader is busy until 2 s
+    order = [("x", 1.0, 4.0), ("y", 0.5, 1.0), ("z", 2.0, 3.0)]
+    # x: loads 2-3 in seat a, works to 7; y: loads 3-3.5 in seat b (free at 5)... waits:
+    # seat b frees at 5, so y loads 5-5.5, works to 6.5; z takes the next free seat (6.5),
+    # loads 6.5-8.5, works to 11.5
+    assert rollout(order, [1.0, 5.0], 2.0) == 11.5
 
 
 def test_plan_higher_ranked_group_keeps_memory_from_lower_ones() -> None:
@@ -424,6 +448,28 @@ def test_plan_a_high_job_overtakes_a_low_backlog_only_when_the_switch_pays(
     if evicted:
         [unload] = result.of(Unload)
         assert "gain" in unload.detail and "cost" in unload.detail
+
+
+@pytest.mark.parametrize(
+    ("arrival_rate", "evicted"),
+    [
+        (0.0, False),  # a short backlog and nothing more coming: finish it
+        (5.0, False),  # half its capacity: the backlog still drains soon
+        (10.0, True),  # fed as fast as it serves: it would never go idle
+        (12.5, True),  # fed past its capacity: a backlog that only grows
+    ],
+)
+def test_plan_a_runner_fed_as_fast_as_it_serves_never_goes_idle(
+    arrival_rate: float, evicted: bool
+) -> None:
+    """A low-priority stream keeps its runner busy for ever: a high-priority job for
+    another model must not wait for it to go idle, however short its queue looks."""
+    loaded = RunnerView("loaded", B, READY, 1, NOW - 60, NOW, gb(12), 1, 50, None, arrival_rate)
+    demand = [want("loaded", 3, rank=LOW), want("g", rank=HIGH)]
+    result = run(demand, [loaded], {"g": 8}, known={"loaded": slow(0.1)})
+    assert (result.drains == {"loaded": UnloadReason.OUTRANKED}) is evicted
+    if evicted:
+        assert "fed as fast" in result.of(Drain)[0].detail
 
 
 def test_plan_in_a_mixed_priority_burst_a_loaded_runner_keeps_its_queue() -> None:

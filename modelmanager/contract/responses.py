@@ -129,6 +129,8 @@ class Job(_Answer):
     """Log probabilities of the output tokens, when asked for."""
     node: str | None = None
     """The Ollama server that ran the job."""
+    source: str = "api"
+    """The front door that took the job: `api` (this job API), `ollama` or `openai`."""
 
 
 class JobList(_Answer):
