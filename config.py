@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelmanager.errors import ConfigError
+from modelmanager.nodes import configured_nodes
 
 STRATEGIES = ("demand_based",)
 SYNC_MODES = ("FULL", "NORMAL")
@@ -55,6 +56,28 @@ class Config:
         1000, "Unfinished jobs accepted at once; beyond it submit answers 429.", minimum=1
     )
     # --- service, backend, reliability
+    OLLAMA_BACKENDS: str = _setting(
+        "",
+        "Ollama servers to drive, as name=url pairs separated by commas (names of a-z 0-9 "
+        "_ . -), e.g. gpu0=http://127.0.0.1:11434,box2=http://10.0.0.7:11434; empty: one "
+        "server named local at OLLAMA_BASE_URL.",
+    )
+    OLLAMA_BACKEND_GPUS: str = _setting(
+        "",
+        "Which of this host's GPUs each server on this host uses, as name=index[+index] "
+        "pairs (gpu0=0,gpu1=1); empty: one server here uses them all, several get one each "
+        "in order.",
+    )
+    BACKEND_GPU_URLS: str = _setting(
+        "",
+        "Model Managers that report the GPUs of servers on other hosts, as name=url pairs; "
+        "a server elsewhere defaults to its host at port 5001, then to VRAM_BUDGET_MB.",
+    )
+    NODE_STARTUP_TIMEOUT: float = _setting(
+        120.0,
+        "Seconds POST /api/v1/nodes waits for a new server to answer (504 after that).",
+        minimum=0.1,
+    )
     HOST: str = _setting("127.0.0.1", "Address the HTTP API binds to.")
     HTTP_PORT: int = _setting(5001, "Port of the HTTP API.", minimum=0, maximum=65535)
     HTTP_THREADS: int = _setting(
@@ -156,6 +179,13 @@ class Config:
         self.SQLITE_SYNCHRONOUS = self.SQLITE_SYNCHRONOUS.upper()
         if self.API_KEY and len(self.API_KEY) < MIN_API_KEY:
             raise ConfigError(f"API_KEY must be at least {MIN_API_KEY} characters long")
+        configured_nodes(  # checks the syntax; GPU counts are checked at start
+            self.OLLAMA_BACKENDS,
+            self.OLLAMA_BASE_URL,
+            self.OLLAMA_BACKEND_GPUS,
+            self.BACKEND_GPU_URLS,
+            None,
+        )
         if not self.OLLAMA_BASE_URL.startswith(("http://", "https://")):
             raise ConfigError(
                 f"OLLAMA_BASE_URL must start with http:// or https://, got {self.OLLAMA_BASE_URL!r}"

@@ -45,6 +45,7 @@ FLAGS = {
     "--host": ("HOST", "HOST"),
     "--http-port": ("HTTP_PORT", "PORT"),
     "--ollama-url": ("OLLAMA_BASE_URL", "URL"),
+    "--ollama-backends": ("OLLAMA_BACKENDS", "NAME=URL,..."),
     "--data-dir": ("DATA_DIR", "DIR"),
     "--log-file": ("LOG_FILE", "FILE"),
     "--vram-budget-mb": ("VRAM_BUDGET_MB", "MB"),

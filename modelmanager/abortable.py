@@ -36,11 +36,14 @@ class Call:
         self._lock = threading.Lock()
         self._conn: Any = None
         self.aborted = False
+        self.release = False  # aborted because its backend went away: run it elsewhere
 
-    def abort(self) -> None:
-        """Close the request's connection now (or as soon as it opens). Idempotent."""
+    def abort(self, *, release: bool = False) -> None:
+        """Close the request's connection now (or as soon as it opens). Idempotent.
+        ``release``: the job should go back to the queue (its backend is gone), not end."""
         with self._lock:
             self.aborted = True
+            self.release = self.release or release
             conn = self._conn
         _shut(conn)
 

@@ -19,11 +19,14 @@ from config import Config
 
 from .contract import MAX_BATCH, Submission, parse_jobs_query, validate_submission
 from .errors import Conflict, InvalidRequest, NotFound, QueueFull, ServiceUnavailable
+from .fleet import Fleet
+from .gpu_api import local_devices, local_driver
 from .job_runner import JobRunner
 from .logger import get_logger
 from .model_registry import ModelRegistry, normalize
 from .models import Job, JobKind, JobStatus, ResourceSnapshot
 from .pending import PendingIndex
+from .resource_monitor import NvmlGpuSource
 from .runners import runner_of
 from .scheduler import Scheduler
 from .store import Store
@@ -65,6 +68,7 @@ def job_to_json(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "metadata": job.metadata,
         "source": job.source,
+        "node": job.node,
         "load_duration": job.timings.get("load_duration"),
         "total_duration": job.timings.get("total_duration"),
         "prompt_eval_count": job.timings.get("prompt_eval_count"),
@@ -91,6 +95,8 @@ class Api:
         jobs: JobRunner,
         *,
         clock: Callable[[], float] = time.time,
+        fleet: Fleet | None = None,
+        gpu: NvmlGpuSource | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -98,6 +104,8 @@ class Api:
         self.registry = registry
         self.scheduler = scheduler
         self.jobs = jobs
+        self.fleet = fleet
+        self.gpu = gpu
         self._clock = clock
         self.accepting = True
         self.started_at = clock()
@@ -256,8 +264,29 @@ class Api:
     # ------------------------------------------------------------------------ status
 
     def _resources(self) -> ResourceSnapshot | None:
+        """Every backend's last read, added up (devices and loaded models of all)."""
+        read = [b.resources for b in self.scheduler.snapshot().backends if b.resources]
+        if not read:
+            return None
+        if len(read) == 1:
+            return read[0]
+        sources = {r.source for r in read}
+        return ResourceSnapshot(
+            taken_at=min(r.taken_at for r in read),
+            source=sources.pop() if len(sources) == 1 else "mixed",
+            total_bytes=sum(r.total_bytes for r in read),
+            used_bytes=sum(r.used_bytes for r in read),
+            free_bytes=sum(r.free_bytes for r in read),
+            devices=tuple(d for r in read for d in r.devices),
+            loaded=tuple(m for r in read for m in r.loaded),
+            backend_up=all(r.backend_up for r in read),
+            backend_error="; ".join(r.backend_error for r in read if r.backend_error) or None,
+        )
+
+    def _device_nodes(self) -> list[str]:
+        """The backend of each device of :meth:`_resources`, in the same order."""
         backends = self.scheduler.snapshot().backends
-        return backends[0].resources if backends else None
+        return [b.name for b in backends if b.resources for _ in b.resources.devices]
 
     def stats(self) -> dict[str, Any]:
         published = self.scheduler.snapshot()
@@ -293,6 +322,8 @@ class Api:
                 },
                 "gpus": [
                     {
+                        "node": node,
+                        "device": f"{node}:gpu{d.index}",
                         "index": d.index,
                         "name": d.name,
                         "uuid": d.uuid,
@@ -303,7 +334,9 @@ class Api:
                         "temperature_c": d.temperature_c,
                         "error": d.error,
                     }
-                    for d in (snap.devices if snap else ())
+                    for d, node in zip(
+                        snap.devices if snap else (), self._device_nodes(), strict=False
+                    )
                 ],
                 "backend_up": published.backend_up(),
             },
@@ -363,5 +396,36 @@ class Api:
                 "error": snap.backend_error if snap else "not read yet",
             },
             "vram_source": snap.source if snap else None,
+            "nodes": [
+                {
+                    "name": b.name,
+                    "url": b.url,
+                    "up": b.resources is not None and b.resources.backend_up,
+                }
+                for b in self.scheduler.snapshot().backends
+            ],
             "uptime_seconds": round(self._clock() - self.started_at, 3),
         }
+
+    # ------------------------------------------------------------------------- nodes
+
+    def nodes(self) -> dict[str, Any]:
+        return self._fleet().describe()
+
+    def add_node(self, body: Any) -> dict[str, Any]:
+        return self._fleet().register(body)
+
+    def remove_node(self, name: str) -> dict[str, Any]:
+        return self._fleet().unregister(name)
+
+    def _fleet(self) -> Fleet:
+        if self.fleet is None:
+            raise ServiceUnavailable("this service manages no nodes")
+        return self.fleet
+
+    def gpu_devices(self) -> dict[str, Any]:
+        """This host's GPUs through NVML (``[]`` with no GPU or no NVML)."""
+        return {"devices": local_devices(self.gpu)}
+
+    def gpu_driver(self) -> dict[str, Any]:
+        return local_driver(self.gpu)

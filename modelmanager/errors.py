@@ -94,6 +94,13 @@ class QueueFull(ApiError):
     code = "QUEUE_FULL"
 
 
+class GatewayTimeout(ApiError):
+    """A backend did not answer in time (e.g. a node being registered)."""
+
+    status = 504
+    code = "NODE_UNHEALTHY"
+
+
 class ServiceUnavailable(ApiError):
     status = 503
     code = "BACKEND_UNAVAILABLE"

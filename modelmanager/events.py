@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import OllamaError
 from .models import Job
@@ -75,4 +76,19 @@ class KeepAliveSet:
     seconds: float
 
 
-Event = LoadEnded | UnloadEnded | PullEnded | JobEnded | KeepAliveSet
+@dataclass(frozen=True)
+class NodeAdded:
+    """A backend was registered (its health checked): plan with it from now on."""
+
+    backend: Any  # modelmanager.backend.Backend
+
+
+@dataclass(frozen=True)
+class NodeDraining:
+    """Stop feeding backend ``name``; once its jobs are done and its models unloaded it
+    is removed."""
+
+    name: str
+
+
+Event = LoadEnded | UnloadEnded | PullEnded | JobEnded | KeepAliveSet | NodeAdded | NodeDraining

@@ -28,6 +28,7 @@ from .errors import (
     Unauthorized,
 )
 from .logger import get_logger
+from .nodes_api import register_node_routes
 
 log = get_logger("API")
 
@@ -200,6 +201,8 @@ def create_app(api: Api, config: Config) -> Flask:
     @app.get("/api/stats")
     def stats() -> Response:
         return _json(api.stats())
+
+    register_node_routes(app, api, _body)
 
     @app.get("/api/openapi.json")
     def openapi() -> Response:

@@ -37,9 +37,9 @@ from .model_registry import ModelRegistry
 from .models import Job, JobKind
 from .ollama_client import InferenceResult
 from .plan import JobVerdict
-from .planner import after_job_error, backoff_delay
 from .store import Store
 from .streams import Ended, StreamHub
+from .verdicts import after_job_error, backoff_delay
 
 log = get_logger("ENGINE")
 
@@ -67,6 +67,7 @@ class JobRunner:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._calls: dict[str, Call] = {}  # job id -> its request in flight
+        self._nodes: dict[str, str] = {}  # job id -> the backend it runs on
         self._expected = 0  # taken from the queue, about to start (counted as in flight)
         self._closed = False
         self._pool = ThreadPoolExecutor(config.ENGINE_THREADS, thread_name_prefix="job")
@@ -93,6 +94,7 @@ class JobRunner:
             if self._closed:
                 return
             self._calls[job.id] = call
+            self._nodes[job.id] = backend.name
         log.info("job %s started on %s (attempt %d)", job.id, label, job.attempts)
         self._pool.submit(self._run, job, backend, call)
 
@@ -108,6 +110,19 @@ class JobRunner:
         for call in calls:
             call.abort()
         return len(calls)
+
+    def release(self, node: str) -> int:
+        """Abort the requests in flight on backend ``node`` and put their jobs back in the
+        queue without using up their attempt (the backend went away). Returns how many."""
+        with self._lock:
+            calls = [c for j, c in self._calls.items() if self._nodes.get(j) == node]
+        for call in calls:
+            call.abort(release=True)
+        return len(calls)
+
+    def in_flight_on(self, node: str) -> int:
+        with self._lock:
+            return sum(1 for j in self._calls if self._nodes.get(j) == node)
 
     def close(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the jobs in flight, then abort the rest (they rerun
@@ -131,6 +146,10 @@ class JobRunner:
             try:
                 res = self._send(job, backend, call)
             except OllamaError as exc:
+                if isinstance(exc, RequestAborted) and call.release:
+                    exc = BackendUnavailable(
+                        f"node {backend.name} went away", model=job.model, reached=False
+                    )
                 ended = self._failed(job, backend, exc)
                 return
             except Exception as exc:
@@ -141,6 +160,7 @@ class JobRunner:
         finally:
             with self._lock:
                 self._calls.pop(job.id, None)
+                self._nodes.pop(job.id, None)
             ended = ended or JobEnded(job, backend.name, JobOutcome.ABORTED)
             if self.streams.watched(job.id):
                 self.streams.end(job.id, self._ended(job, ended))

@@ -18,15 +18,15 @@ from typing import IO
 from config import Config
 
 from .api import Api
-from .backend import Backend
 from .errors import DataDirLocked
+from .fleet import Fleet
 from .job_runner import JobRunner
 from .logger import get_logger
 from .model_registry import ModelRegistry
 from .ollama_client import OllamaClient
 from .pending import PendingIndex
 from .residency import Residency
-from .resource_monitor import NvmlGpuSource, ResourceMonitor
+from .resource_monitor import NvmlGpuSource
 from .scheduler import Scheduler
 from .store import Store
 from .streams import StreamHub
@@ -50,29 +50,25 @@ class Manager:
         data.mkdir(parents=True, exist_ok=True)
         self._lockfile = _lock_data_dir(data)
         self.store = Store(data / "jobs.db", synchronous=config.SQLITE_SYNCHRONOUS)
-        self.client = client or OllamaClient(
-            config.OLLAMA_BASE_URL,
-            timeout=config.REQUEST_TIMEOUT,
-            load_timeout=config.LOAD_TIMEOUT,
-        )
-        monitor = ResourceMonitor(
-            self.client.ps, gpu=gpu, budget_bytes=config.budget_bytes, clock=clock
-        )
-        self.backend = Backend(
-            "default",
-            config.OLLAMA_BASE_URL,
-            self.client,
-            monitor,
-            max_loaded=config.OLLAMA_MAX_LOADED_MODELS,
-            num_parallel=config.OLLAMA_NUM_PARALLEL,
-        )
+        self.gpu = gpu
+        self.fleet = Fleet(config, self.store, gpu=gpu, clock=clock)
+        try:
+            backends = self.fleet.build(client)
+        except BaseException:
+            self.store.close()
+            self._lockfile.close()
+            raise
+        self.backend = backends[0]  # the first configured one (compatibility)
+        self.client = self.backend.client
         self.registry = ModelRegistry(
             self.store,
             multiplier=config.VRAM_ESTIMATION_MULTIPLIER,
-            tags=self.client.tags,
-            show=self.client.show,
+            tags=None,
+            show=self.fleet.show,
             clock=clock,
         )
+        for backend in backends:
+            self.registry.add_source(backend.name, backend.client.tags)
         self.pending = PendingIndex(config.AGING_SECONDS)
         # Ollama keeps our models longer than we do, so the manager always unloads first,
         # while models of a manager that died still expire eventually.
@@ -93,12 +89,14 @@ class Manager:
             store=self.store,
             pending=self.pending,
             registry=self.registry,
-            backends=[self.backend],
+            backends=backends,
             residency=self.residency,
             jobs=self.jobs,
             clock=clock,
         )
         self.scheduler.hooks.append(self.housekeeping)
+        self.scheduler.on_removed.append(self.fleet.removed)
+        self.fleet.attach(self._post, self.scheduler.snapshot)
         self.api = Api(
             config,
             self.store,
@@ -107,6 +105,8 @@ class Manager:
             self.scheduler,
             self.jobs,
             clock=clock,
+            fleet=self.fleet,
+            gpu=gpu,
         )
         self._stopped = False
 
@@ -126,9 +126,10 @@ class Manager:
                 failed,
             )
         n = self.pending.add_many(self.store.waiting_jobs(), now)
+        nodes = ", ".join(f"{b.name} at {b.url}" for b in self.scheduler.backends.values())
         syslog.info(
-            "Model Manager started: Ollama at %s, %d job(s) waiting, store %s",
-            self.config.OLLAMA_BASE_URL,
+            "Model Manager started: Ollama %s, %d job(s) waiting, store %s",
+            nodes,
             n,
             self.store.path,
         )
@@ -147,7 +148,7 @@ class Manager:
             "stopped%s", "" if drained else f"; jobs still running after {timeout}s will rerun"
         )
         self.residency.close()
-        self.backend.close()
+        self.fleet.close()
         self.store.close()
         self._lockfile.close()
 

@@ -147,14 +147,13 @@ class ModelRegistry:
         store: Store,
         *,
         multiplier: float,
-        tags: Callable[[], list[dict[str, Any]]],
+        tags: Callable[[], list[dict[str, Any]]] | None,
         show: Callable[[str], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
         tags_ttl: float = 10.0,
     ) -> None:
         self.store = store
         self.multiplier = multiplier
-        self._tags = tags
         self._show = show
         self._clock = clock
         self._tags_ttl = tags_ttl
@@ -165,36 +164,72 @@ class ModelRegistry:
             self._learned[key] = _sane(entry)
         self._raised: dict[str, int] = {}  # runner -> failure-raised estimate (memory only)
         self._job_seconds: dict[str, float] = {}
-        self._installed: dict[str, dict[str, Any]] | None = None
+        self._installed: dict[str, dict[str, Any]] | None = None  # every backend's, merged
+        self._sources: dict[str, Callable[[], list[dict[str, Any]]]] = {"": tags} if tags else {}
+        self._per_backend: dict[str, dict[str, dict[str, Any]]] = {}
         self._tags_at = -1e18
         self._kv: dict[str, tuple[int, int]] = {}  # model -> (KV bytes per token, max ctx)
         self._show_failed_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ Ollama's list
 
+    def add_source(self, backend: str, tags: Callable[[], list[dict[str, Any]]]) -> None:
+        """List ``backend``'s installed models too (its ``/api/tags``)."""
+        with self._lock:
+            self._sources[backend] = tags
+            self._tags_at = -1e18
+
+    def remove_source(self, backend: str) -> None:
+        with self._lock:
+            self._sources.pop(backend, None)
+            self._per_backend.pop(backend, None)
+            self._merge_locked()
+
     def refresh_tags(self, *, force: bool = False) -> bool:
-        """Re-read ``/api/tags`` if stale (or forced). False if Ollama is unreachable."""
+        """Re-read every backend's ``/api/tags`` if stale (or forced). False if no backend
+        answered."""
         now = self._clock()
         if not force and now - self._tags_at < self._tags_ttl and self._installed is not None:
             return True
-        try:
-            models = self._tags()
-        except OllamaError as exc:
-            log.debug("cannot list Ollama's models: %s", exc)
-            return False
-        installed = {normalize(str(m.get("name") or m.get("model"))): m for m in models}
         with self._lock:
-            self._installed = installed
-            self._tags_at = now
-        return True
+            sources = dict(self._sources)
+        answered = False
+        for backend, tags in sources.items():
+            try:
+                models = tags()
+            except OllamaError as exc:
+                log.debug("cannot list the models of %s: %s", backend or "Ollama", exc)
+                continue
+            answered = True
+            listed = {normalize(str(m.get("name") or m.get("model"))): m for m in models}
+            with self._lock:
+                self._per_backend[backend] = listed
+        with self._lock:
+            if answered:
+                self._merge_locked()
+                self._tags_at = now
+        return answered
+
+    def _merge_locked(self) -> None:
+        merged: dict[str, dict[str, Any]] = {}
+        for listed in self._per_backend.values():
+            for key, tag in listed.items():
+                merged.setdefault(key, tag)
+        self._installed = merged if self._per_backend else None
 
     def installed(self, model: str) -> bool | None:
-        """True/False once Ollama answered; None while it never has. ``model`` may be a
-        name in any spelling or a runner key."""
+        """True/False once a backend answered; None while none ever has. ``model`` may be
+        a name in any spelling or a runner key."""
         with self._lock:
             if self._installed is None:
                 return None
             return model_of(normalize(model)) in self._installed
+
+    def installed_on(self, model: str) -> frozenset[str]:
+        """The backends whose ``/api/tags`` listed the model."""
+        key = model_of(normalize(model))
+        with self._lock:
+            return frozenset(b for b, listed in self._per_backend.items() if key in listed)
 
     def stored_name(self, model: str) -> str | None:
         """The model's name as Ollama stores (and reports) it, if ``/api/tags`` listed it."""

@@ -94,6 +94,7 @@ class Job:
     seq: int = 0  # store insertion order: FIFO within a priority
     runner: str = ""
     source: str = "api"  # the front door that took it: api (the job API), ollama, openai
+    node: str | None = None  # the backend that runs (or ran) its latest attempt
 
 
 # ------------------------------------------------------------------------- resources

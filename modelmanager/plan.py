@@ -70,6 +70,7 @@ class RunnerFacts:
     installed: bool | None = True  # None: Ollama has not answered yet
     pulling: bool = False
     blocked_until: float = 0.0  # the last load failed: no new try before this
+    backends: frozenset[str] | None = None  # where Ollama has the model (None: anywhere)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class BackendView:
     ``free_bytes`` is free memory now (NVML, which sees other programs, or a budget minus
     ``/api/ps``); memory of runners still loading is *not* yet in it. ``foreign`` counts
     models Ollama lists in ``/api/ps`` that the manager holds no runner for (they take a
-    seat under Ollama's cap and their memory is in ``free_bytes``).
+    seat under Ollama's cap and their memory is in ``free_bytes``). ``devices`` are its
+    GPUs' (total, free) bytes, so that loads are planned where Ollama places them
+    (:mod:`modelmanager.rooms`).
     """
 
     name: str
@@ -89,6 +92,8 @@ class BackendView:
     max_loaded: int
     max_parallel_loads: int = 1
     foreign: int = 0
+    devices: tuple[tuple[int, int], ...] = ()  # (total, free) per GPU; () plans the totals
+    draining: bool = False  # being removed: no new loads, no new jobs
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,24 @@ Policy "demand_based", in the order of a pass:
    effective priority (aging included), then the most overdue: oldest submit time minus
    the group's estimated queued work, so in a burst the longest group starts first.
 3. **Place each group**, best first. A group Ollama lacks fails (or is pulled with
-   ``AUTO_PULL``); one whose measured size exceeds the GPU fails; one whose model is held
-   with other runner options waits for that runner to go. Otherwise it loads where its
-   estimate fits in ``free - safety margin - loads in progress`` under Ollama's
-   loaded-model cap and one load at a time. If it does not fit, room is made from, in
+   ``AUTO_PULL``); one whose measured size exceeds every backend fails; one whose model a
+   backend holds with other runner options waits there for that runner to go. Otherwise
+   it loads on the backend where its estimate fits now (``free - safety margin - loads in
+   progress`` on one GPU, or spread over all of the backend's GPUs, as Ollama places it;
+   :mod:`modelmanager.rooms`) under Ollama's loaded-model cap and one load at a time,
+   the one with the most room first. If it fits nowhere, room is made on the backend
+   where that is cheapest, from, in
    order: idle runners without waiting jobs (fewest new jobs lately, then least recently
    used, first), busy ones
    without waiting jobs (drained: they finish their jobs, then go), and runners that still
    have waiting jobs, **only where the switch pays** (below). A runner without waiting
    jobs that still gets new ones (a stream) is spared until the group has waited as long
    as reloading it would take: evicting it would most likely mean reloading it soon.
-4. **Dispatch**: every ready runner that is not being drained gets up to
+4. **Replicas**: a runner whose queue would take longer than twice its load time gets a
+   second copy on another backend that has room to spare once every waiting group is
+   placed (the same reasoning as a switch: the copy pays when the time it saves the
+   queue exceeds the load it costs), and both are fed.
+5. **Dispatch**: every ready runner (each copy) that is not being drained gets up to
    ``min(MAX_CONCURRENT_PER_MODEL, its slots + DISPATCH_AHEAD) - in flight`` more jobs:
    as many as Ollama runs at once, plus a few waiting in its runner so that a slot never
    idles between two jobs (a newer, more urgent job for the same model waits for at
@@ -54,10 +61,8 @@ Memory is in bytes throughout; a runner's memory counts until its unload is fini
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from .plan import (
     BackendView,
@@ -66,10 +71,7 @@ from .plan import (
     Drain,
     Fail,
     FailCode,
-    JobDecision,
-    JobVerdict,
     Load,
-    LoadDecision,
     Plan,
     PlannerSettings,
     Pull,
@@ -81,10 +83,14 @@ from .plan import (
     Wait,
     WaitReason,
 )
+from .rooms import Room, rollout
 from .runners import model_of
 
 MIB = 1024 * 1024
 ROLLOUT_GROUPS = 12  # at most this many equally urgent groups are compared for the next load
+REPLICA_FACTOR = 2.0  # a copy pays when the queue takes longer than this many loads
+
+_Victims = list[tuple[RunnerView, UnloadReason, str]]
 
 
 def _mb(n: int) -> str:
@@ -109,17 +115,6 @@ def demand_weight(d: Demand, base: float, below: int | None = None) -> float:
     return total
 
 
-@dataclass
-class _Room:
-    """One backend's memory and seats as this pass plans them."""
-
-    view: BackendView
-    free: int  # free now, after margin and loads in progress
-    incoming: int  # memory that unloads under way give back
-    seats: int  # runners held (any state) + foreign models
-    load_slots: int
-
-
 class _Pass:
     """The state of one planning pass (mutated as decisions are made)."""
 
@@ -141,20 +136,21 @@ class _Pass:
         self.plan = Plan()
         self.leaving: set[tuple[str, str]] = set()  # (runner, backend) unloading or drained
         margin = settings.safety_margin_bytes
-        self.rooms: dict[str, _Room] = {}
+        self.rooms: dict[str, Room] = {}
         for b in self.backends:
             mine = [v for v in self.runners if v.backend == b.name]
-            loading = [v for v in mine if v.state is RunnerState.LOADING]
-            unloading = [v for v in mine if v.state is RunnerState.UNLOADING]
-            self.rooms[b.name] = _Room(
-                view=b,
-                free=b.free_bytes - margin - sum(v.size_bytes for v in loading),
-                incoming=sum(v.size_bytes for v in unloading),
-                seats=len(mine) + b.foreign,
-                load_slots=b.max_parallel_loads - len(loading),
+            loading = [v.size_bytes for v in mine if v.state is RunnerState.LOADING]
+            room = Room.of(b, margin, loading)
+            room.incoming = sum(v.size_bytes for v in mine if v.state is RunnerState.UNLOADING)
+            room.seats = len(mine) + b.foreign
+            room.load_slots = b.max_parallel_loads - len(loading)
+            self.rooms[b.name] = room
+            self.leaving.update(
+                (v.runner, b.name) for v in mine if v.state is RunnerState.UNLOADING
             )
-            self.leaving.update((v.runner, b.name) for v in unloading)
+        self.usable = [r for r in self.rooms.values() if not r.view.draining]
         self.held = {v.runner for v in self.runners}
+        self.blocked_rooms: set[str] = set()  # rooms a waiting group could not get into
 
     # ------------------------------------------------------------------------ helpers
 
@@ -173,13 +169,17 @@ class _Pass:
         """Loaded so recently, with no job done yet, that it may not be evicted."""
         return v.jobs_done == 0 and self.now - v.loaded_at < self.settings.min_residency
 
-    @staticmethod
-    def time_to_idle(v: RunnerView, own: Demand, f: RunnerFacts) -> float:
-        """Seconds ``v`` needs to finish its queue on its own. New jobs arriving for it at
-        a share ``rho`` of what it can serve stretch that by ``1 / (1 - rho)``; fed at
-        or past its capacity, it never goes idle."""
-        work = (own.waiting + v.in_flight) * f.job_seconds / max(1, v.slots)
-        rho = v.arrival_rate * f.job_seconds / max(1, v.slots)
+    def copies(self, runner: str) -> list[RunnerView]:
+        return [v for v in self.runners if v.runner == runner]
+
+    def time_to_idle(self, v: RunnerView, own: Demand, f: RunnerFacts) -> float:
+        """Seconds ``v`` needs to finish its queue on its own (shared with its other
+        copies). New jobs arriving at a share ``rho`` of what it can serve stretch that
+        by ``1 / (1 - rho)``; fed at or past its capacity, it never goes idle."""
+        slots = sum(max(1, c.slots) for c in self.copies(v.runner)) or max(1, v.slots)
+        in_flight = sum(c.in_flight for c in self.copies(v.runner))
+        work = (own.waiting + in_flight) * f.job_seconds / slots
+        rho = v.arrival_rate * f.job_seconds / slots
         return work / (1.0 - rho) if rho < 1.0 else math.inf
 
     def warm(self, v: RunnerView, group: Demand) -> bool:
@@ -238,7 +238,10 @@ class _Pass:
         for v in self.runners:
             if v.state is not RunnerState.READY or v.in_flight or v.runner in self.demands:
                 continue
+            room = self.rooms.get(v.backend)
             keep = self.settings.keep_alive if v.keep_alive is None else v.keep_alive
+            if room is not None and room.view.draining:
+                keep = 0.0  # a backend being removed gives its models back once idle
             if keep >= 0 and self.now - v.last_used >= keep:
                 idle = f"idle for {self.now - v.last_used:.0f}s"
                 self.leave(v, UnloadReason.IDLE, None, idle)
@@ -246,17 +249,18 @@ class _Pass:
     def place_groups(self) -> None:
         waiting = [d for d in self.demands.values() if d.runner not in self.held]
         waiting.sort(key=lambda d: (d.rank, d.oldest_submitted_at - self.work(d)))
-        if len(self.backends) == 1 and len(waiting) > 1:
-            waiting = self.soonest_first(waiting, self.rooms[self.backends[0].name])
+        if self.usable and len(waiting) > 1:
+            waiting = self.soonest_first(waiting)
         total_waiting = self.waiting_weight()
         base = self.settings.weight_base
         for group in waiting:
             others = total_waiting - demand_weight(group, base)
             self.place(group, others)
 
-    def soonest_first(self, waiting: list[Demand], room: _Room) -> list[Demand]:
+    def soonest_first(self, waiting: list[Demand]) -> list[Demand]:
         """Of the most urgent groups (same best rank), put first the one whose load now
-        lets all of them finish soonest (:func:`rollout`); the rest keep their order."""
+        lets all of them finish soonest (:func:`~modelmanager.rooms.rollout`); the rest
+        keep their order."""
         tier = [d for d in waiting if d.rank == waiting[0].rank][:ROLLOUT_GROUPS]
         jobs: list[tuple[str, float, float]] = []
         for d in tier:
@@ -267,36 +271,37 @@ class _Pass:
         if len(jobs) < 2:
             return waiting
         unload = self.settings.unload_seconds
-        seats: list[float] = [0.0] * max(0, room.view.max_loaded - room.seats)
-        loader = 0.0
-        for v in self.runners:
-            if v.backend != room.view.name:
-                continue
-            f = self.facts.get(v.runner) or RunnerFacts(estimate_bytes=v.size_bytes)
-            if v.state is RunnerState.LOADING:
-                ready = max(0.0, f.load_seconds - (self.now - v.loaded_at))
-                loader = max(loader, ready)
+        seats: list[tuple[float, str]] = []
+        loaders: dict[str, float] = {}
+        for room in self.usable:
+            name = room.name
+            seats += [(0.0, name)] * max(0, room.view.max_loaded - room.seats)
+            loaders[name] = 0.0
+            for v in self.runners:
+                if v.backend != name:
+                    continue
+                f = self.facts.get(v.runner) or RunnerFacts(estimate_bytes=v.size_bytes)
                 own = self.demands.get(v.runner)
-                work = self.work(own) if own is not None else 0.0
-                seats.append(ready + work + unload)
-            elif v.state is RunnerState.UNLOADING:
-                seats.append(unload)
-            else:
-                own = self.demands.get(v.runner)
-                busy = v.in_flight * f.job_seconds / max(1, v.slots)
-                if own is not None:
-                    busy = min(self.time_to_idle(v, own, f), 1e6)
-                seats.append(busy + unload)
-        seats.extend([1e6] * room.view.foreign)  # taken by others: not ours to plan
+                if v.state is RunnerState.LOADING:
+                    ready = max(0.0, f.load_seconds - (self.now - v.loaded_at))
+                    loaders[name] = max(loaders[name], ready)
+                    work = self.work(own) if own is not None else 0.0
+                    seats.append((ready + work + unload, name))
+                elif v.state is RunnerState.UNLOADING:
+                    seats.append((unload, name))
+                else:
+                    busy = v.in_flight * f.job_seconds / max(1, v.slots)
+                    if own is not None:
+                        busy = min(self.time_to_idle(v, own, f), 1e6)
+                    seats.append((busy + unload, name))
         if not seats:
             return waiting
-        best = min(
-            range(len(jobs)),
-            key=lambda i: (
-                rollout([jobs[i], *_longest_first(jobs[:i] + jobs[i + 1 :])], seats, loader),
-                i,
-            ),
-        )
+
+        def finish(i: int) -> tuple[float, int]:
+            rest = sorted(jobs[:i] + jobs[i + 1 :], key=lambda j: -j[2])
+            return rollout([jobs[i], *rest], seats, loaders), i
+
+        best = min(range(len(jobs)), key=finish)
         first = next(d for d in waiting if d.runner == jobs[best][0])
         return [first, *(d for d in waiting if d is not first)]
 
@@ -304,65 +309,61 @@ class _Pass:
         runner = group.runner
         f = self.facts.get(runner)
         wait = self.plan.actions.append
-        if f is None or f.estimate_bytes is None:
-            if f is not None and f.installed is False:
-                self.missing(group)
-            elif f is not None and f.pulling:
-                wait(Wait(runner, WaitReason.PULLING))
-            else:
-                wait(Wait(runner, WaitReason.SIZE_UNKNOWN))
-            return
-        if f.installed is False:
+        if f is not None and f.installed is False:
             self.missing(group)
             return
-        if f.pulling:
+        if f is not None and f.pulling:
             wait(Wait(runner, WaitReason.PULLING))
             return
-        if not self.backends:
+        if f is None or f.estimate_bytes is None:
+            wait(Wait(runner, WaitReason.SIZE_UNKNOWN))
+            return
+        if not self.usable:
             wait(Wait(runner, WaitReason.BACKEND_DOWN))
             return
         if f.blocked_until > self.now:
             wait(Wait(runner, WaitReason.BACKOFF, f"{f.blocked_until - self.now:.1f}s left"))
             return
         margin = self.settings.safety_margin_bytes
-        capacity = max(b.total_bytes - margin for b in self.backends)
+        capacity = max(room.largest() for room in self.usable)
         need = f.estimate_bytes
         measured = f.evidence_bytes if f.evidence_bytes is not None else need
-        known = any(b.total_bytes > 0 for b in self.backends)
+        known = any(room.view.total_bytes > 0 for room in self.usable)
         if known and measured > capacity:
             self.plan.actions.append(
                 Fail(
                     runner,
                     FailCode.MODEL_TOO_LARGE,
-                    f"needs about {_mb(measured)} of VRAM but the GPU has "
-                    f"{_mb(max(capacity, 0))} in all (after the {_mb(margin)} safety margin)",
+                    f"needs about {_mb(measured)} of VRAM but the largest GPU (or GPUs) has "
+                    f"{_mb(max(capacity, 0))} (after the {_mb(margin)} safety margin)",
                 )
             )
             return
         if known and need > capacity:
             need = max(capacity, 0)  # failures raised it past the GPU: try it alone
-        if self.switch_runner(group, others):
-            return
-        room = self.rooms[self.backends[0].name]
-        self.fit(group, need, room, others)
+        self.fit(group, need, others)
 
     def missing(self, group: Demand) -> None:
-        if self.settings.auto_pull and self.backends:
-            self.plan.actions.append(Pull(group.runner, self.backends[0].name))
+        if self.settings.auto_pull and self.usable:
+            self.plan.actions.append(Pull(group.runner, self.usable[0].name))
         else:
             self.plan.actions.append(
                 Fail(group.runner, FailCode.MODEL_NOT_FOUND, "not installed in Ollama")
             )
 
-    def switch_runner(self, group: Demand, others: float) -> bool:
-        """Ollama holds one runner per model: before a runner with other options can load,
-        the model's current one must go (if the group may displace it); the group waits."""
-        model = model_of(group.runner)
-        rivals = [v for v in self.runners if v.runner != group.runner]
-        rivals = [v for v in rivals if model_of(v.runner) == model]
-        if not rivals:
-            return False
-        for v in rivals:
+    def rivals(self, runner: str, room: Room) -> list[RunnerView]:
+        """Runners of the same model with other runner options on ``room``'s backend:
+        Ollama holds one runner per model, so they must go before ``runner`` loads."""
+        model = model_of(runner)
+        return [
+            v
+            for v in self.runners
+            if v.backend == room.name and v.runner != runner and model_of(v.runner) == model
+        ]
+
+    def switch_runner(self, group: Demand, room: Room, others: float) -> None:
+        """Make the model's other runner on ``room`` go, if the group may displace it."""
+        for v in self.rivals(group.runner, room):
             if v.state is not RunnerState.READY or (v.runner, v.backend) in self.leaving:
                 continue
             if v.runner not in self.demands:
@@ -372,56 +373,72 @@ class _Pass:
             if pays:
                 self.leave(v, UnloadReason.RUNNER_OPTIONS, group.runner, detail)
         self.plan.actions.append(Wait(group.runner, WaitReason.RUNNER_SWITCH))
-        return True
 
-    def fit(self, group: Demand, need: int, room: _Room, others: float) -> None:
-        runner, backend = group.runner, room.view.name
-        seat_free = room.seats < room.view.max_loaded
-        if need <= room.free and seat_free:
+    def fit(self, group: Demand, need: int, others: float) -> None:
+        runner = group.runner
+        having = self.facts[runner].backends
+        usable = [r for r in self.usable if having is None or r.name in having] or self.usable
+        candidates = [r for r in usable if not self.rivals(runner, r)]
+        if not candidates:  # the model is held everywhere with other options
+            self.switch_runner(group, usable[0], others)
+            return
+        fitting = [r for r in candidates if r.fits(need) and r.seat_free]
+        if fitting:
+            room = max(fitting, key=lambda r: (r.load_slots > 0, r.total_free()))
             if room.load_slots > 0:
-                self.plan.actions.append(Load(runner, backend))
+                self.plan.actions.append(Load(runner, room.name))
                 room.load_slots -= 1
             else:
                 self.plan.actions.append(Wait(runner, WaitReason.LOAD_SLOT))
-            room.free -= need  # reserved for it even if it starts on a later pass
+            room.reserve(need)  # reserved for it even if it starts on a later pass
             room.seats += 1
             return
-        leaving_here = any(b == backend for _, b in self.leaving)
-        if leaving_here and need <= room.free + room.incoming:
-            room.incoming -= max(0, need - room.free)
-            room.free = 0
-            self.plan.actions.append(Wait(runner, WaitReason.UNLOADING))
-            return
-        chosen, _, blocked = self.victims(group, need, room, seat_free, others)
-        if chosen:
-            why = WaitReason.MEMORY if need > room.free else WaitReason.MODEL_CAP
-            for v, why_leave, detail in chosen:
-                self.leave(v, why_leave, runner, detail)
-            room.free = 0  # keep memory for this group while its victims go
+        for room in candidates:
+            leaving_here = any(b == room.name for _, b in self.leaving)
+            if leaving_here and need <= room.total_free() + room.incoming:
+                room.incoming -= max(0, need - room.total_free())
+                room.claim_all()
+                self.plan.actions.append(Wait(runner, WaitReason.UNLOADING))
+                return
+        options = []
+        any_blocked = False
+        for room in candidates:
+            chosen, blocked = self.victims(group, need, room, others)
+            any_blocked = any_blocked or blocked
+            if chosen:
+                outranked = sum(1 for _, reason, _ in chosen if reason is UnloadReason.OUTRANKED)
+                options.append(((outranked, len(chosen), -room.total_free()), room, chosen))
+        if options:
+            _, room, chosen = min(options, key=lambda o: o[0])
+            why = WaitReason.MEMORY if not room.fits(need) else WaitReason.MODEL_CAP
+            for v, reason, detail in chosen:
+                self.leave(v, reason, runner, detail)
+            room.claim_all()  # keep memory for this group while its victims go
+            self.blocked_rooms.add(room.name)
             self.plan.actions.append(Wait(runner, why, f"needs {_mb(need)}"))
             return
-        if blocked:
+        self.blocked_rooms.update(r.name for r in candidates)
+        best = max(candidates, key=lambda r: r.total_free())
+        if any_blocked:
             wait = WaitReason.BUSY_SEATS
-        elif need <= room.free:
+        elif best.fits(need):
             wait = WaitReason.MODEL_CAP
         else:
             wait = WaitReason.MEMORY
-        self.plan.actions.append(
-            Wait(runner, wait, f"needs {_mb(need)}, {_mb(max(room.free, 0))} free")
-        )
+        detail = f"needs {_mb(need)}, {_mb(best.total_free())} free"
+        self.plan.actions.append(Wait(runner, wait, detail))
 
-    def victims(
-        self, group: Demand, need: int, room: _Room, seat_free: bool, others: float
-    ) -> tuple[list[tuple[RunnerView, UnloadReason, str]], int, bool]:
-        """Runners whose going makes room for ``group``: (runner, reason, detail) in the
-        order they are taken, the memory they free, and whether runners that may not be
-        displaced stood in the way. Empty if even all of them would not make room."""
+    def victims(self, group: Demand, need: int, room: Room, others: float) -> tuple[_Victims, bool]:
+        """Runners on ``room``'s backend whose going makes room for ``group``:
+        (runner, reason, detail) in the order they are taken, and whether runners that
+        may not be displaced stood in the way. Empty if even all of them would not make
+        room."""
         idle_free: list[RunnerView] = []
         busy_free: list[RunnerView] = []
         paying: list[tuple[float, RunnerView, str]] = []
         blocked = False
         for v in self.runners:
-            if v.backend != room.view.name or v.state is not RunnerState.READY:
+            if v.backend != room.name or v.state is not RunnerState.READY:
                 continue
             if (v.runner, v.backend) in self.leaving:
                 continue
@@ -442,53 +459,70 @@ class _Pass:
         idle_free.sort(key=lambda v: (v.arrivals, v.last_used))
         busy_free.sort(key=lambda v: (v.arrivals, v.in_flight))
         paying.sort(key=lambda item: (item[0], item[1].in_flight))
-        ordered: list[tuple[RunnerView, UnloadReason, str]] = [
+        ordered: _Victims = [
             *((v, UnloadReason.ROOM, "") for v in idle_free),
             *((v, UnloadReason.ROOM, "") for v in busy_free),
             *((v, UnloadReason.OUTRANKED, d) for _, v, d in paying),
         ]
-        chosen: list[tuple[RunnerView, UnloadReason, str]] = []
+        chosen: _Victims = []
         freed = 0
         for v, reason, detail in ordered:
-            if room.free + freed >= need and (seat_free or chosen):
+            if room.total_free() + freed >= need and (room.seat_free or chosen):
                 break
             chosen.append((v, reason, detail))
             freed += v.size_bytes
-        if not (room.free + freed >= need and (seat_free or chosen)):
-            return [], 0, blocked
-        return chosen, freed, blocked
+        if not (room.total_free() + freed >= need and (room.seat_free or chosen)):
+            return [], blocked
+        return chosen, blocked
+
+    def replicate(self) -> None:
+        """A second copy for a runner whose queue would take longer than REPLICA_FACTOR
+        of its loads, on a backend with room to spare after the waiting groups."""
+        for d in sorted(self.demands.values(), key=lambda d: (d.rank, -self.work(d))):
+            copies = [v for v in self.copies(d.runner) if (v.runner, v.backend) not in self.leaving]
+            if not copies or any(v.state is RunnerState.LOADING for v in copies):
+                continue
+            f = self.facts.get(d.runner)
+            if f is None or f.estimate_bytes is None:
+                continue
+            queue = self.time_to_idle(copies[0], d, f)
+            if queue <= REPLICA_FACTOR * (f.load_seconds + self.settings.unload_seconds):
+                continue
+            here = {v.backend for v in copies}
+            spare = [
+                r
+                for r in self.usable
+                if r.name not in here
+                and (f.backends is None or r.name in f.backends)
+                and r.name not in self.blocked_rooms
+                and not self.rivals(d.runner, r)
+                and r.seat_free
+                and r.load_slots > 0
+                and r.fits(f.estimate_bytes)
+            ]
+            if not spare:
+                continue
+            room = max(spare, key=lambda r: r.total_free())
+            self.plan.actions.append(Load(d.runner, room.name))
+            room.load_slots -= 1
+            room.reserve(f.estimate_bytes)
+            room.seats += 1
 
     def dispatch(self) -> None:
-        for v in self.runners:
+        ahead = self.settings.dispatch_ahead
+        left = {r: d.waiting for r, d in self.demands.items()}
+        for v in sorted(self.runners, key=lambda v: v.in_flight):
             if v.state is not RunnerState.READY or (v.runner, v.backend) in self.leaving:
                 continue
-            d = self.demands.get(v.runner)
-            if d is None or not any(b.name == v.backend for b in self.backends):
+            if left.get(v.runner, 0) <= 0 or v.backend not in self.rooms:
                 continue
-            ahead = self.settings.dispatch_ahead
+            if self.rooms[v.backend].view.draining:
+                continue
             room = min(self.settings.max_concurrent_per_model, v.slots + ahead) - v.in_flight
             if room > 0:
-                self.plan.actions.append(Dispatch(v.runner, v.backend, min(room, d.waiting)))
-
-
-def _longest_first(jobs: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
-    return sorted(jobs, key=lambda j: -j[2])
-
-
-def rollout(order: list[tuple[str, float, float]], seats: list[float], loader: float) -> float:
-    """When the last of ``order`` would finish: each (name, load s, work s) loads on the
-    one loader Ollama has, in turn, into the seat that frees first (``seats``: seconds
-    until each frees), then works; ``loader`` is when the loader is free. Memory is left
-    out: a quick estimate to choose which group to load next."""
-    free = sorted(seats)
-    end = 0.0
-    for _, load, work in order:
-        seat = free.pop(0)
-        done = max(loader, seat) + load
-        loader = done
-        end = max(end, done + work)
-        bisect.insort(free, done + work)
-    return end
+                n = min(room, left[v.runner])
+                left[v.runner] -= n
+                self.plan.actions.append(Dispatch(v.runner, v.backend, n))
 
 
 def plan(
@@ -512,60 +546,6 @@ def plan(
         return state.plan
     state.expire_idle()
     state.place_groups()
+    state.replicate()
     state.dispatch()
     return state.plan
-
-
-# ---------------------------------------------------------------- after an outcome
-
-
-def backoff_delay(attempt: int, base: float, cap: float, draw: float) -> float:
-    """Capped exponential backoff with full jitter: ``draw`` (uniform in [0, 1)) times
-    ``min(cap, base * 2 ** (attempt - 1))``, in seconds."""
-    return draw * min(cap, base * 2 ** max(0, attempt - 1))
-
-
-def after_job_error(
-    *,
-    transient: bool,
-    reached: bool,
-    aborted: bool,
-    out_of_memory: bool,
-    attempts: int,
-    max_attempts: int,
-    delay: float,
-) -> JobDecision:
-    """Retry, fail, give the attempt back, or nothing (aborted on purpose).
-
-    A request that never reached Ollama (connection refused) uses up no attempt; a
-    transient error (:attr:`~modelmanager.errors.OllamaError.transient`) is retried after
-    ``delay`` while attempts remain; anything else fails the job. An out-of-memory answer
-    also raises the runner's estimate.
-    """
-    if aborted:
-        return JobDecision(JobVerdict.ABORTED)
-    if not reached:
-        return JobDecision(JobVerdict.RELEASE)
-    if transient and attempts < max_attempts:
-        return JobDecision(JobVerdict.RETRY, delay, raise_estimate=out_of_memory)
-    return JobDecision(JobVerdict.FAIL, raise_estimate=out_of_memory)
-
-
-def after_load_failure(
-    *,
-    failures: int,
-    max_attempts: int,
-    not_found: bool,
-    out_of_memory: bool,
-    dropped: bool,
-    delay: float,
-) -> LoadDecision:
-    """After a failed load (the ``failures``-th in a row): back off ``delay`` seconds; fail
-    the runner's waiting jobs once the model is missing or the loads keep failing; raise
-    the estimate when Ollama ran out of memory or dropped the model right after loading
-    it (it evicted it again to fit another: the estimate was too low)."""
-    return LoadDecision(
-        backoff=delay,
-        fail_jobs=not_found or failures >= max_attempts,
-        raise_estimate=out_of_memory or dropped,
-    )

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import pynvml
 
@@ -34,6 +34,14 @@ class GpuUnavailable(ModelManagerError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"NVML unavailable: {reason}")
         self.reason = reason
+
+
+class GpuSource(Protocol):
+    """Where a monitor reads GPUs from: NVML here, or a Model Manager's GPU endpoint."""
+
+    def devices(self) -> tuple[GpuDevice, ...]: ...
+
+    def close(self) -> None: ...
 
 
 class NvmlGpuSource:
@@ -178,12 +186,18 @@ class ResourceMonitor:
         self,
         ps: Callable[[], list[LoadedModel]],
         *,
-        gpu: NvmlGpuSource | None,
+        gpu: GpuSource | None,
         budget_bytes: int | None,
         clock: Callable[[], float] = time.time,
+        indices: tuple[int, ...] | None = None,
+        node: str | None = None,
+        remote: bool = False,
     ) -> None:
         self._ps = ps
         self._gpu = gpu
+        self._indices = indices
+        self._node = node
+        self._remote = remote
         self._budget_bytes = budget_bytes
         self._clock = clock
         self._lock = threading.Lock()
@@ -223,7 +237,7 @@ class ResourceMonitor:
             )
         good = [d for d in devices if d.error is None]
         return ResourceSnapshot(
-            source="nvml",
+            source="gpu_endpoint" if self._remote else "nvml",
             total_bytes=sum(d.total_bytes for d in good),
             used_bytes=sum(d.used_bytes for d in good),
             free_bytes=sum(d.free_bytes for d in good),
@@ -244,36 +258,52 @@ class ResourceMonitor:
             return None
         try:
             devices = gpu.devices()
+            if self._indices is not None:
+                devices = tuple(d for d in devices if d.index in self._indices)
+                if not devices:
+                    missing = "+".join(str(i) for i in self._indices)
+                    raise GpuUnavailable(f"this host has no GPU {missing}")
         except GpuUnavailable as e:
             if not self._nvml_seen:
-                gpu.close()
+                if not self._remote:  # a remote source is not ours to shut down
+                    gpu.close()
                 self._fall_back_locked(e.reason)
                 return None
             if self._nvml_down is None:
-                log.warning("NVML stopped answering (%s); reporting no free VRAM", e.reason)
+                log.warning(
+                    "%s stopped answering (%s); reporting no free VRAM", self._what(), e.reason
+                )
             self._nvml_down = e.reason
             return ()
         if self._nvml_down is not None:
-            log.info("NVML answers again")
+            log.info("%s answers again", self._what())
             self._nvml_down = None
         self._nvml_seen = True
         self._note_devices_locked(devices)
         return devices
 
+    def _what(self) -> str:
+        where = f" of node {self._node}" if self._node else ""
+        return f"the GPU endpoint{where}" if self._remote else f"NVML{where}"
+
     def _fall_back_locked(self, reason: str) -> None:
         self._gpu = None
-        if self._budget_bytes is None:
+        budget = (
+            f"using VRAM budget {self._budget_bytes // MIB} MB minus /api/ps"
+            if self._budget_bytes is not None
+            else "no VRAM budget set: reporting 0 bytes free; set VRAM_BUDGET_MB (--vram-budget-mb)"
+        )
+        if self._remote:
             log.warning(
-                "NVML unavailable (%s) and no VRAM budget set: reporting 0 bytes free; "
-                "set VRAM_BUDGET_MB (--vram-budget-mb)",
+                "Skipping GPU monitoring for node %s as endpoints are not available (%s); %s",
+                self._node,
                 reason,
+                budget,
             )
+        elif self._budget_bytes is None:
+            log.warning("NVML unavailable (%s) and %s", reason, budget)
         else:
-            log.warning(
-                "NVML unavailable (%s); using VRAM budget %d MB minus /api/ps",
-                reason,
-                self._budget_bytes // MIB,
-            )
+            log.warning("NVML unavailable (%s); %s", reason, budget)
 
     def _note_devices_locked(self, devices: tuple[GpuDevice, ...]) -> None:
         for d in devices:

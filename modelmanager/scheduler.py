@@ -34,6 +34,8 @@ from .events import (
     JobOutcome,
     KeepAliveSet,
     LoadEnded,
+    NodeAdded,
+    NodeDraining,
     PullEnded,
     UnloadEnded,
 )
@@ -61,14 +63,17 @@ from .plan import (
     Wait,
     WaitReason,
 )
-from .planner import after_load_failure, backoff_delay, plan
+from .planner import plan
 from .residency import Residency
 from .runners import describe, model_of, options_of
 from .store import Store
+from .verdicts import after_load_failure, backoff_delay
 
 log = get_logger("SCHEDULER")
 
 IDLE_REFRESH = 2.0  # seconds between resource reads when nothing waits to be loaded
+PROBE_BASE = 1.0  # seconds before a backend that is down is read again, doubling...
+PROBE_MAX = 30.0  # ... up to this
 WAIT_RELOG = 5.0  # seconds before a waiting runner's changed reason is logged again
 ARRIVAL_WINDOW = 10.0  # seconds of arrivals an arrival rate is measured over
 ARRIVAL_MIN_WINDOW = 2.0  # a runner ready for less than this has no arrival rate yet
@@ -147,6 +152,7 @@ class BackendStatus:
     name: str
     url: str
     resources: ResourceSnapshot | None  # None before the first read
+    draining: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,12 +220,16 @@ class Scheduler:
         # runner -> the wait reason last logged for it, and when
         self._wait_logged: dict[str, tuple[WaitReason, float]] = {}
         self._backend_up: dict[str, bool] = {}
+        self._probe_at: dict[str, float] = {}  # backend -> when to read it again (down)
+        self._down_reads: dict[str, int] = {}  # backend -> reads in a row that found it down
+        self._draining: set[str] = set()  # backends being removed
         self.counters: collections.Counter[str] = collections.Counter()
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self._recent_published: tuple[Mapping[str, Any], ...] = ()
         self._recent_changed = False
         self._published = SchedulerSnapshot(taken_at=clock())
         self.hooks: list[Callable[[float], None]] = []  # run once a second (housekeeping)
+        self.on_removed: list[Callable[[Backend], None]] = []  # a drained backend is gone
         self._hooks_at = 0.0
 
     # ----------------------------------------------------------------- outside calls
@@ -271,6 +281,8 @@ class Scheduler:
         """One pass (see the module docstring). Returns the Plan it carried out."""
         now = self.clock() if now is None else now
         self._apply_events(now)
+        if self._draining:
+            self._finish_draining()
         self.pending.release_delayed(now)
         demands = self.pending.demand(now)
         if not demands and not self._held:
@@ -288,25 +300,46 @@ class Scheduler:
         return result
 
     def _refresh(self, now: float, max_age: float) -> None:
-        for name, backend in self.backends.items():
+        for name, backend in list(self.backends.items()):
             snap = self._snapshots.get(name)
-            if self._stale or snap is None or now - snap.taken_at >= max_age:
-                snap = self._snapshots[name] = backend.snapshot()
-                self._note_backend(backend, snap)
-                self._reconcile(name, snap)
+            if snap is not None and not snap.backend_up:
+                if now < self._probe_at.get(name, 0.0):
+                    continue  # down: probed again only after its backoff
+            elif not (self._stale or snap is None or now - snap.taken_at >= max_age):
+                continue
+            snap = self._snapshots[name] = backend.snapshot()
+            self._note_backend(backend, snap, now)
+            self._reconcile(name, snap)
         self._stale = False
 
-    def _note_backend(self, backend: Backend, snap: ResourceSnapshot) -> None:
-        if snap.backend_up != self._backend_up.get(backend.name):
-            if snap.backend_up:
-                log.info("Ollama reachable at %s", backend.url)
-            else:
-                log.warning(
-                    "Ollama unreachable at %s (%s); jobs wait",
-                    backend.url,
-                    escape(snap.backend_error or ""),
-                )
-            self._backend_up[backend.name] = snap.backend_up
+    def _note_backend(self, backend: Backend, snap: ResourceSnapshot, now: float) -> None:
+        name = backend.name
+        if not snap.backend_up:
+            self._down_reads[name] = self._down_reads.get(name, 0) + 1
+            delay = min(PROBE_MAX, PROBE_BASE * 2 ** (self._down_reads[name] - 1))
+            self._probe_at[name] = now + delay
+        else:
+            self._down_reads.pop(name, None)
+        if snap.backend_up == self._backend_up.get(name):
+            return
+        self._backend_up[name] = snap.backend_up
+        if snap.backend_up:
+            log.info("Ollama reachable at %s (node %s)", backend.url, name)
+            return
+        log.warning(
+            "Ollama unreachable at %s (node %s: %s); probing it again with backoff",
+            backend.url,
+            name,
+            escape(snap.backend_error or ""),
+        )
+        lost = [key for key, h in self._held.items() if h.backend == name]
+        for key in lost:
+            del self._held[key]
+        if lost:
+            log.warning(
+                "node %s is down: %d runner(s) forgotten; their jobs run elsewhere", name, len(lost)
+            )
+        self.jobs.release(node=name)  # requests in flight there go back to the queue
 
     def _reconcile(self, backend: str, snap: ResourceSnapshot) -> None:
         """Match ``/api/ps`` against the runners held: forget one Ollama dropped behind our
@@ -345,6 +378,7 @@ class Scheduler:
             foreign = sum(
                 1 for m in snap.loaded if not any(self.registry.holds(h.runner, m) for h in ours)
             )
+            devices = tuple((d.total_bytes, d.free_bytes) for d in snap.devices if d.error is None)
             views.append(
                 BackendView(
                     name,
@@ -353,6 +387,8 @@ class Scheduler:
                     snap.free_bytes,
                     backend.max_loaded,
                     foreign=foreign,
+                    devices=devices,
+                    draining=name in self._draining,
                 )
             )
         return views
@@ -381,6 +417,7 @@ class Scheduler:
                 installed=installed,
                 pulling=model_of(runner) in self._pulling,
                 blocked_until=self._blocked_until.get(runner, 0.0),
+                backends=self.registry.installed_on(runner) or None,
             )
         return out
 
@@ -546,7 +583,7 @@ class Scheduler:
         if not ids:
             return
         self.jobs.expect(len(ids))
-        jobs = self.store.claim(ids, now)  # skips jobs cancelled meanwhile
+        jobs = self.store.claim(ids, now, action.backend)  # skips jobs cancelled meanwhile
         self.jobs.expect(len(jobs) - len(ids))
         h.in_flight += len(jobs)
         backend = self.backends[action.backend]
@@ -592,10 +629,40 @@ class Scheduler:
                 self._unload_ended(event, now)
             elif isinstance(event, PullEnded):
                 self._pull_ended(event)
+            elif isinstance(event, NodeAdded):
+                self._node_added(event.backend)
+            elif isinstance(event, NodeDraining):
+                if event.name in self.backends:
+                    self._draining.add(event.name)
+                    log.info("draining node %s: no new jobs; it goes once its jobs end", event.name)
             elif isinstance(event, KeepAliveSet):
                 for h in self._held.values():
                     if model_of(h.runner) == event.model:
                         h.keep_alive = event.seconds
+
+    def _node_added(self, backend: Backend) -> None:
+        self.backends[backend.name] = backend
+        self.registry.add_source(backend.name, backend.client.tags)
+        self._draining.discard(backend.name)
+        self._stale = True
+        log.info("node %s added: Ollama at %s", backend.name, backend.url)
+
+    def _finish_draining(self) -> None:
+        """Remove each draining backend once nothing of ours runs or is held on it."""
+        for name in list(self._draining):
+            if any(h.backend == name for h in self._held.values()):
+                continue
+            if self.jobs.in_flight_on(name):
+                continue
+            self._draining.discard(name)
+            backend = self.backends.pop(name, None)
+            self._snapshots.pop(name, None)
+            self._backend_up.pop(name, None)
+            self.registry.remove_source(name)
+            log.info("node %s drained and removed", name)
+            if backend is not None:
+                for hook in self.on_removed:
+                    hook(backend)
 
     def _job_ended(self, e: JobEnded, now: float) -> None:
         job = e.job
@@ -715,7 +782,7 @@ class Scheduler:
         self._published = SchedulerSnapshot(
             taken_at=now,
             backends=tuple(
-                BackendStatus(name, b.url, self._snapshots.get(name))
+                BackendStatus(name, b.url, self._snapshots.get(name), name in self._draining)
                 for name, b in self.backends.items()
             ),
             runners=tuple(

@@ -30,7 +30,7 @@ from .runners import runner_of
 _Inserted = list[tuple[Job, bool]]
 _Outcome = tuple[_Inserted | None, BaseException | None]  # what one insert_jobs call gets
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     timings TEXT,
     idempotency_key TEXT UNIQUE,
     runner TEXT NOT NULL DEFAULT '',
-    source TEXT NOT NULL DEFAULT 'api'
+    source TEXT NOT NULL DEFAULT 'api',
+    node TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model, status);
@@ -68,12 +69,20 @@ CREATE TABLE IF NOT EXISTS model_stats (
     updated_at REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    gpu_url TEXT,
+    vram_budget_mb INTEGER,
+    gpus TEXT,
+    registered_at REAL NOT NULL
+);
 """
 
 _COLUMNS = (
     "seq, id, model, kind, priority, status, payload, metadata, result, error, error_code, "
     "submitted_at, started_at, completed_at, attempts, not_before, timings, idempotency_key, "
-    "runner, source"
+    "runner, source, node"
 )
 
 # Reads for clients leave the payload (prompts, images: up to megabytes) in the database.
@@ -114,6 +123,7 @@ def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         seq=seq,
         runner=row[18],
         source=row[19],
+        node=row[20],
     )
 
 
@@ -241,7 +251,8 @@ class Store:
         Version 2 adds ``jobs.runner`` (the runner key a job runs on, see
         :mod:`modelmanager.runners`), filled in from each job's model and options;
         version 3 adds ``jobs.source`` (which front door took the job; older jobs came
-        through the job API).
+        through the job API); version 4 adds ``jobs.node`` (the backend that ran it) and
+        the ``nodes`` table (backends registered through the API).
         """
         db = self._writer
         columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
@@ -250,6 +261,8 @@ class Store:
                 tx.execute("ALTER TABLE jobs ADD COLUMN runner TEXT NOT NULL DEFAULT ''")
             if "source" not in columns:
                 tx.execute("ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'api'")
+            if "node" not in columns:
+                tx.execute("ALTER TABLE jobs ADD COLUMN node TEXT")
             rows = tx.execute("SELECT id, model, payload FROM jobs WHERE runner = ''").fetchall()
             for job_id, model, payload in rows:
                 tx.execute(
@@ -525,8 +538,9 @@ class Store:
             self._views.drop(r[0] for r in rows)
         return len(rows)
 
-    def claim(self, job_ids: list[str], now: float) -> list[Job]:
-        """pending/queued -> running for these jobs, counting the attempt now.
+    def claim(self, job_ids: list[str], now: float, node: str | None = None) -> list[Job]:
+        """pending/queued -> running for these jobs on backend ``node``, counting the
+        attempt now.
 
         Jobs no longer waiting (cancelled meanwhile) are skipped. One transaction.
         """
@@ -535,10 +549,11 @@ class Store:
         marks = ",".join("?" * len(job_ids))
         with self._write(durable=False, touches=job_ids) as db:
             rows = db.execute(
-                f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?"
+                f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+                f" node = COALESCE(?, node)"
                 f" WHERE id IN ({marks}) AND status IN ('pending','queued')"
                 f" RETURNING {_COLUMNS}",
-                [now, *job_ids],
+                [now, node, *job_ids],
             ).fetchall()
         order = {job_id: i for i, job_id in enumerate(job_ids)}
         jobs = [_row_to_job(r) for r in rows]
@@ -702,6 +717,37 @@ class Store:
                 " loads = loads + excluded.loads, updated_at = excluded.updated_at",
                 (model, vram_bytes, ps_vram_bytes, load_seconds, int(count_load), now),
             )
+
+    # ------------------------------------------------------------------------ nodes
+
+    def save_node(
+        self,
+        name: str,
+        url: str,
+        *,
+        gpu_url: str | None,
+        vram_budget_mb: int | None,
+        gpus: str | None,
+        now: float,
+    ) -> bool:
+        """Persist a registered backend. False if one of that name is already stored."""
+        with self._write(views=False) as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO nodes (name, url, gpu_url, vram_budget_mb, gpus,"
+                " registered_at) VALUES (?,?,?,?,?,?)",
+                (name, url, gpu_url, vram_budget_mb, gpus, now),
+            )
+            return cur.rowcount == 1
+
+    def delete_node(self, name: str) -> bool:
+        with self._write(views=False) as db:
+            return db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount == 1
+
+    def load_nodes(self) -> list[tuple[str, str, str | None, int | None, str | None]]:
+        """(name, url, gpu_url, vram_budget_mb, gpus) of every registered backend."""
+        return self._read(
+            "SELECT name, url, gpu_url, vram_budget_mb, gpus FROM nodes ORDER BY registered_at"
+        )
 
     def integrity_check(self) -> str:
         return str(self._read("PRAGMA integrity_check")[0][0])

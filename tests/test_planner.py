@@ -32,14 +32,9 @@ from modelmanager.plan import (
     Wait,
     WaitReason,
 )
-from modelmanager.planner import (
-    after_job_error,
-    after_load_failure,
-    backoff_delay,
-    demand_weight,
-    plan,
-    rollout,
-)
+from modelmanager.planner import demand_weight, plan
+from modelmanager.rooms import rollout
+from modelmanager.verdicts import after_job_error, after_load_failure, backoff_delay
 
 NOW = 10_000.0
 READY, LOADING, UNLOADING = RunnerState.READY, RunnerState.LOADING, RunnerState.UNLOADING
@@ -303,7 +298,7 @@ def test_plan_equally_urgent_groups_load_in_the_order_that_finishes_them_soonest
 
     def finish(name: str) -> float:
         rest = sorted((g for g in groups if g[0] != name), key=lambda g: -g[2])
-        return rollout([next(g for g in groups if g[0] == name), *rest], [0.0] * 3, 0.0)
+        return rollout([next(g for g in groups if g[0] == name), *rest], [(0.0, B)] * 3, {B: 0.0})
 
     assert first == [min(figures, key=finish)]
     longest_first = finish("phi3")
@@ -322,7 +317,7 @@ def test_rollout_loads_one_at_a_time_into_the_seat_that_frees_first() -> None:
     # x: loads 2-3 in seat a, works to 7; y: loads 3-3.5 in seat b (free at 5)... waits:
     # seat b frees at 5, so y loads 5-5.5, works to 6.5; z takes the next free seat (6.5),
     # loads 6.5-8.5, works to 11.5
-    assert rollout(order, [1.0, 5.0], 2.0) == 11.5
+    assert rollout(order, [(1.0, B), (5.0, B)], {B: 2.0}) == 11.5
 
 
 def test_plan_higher_ranked_group_keeps_memory_from_lower_ones() -> None:

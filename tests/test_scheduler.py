@@ -90,6 +90,7 @@ class Recorder:
         self.pulls: list[str] = []
         self.started: list[Job] = []
         self.aborted: list[str] = []
+        self.released: list[str] = []
         self.expected = 0
 
     # residency
@@ -125,6 +126,13 @@ class Recorder:
     def abort(self, job_ids: list[str] | None = None) -> int:
         self.aborted.extend(job_ids or [])
         return len(job_ids or [])
+
+    def release(self, node: str) -> int:
+        self.released.append(node)
+        return 0
+
+    def in_flight_on(self, node: str) -> int:
+        return 0
 
 
 @dataclass

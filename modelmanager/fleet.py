@@ -1,0 +1,342 @@
+"""The fleet: every backend the manager drives, built from the settings and from nodes
+registered through the API, added and removed while the service runs.
+
+It builds each :class:`~modelmanager.backend.Backend` with its memory source (see
+:mod:`modelmanager.nodes`), registers new ones after waiting for their health, persists
+registrations (they survive a restart), drains and removes them, and describes them for
+``GET /api/v1/nodes`` from what the scheduler publishes. The scheduler owns the backends'
+runtime state; the fleet only hands them over (events) and takes them back.
+
+Thread safety: :meth:`register` and :meth:`unregister` run on HTTP threads; one lock
+guards the table of specs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from config import Config
+
+from .backend import Backend
+from .errors import Conflict, GatewayTimeout, InvalidRequest, NotFound, OllamaError
+from .events import NodeAdded, NodeDraining
+from .gpu_api import RemoteGpuSource
+from .logger import get_logger
+from .models import MIB
+from .nodes import (
+    NodeSpec,
+    check_name,
+    check_url,
+    configured_nodes,
+    default_gpu_url,
+    hardware_summary,
+    is_local,
+)
+from .ollama_client import OllamaClient
+from .resource_monitor import GpuSource, GpuUnavailable, NvmlGpuSource, ResourceMonitor
+from .store import Store
+
+log = get_logger("SYSTEM")
+
+HEALTH_POLL = 0.5  # seconds between health checks of a node being registered
+
+
+class Fleet:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        gpu: NvmlGpuSource | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.gpu = gpu
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._specs: dict[str, NodeSpec] = {}
+        self._live: dict[str, Backend] = {}
+        self._post: Callable[[Any], None] = lambda event: None
+        self._snapshot: Callable[[], Any] = lambda: None
+
+    # --------------------------------------------------------------------- building
+
+    def build(self, client: OllamaClient | None = None) -> list[Backend]:
+        """The configured backends, then the registered ones. ``client``, if given, is
+        used for the first configured backend (tests pass a scripted one).
+
+        Raises :class:`~modelmanager.errors.ConfigError` for settings that cannot work
+        (several servers on this host and no way to tell their GPUs apart).
+        """
+        specs = configured_nodes(
+            self.config.OLLAMA_BACKENDS,
+            self.config.OLLAMA_BASE_URL,
+            self.config.OLLAMA_BACKEND_GPUS,
+            self.config.BACKEND_GPU_URLS,
+            self._gpu_count(),
+        )
+        for name, url, gpu_url, budget, gpus in self.store.load_nodes():
+            if any(s.name == name for s in specs):
+                log.warning("registered node %s is also configured; the setting wins", name)
+                continue
+            indices = tuple(int(i) for i in gpus.split("+")) if gpus else None
+            specs.append(NodeSpec(name, url, indices, gpu_url, budget, registered=True))
+        backends = []
+        for i, spec in enumerate(specs):
+            backends.append(self.make(spec, client if i == 0 else None))
+        with self._lock:
+            self._specs = {s.name: s for s in specs}
+            self._live = {b.name: b for b in backends}
+        return backends
+
+    def _gpu_count(self) -> int | None:
+        if self.gpu is None:
+            return None
+        try:
+            return len(self.gpu.devices())
+        except GpuUnavailable:
+            return None
+
+    def make(self, spec: NodeSpec, client: OllamaClient | None = None) -> Backend:
+        """A backend for ``spec`` with its Ollama client and memory source."""
+        cfg = self.config
+        client = client or OllamaClient(
+            spec.url, timeout=cfg.REQUEST_TIMEOUT, load_timeout=cfg.LOAD_TIMEOUT
+        )
+        budget = spec.vram_budget_mb * MIB if spec.vram_budget_mb else cfg.budget_bytes
+        source: GpuSource | None
+        remote = False
+        if spec.vram_budget_mb:
+            source = None  # a budget was given: plan with it
+        elif spec.gpu_url:
+            source, remote = RemoteGpuSource(spec.gpu_url, cfg.API_KEY), True
+        elif is_local(spec.url):
+            source = self.gpu
+        else:
+            source = None
+        monitor = ResourceMonitor(
+            client.ps,
+            gpu=source,
+            budget_bytes=budget,
+            clock=self.clock,
+            indices=spec.gpus,
+            node=spec.name,
+            remote=remote,
+        )
+        return Backend(
+            spec.name,
+            spec.url,
+            client,
+            monitor,
+            max_loaded=cfg.OLLAMA_MAX_LOADED_MODELS,
+            num_parallel=cfg.OLLAMA_NUM_PARALLEL,
+        )
+
+    def attach(self, post: Callable[[Any], None], snapshot: Callable[[], Any]) -> None:
+        """Hand new backends to the scheduler through ``post``; describe nodes from its
+        ``snapshot``."""
+        self._post = post
+        self._snapshot = snapshot
+
+    # ------------------------------------------------------------------ registration
+
+    def register(self, body: Any) -> dict[str, Any]:
+        """``POST /api/v1/nodes``: check the body, wait until the node's Ollama answers
+        (up to ``startup_timeout_s``, default NODE_STARTUP_TIMEOUT), persist it and hand it
+        to the scheduler. Returns the node as :meth:`describe` shows it.
+
+        Raises :class:`InvalidRequest` (bad name, URL or budget), :class:`Conflict` (the
+        name exists), :class:`GatewayTimeout` (it did not become healthy in time).
+        """
+        spec, timeout = self._spec_of(body)
+        with self._lock:
+            if spec.name in self._specs:
+                raise Conflict(
+                    f"a node named {spec.name!r} exists already", details={"node": spec.name}
+                )
+            self._specs[spec.name] = spec  # reserved while it starts
+        try:
+            backend = self.make(spec)
+            self._wait_healthy(backend, timeout)
+            gpus = "+".join(str(i) for i in spec.gpus) if spec.gpus else None
+            self.store.save_node(
+                spec.name,
+                spec.url,
+                gpu_url=spec.gpu_url,
+                vram_budget_mb=spec.vram_budget_mb,
+                gpus=gpus,
+                now=self.clock(),
+            )
+        except BaseException:
+            with self._lock:
+                self._specs.pop(spec.name, None)
+            raise
+        with self._lock:
+            self._live[spec.name] = backend
+        self._post(NodeAdded(backend))
+        log.info("node %s registered at %s", spec.name, spec.url)
+        return self._node_json(spec, None)
+
+    def _spec_of(self, body: Any) -> tuple[NodeSpec, float]:
+        if not isinstance(body, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        unknown = set(body) - {"name", "url", "vram_budget_mb", "gpu_url", "startup_timeout_s"}
+        if unknown:
+            raise InvalidRequest(
+                f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0]
+            )
+        try:
+            name = check_name(body.get("name"))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), field="name") from None
+        try:
+            url = check_url(body.get("url"), "'url'")
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), field="url") from None
+        gpu_url = body.get("gpu_url")
+        if gpu_url is not None:
+            try:
+                gpu_url = check_url(gpu_url, "'gpu_url'")
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), field="gpu_url") from None
+        budget = body.get("vram_budget_mb")
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0
+        ):
+            raise InvalidRequest(
+                "'vram_budget_mb' must be a positive integer (MB)", field="vram_budget_mb"
+            )
+        timeout = body.get("startup_timeout_s", self.config.NODE_STARTUP_TIMEOUT)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (0 < timeout <= 3600)
+        ):
+            raise InvalidRequest(
+                "'startup_timeout_s' must be a number of seconds from 0 to 3600",
+                field="startup_timeout_s",
+            )
+        if gpu_url is None and budget is None and not is_local(url):
+            gpu_url = default_gpu_url(url)
+        return NodeSpec(name, url, None, gpu_url, budget, registered=True), float(timeout)
+
+    def _wait_healthy(self, backend: Backend, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            try:
+                backend.client.version()
+                return
+            except OllamaError as exc:
+                last = exc.message
+            if time.monotonic() + HEALTH_POLL > deadline:
+                break
+            time.sleep(HEALTH_POLL)  # polling the new node, not waiting in a test
+        backend.close()
+        raise GatewayTimeout(
+            f"node {backend.name} did not answer at {backend.url} within {timeout:g} s "
+            f"({last}); it was not added",
+            details={"node": backend.name, "url": backend.url},
+        )
+
+    def unregister(self, name: str) -> dict[str, Any]:
+        """``DELETE /api/v1/nodes/<name>``: stop feeding it; it is removed once its running
+        jobs end and its models are unloaded. Raises :class:`NotFound`, or
+        :class:`Conflict` for a node the settings define (remove it there)."""
+        with self._lock:
+            spec = self._specs.get(name)
+        if spec is None:
+            raise NotFound(f"no node named {name!r}", details={"node": name})
+        if not spec.registered:
+            raise Conflict(
+                f"node {name!r} comes from OLLAMA_BACKENDS; remove it there and restart",
+                details={"node": name},
+            )
+        self.store.delete_node(name)
+        self._post(NodeDraining(name))
+        return {"name": name, "status": "draining"}
+
+    def removed(self, backend: Backend) -> None:
+        """The scheduler finished draining ``backend``: forget and close it."""
+        with self._lock:
+            self._specs.pop(backend.name, None)
+            self._live.pop(backend.name, None)
+        backend.close()
+
+    # ---------------------------------------------------------------------- reading
+
+    def describe(self) -> dict[str, Any]:
+        """``GET /api/v1/nodes``: every node with its health, devices, loaded models and
+        hardware summary, from the scheduler's published state."""
+        with self._lock:
+            specs = list(self._specs.values())
+        snap = self._snapshot()
+        statuses = {b.name: b for b in snap.backends} if snap is not None else {}
+        return {"nodes": [self._node_json(s, statuses.get(s.name)) for s in specs]}
+
+    def _node_json(self, spec: NodeSpec, status: Any) -> dict[str, Any]:
+        res = status.resources if status is not None else None
+        devices = []
+        for d in res.devices if res is not None else ():
+            ok = d.error is None
+            devices.append(
+                {
+                    "name": spec.device(d.index),
+                    "gpu": d.name,
+                    "total_mb": d.total_bytes // MIB if ok else None,
+                    "free_mb": d.free_bytes // MIB if ok else None,
+                    "used_mb": d.used_bytes // MIB if ok else None,
+                    "available": ok,
+                    "error": d.error,
+                }
+            )
+        hardware = hardware_summary(
+            [
+                {k: d[k] for k in ("total_mb", "available", "error")} | {"name": d["gpu"]}
+                for d in devices
+            ]
+        )
+        draining = status is not None and getattr(status, "draining", False)
+        healthy = res is not None and res.backend_up
+        state = "draining" if draining else ("ready" if healthy else "unhealthy")
+        if res is None and not draining:
+            state = "starting"
+        return {
+            "name": spec.name,
+            "url": spec.url,
+            "healthy": healthy,
+            "state": state,
+            "memory_source": res.source if res is not None else None,
+            "registered": spec.registered,
+            "devices": devices,
+            "loaded_models": sorted(m.name for m in res.loaded) if res is not None else [],
+            "hardware": hardware,
+            "vram": (
+                {"total_mb": res.total_bytes // MIB, "free_mb": res.free_bytes // MIB}
+                if res is not None
+                else None
+            ),
+        }
+
+    def show(self, model: str) -> dict[str, Any]:
+        """``/api/show`` from a backend (the first that answers)."""
+        last: OllamaError | None = None
+        for backend in self._backends():
+            try:
+                return backend.client.show(model)
+            except OllamaError as exc:
+                last = exc
+        raise last or OllamaError("no backend to ask")
+
+    def _backends(self) -> list[Backend]:
+        with self._lock:
+            return list(self._live.values())
+
+    def close(self) -> None:
+        """Close every backend (at shutdown)."""
+        for backend in self._backends():
+            backend.close()

@@ -1,0 +1,325 @@
+"""Several Ollama servers: jobs spread over them, placement per backend, replicas, a
+backend that goes away, nodes that join and leave, and where each one's memory figures
+come from. Real HTTP against two or three simulators.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import pytest
+import requests
+
+from modelmanager.errors import ConfigError
+from modelmanager.nodes import configured_nodes, hardware_summary
+from tests.conftest import Service, free_port, wait_until
+
+SMALL = ["qwen2.5:0.5b", "smollm:360m", "tinyllama:1.1b", "llama3.2:1b"]
+
+
+def _backends(*sims: Any) -> str:
+    return ",".join(f"n{i}={sim.url}" for i, sim in enumerate(sims))
+
+
+def _fleet(make_service: Any, *sims: Any, **overrides: Any) -> Service:
+    """A service driving ``sims`` as n0, n1, ...; each plans with a 4 GiB budget."""
+    settings: dict[str, Any] = {"VRAM_BUDGET_MB": 4096, "OLLAMA_BACKENDS": _backends(*sims)}
+    settings.update(overrides)
+    return make_service(sims[0], nvml=False, **settings)
+
+
+def _loads(sim: Any) -> list[str]:
+    return [e["model"] for e in sim.stats()["load_events"]]
+
+
+# ---------------------------------------------------------------------------- spreading
+
+
+def test_jobs_spread_over_backends_and_none_runs_out_of_memory(
+    make_sim: Any, make_service: Any
+) -> None:
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a, b)
+    jobs = [{"model": m, "prompt": f"p{i}"} for i in range(6) for m in SMALL]
+    ids = requests.post(f"{svc.url}/api/submit_batch", json={"jobs": jobs}, timeout=10).json()
+    done = svc.wait_done(ids["job_ids"], timeout=60)
+    assert all(d["status"] == "complete" for d in done.values())
+    assert {d["node"] for d in done.values()} == {"n0", "n1"}  # both did work
+    for sim in (a, b):
+        stats = sim.stats()
+        assert stats["ooms"] == 0 and stats["crashes"] == 0
+        assert stats["peak_vram_mb"] <= 4096
+    # a model's jobs ran where it was loaded: each node's models are the ones it loaded
+    for d in done.values():
+        sim = a if d["node"] == "n0" else b
+        assert d["model"] in _loads(sim)
+
+
+def test_a_model_in_demand_gets_a_copy_on_a_second_backend(
+    make_sim: Any, make_service: Any
+) -> None:
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a, b)
+    model = "qwen2.5:0.5b"
+    svc.wait_done([svc.submit(model=model, prompt="learn its speed", options={"num_predict": 200})])
+    long = {"options": {"num_predict": 2000}}  # about 0.1 s each at this time scale
+    ids = [svc.submit(model=model, prompt=f"long {i}", **long) for i in range(60)]
+    done = svc.wait_done(ids, timeout=60)
+    assert all(d["status"] == "complete" for d in done.values())
+    assert model in _loads(a) and model in _loads(b)
+    assert {d["node"] for d in done.values()} == {"n0", "n1"}
+
+
+def test_a_backend_that_goes_down_loses_no_job(make_sim: Any, make_service: Any) -> None:
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a, b)
+    ids = [svc.submit(model=m, prompt=f"warm {m}") for m in SMALL[:2]]
+    svc.wait_done(ids)
+    a.set_gate(True)
+    b.set_gate(True)
+    ids = [svc.submit(model=m, prompt=f"held {i}") for i in range(4) for m in SMALL[:2]]
+    wait_until(lambda: a.stats()["gated"] + b.stats()["gated"] >= 2, what="jobs held")
+    victim, survivor = (a, b) if a.stats()["gated"] else (b, a)
+    victim.stop()  # the backend dies with jobs in flight
+    survivor.set_gate(False)
+    done = svc.wait_done(ids, timeout=60)
+    assert all(d["status"] == "complete" for d in done.values()), done
+    gone = "n0" if victim is a else "n1"
+    health = requests.get(f"{svc.url}/api/health", timeout=5).json()
+    assert health["status"] == "degraded"
+    assert {n["name"]: n["up"] for n in health["nodes"]}[gone] is False
+
+
+# ------------------------------------------------------------------ nodes join and leave
+
+
+def test_registering_a_node_at_run_time_puts_it_to_work_and_unregistering_drains_it(
+    make_sim: Any, make_service: Any
+) -> None:
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a)
+    body = {"name": "box2", "url": b.url, "vram_budget_mb": 4096}
+    r = requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=30)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "box2"
+    nodes = wait_until(
+        lambda: (
+            (n := requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"])
+            and any(x["name"] == "box2" and x["healthy"] for x in n)
+            and n
+        )
+    )
+    assert {n["name"] for n in nodes} == {"n0", "box2"}
+    box2 = next(n for n in nodes if n["name"] == "box2")
+    assert box2["memory_source"] == "budget" and box2["registered"] is True
+    again = requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=30)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "CONFLICT"
+    jobs = [{"model": m, "prompt": f"p{i}"} for i in range(4) for m in SMALL]
+    ids = requests.post(f"{svc.url}/api/submit_batch", json={"jobs": jobs}, timeout=10).json()
+    done = svc.wait_done(ids["job_ids"], timeout=60)
+    assert "box2" in {d["node"] for d in done.values()}
+    r = requests.delete(f"{svc.url}/api/v1/nodes/box2", timeout=5)
+    assert r.status_code == 202 and r.json()["status"] == "draining"
+    wait_until(
+        lambda: (
+            [n["name"] for n in requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"]]
+            == ["n0"]
+        ),
+        timeout=30,
+        what="box2 drained and removed",
+    )
+    assert b.loaded_models() == []  # its models were given back
+    later = svc.wait_done([svc.submit(model=SMALL[0], prompt="after")])
+    assert next(iter(later.values()))["node"] == "n0"
+
+
+def test_a_registration_survives_a_restart(make_sim: Any, make_service: Any, tmp_path: Any) -> None:
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a)
+    body = {"name": "box2", "url": b.url, "vram_budget_mb": 2048}
+    assert requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=30).status_code == 201
+    svc.stop()
+    again = _fleet(make_service, a)
+    names = {
+        n["name"] for n in requests.get(f"{again.url}/api/v1/nodes", timeout=5).json()["nodes"]
+    }
+    assert names == {"n0", "box2"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"name": "Bad Name", "url": "http://127.0.0.1:1"}, 400, "name"),
+        ({"name": "ok", "url": "ftp://host"}, 400, "url"),
+        ({"name": "ok", "url": "http://127.0.0.1:1", "vram_budget_mb": -1}, 400, "vram_budget_mb"),
+        ({"name": "ok", "url": "http://127.0.0.1:1", "colour": "red"}, 400, "colour"),
+    ],
+)
+def test_bad_registrations_are_refused_naming_the_field(
+    sim: Any, make_service: Any, body: dict[str, Any], status: int, field: str
+) -> None:
+    svc = make_service(sim)
+    r = requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=10)
+    assert r.status_code == status
+    assert r.json()["error"]["details"]["field"] == field
+
+
+def test_a_node_that_never_answers_is_refused_after_its_startup_timeout(
+    sim: Any, make_service: Any
+) -> None:
+    svc = make_service(sim)
+    body = {"name": "ghost", "url": f"http://127.0.0.1:{free_port()}", "startup_timeout_s": 1}
+    r = requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=30)
+    assert r.status_code == 504
+    err = r.json()["error"]
+    assert err["code"] == "NODE_UNHEALTHY" and err["details"]["node"] == "ghost"
+    names = [n["name"] for n in requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"]]
+    assert names == ["local"]
+
+
+def test_removing_unknown_or_configured_nodes_is_refused(sim: Any, make_service: Any) -> None:
+    svc = make_service(sim)
+    assert requests.delete(f"{svc.url}/api/v1/nodes/nobody", timeout=5).status_code == 404
+    r = requests.delete(f"{svc.url}/api/v1/nodes/local", timeout=5)
+    assert r.status_code == 409 and "OLLAMA_BACKENDS" in r.json()["error"]["message"]
+
+
+# ------------------------------------------------------------------------- memory sources
+
+
+def test_gpu_endpoints_report_this_hosts_gpus(sim: Any, make_service: Any) -> None:
+    svc = make_service(sim)
+    devices = requests.get(f"{svc.url}/api/v1/gpu/devices", timeout=5).json()["devices"]
+    assert len(devices) == 1
+    gpu = devices[0]
+    assert gpu["total_mb"] == 24576 and gpu["available"] is True and gpu["error"] is None
+    assert gpu["used_mb"] + gpu["free_mb"] == gpu["total_mb"]
+    driver = requests.get(f"{svc.url}/api/v1/gpu/driver", timeout=5).json()
+    assert set(driver) == {"driver_version", "cuda_driver_version", "nvml_version"}
+    nodes = requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"]
+    assert nodes[0]["devices"][0]["name"] == "local:gpu0"
+    assert nodes[0]["hardware"] == [{"type": f"{gpu['name']} | 24GB", "count": 1}]
+
+
+def test_without_nvml_the_gpu_endpoints_answer_empty(sim: Any, make_service: Any) -> None:
+    svc = make_service(sim, nvml=False, VRAM_BUDGET_MB=8192)
+    assert requests.get(f"{svc.url}/api/v1/gpu/devices", timeout=5).json() == {"devices": []}
+
+
+def test_a_node_elsewhere_takes_its_memory_from_the_model_manager_there(
+    make_sim: Any, make_service: Any, gpu_state: Any, tmp_path: Any
+) -> None:
+    """box2's GPUs are reported by a Model Manager on its host (here: a second service
+    reading the fake NVML); the scheduling manager plans with them."""
+    a = make_sim(vram_mb=4096)
+    reporter = make_service(
+        make_sim(vram_mb=24576, nvml_state=str(gpu_state)), DATA_DIR=str(tmp_path / "reporter")
+    )
+    b = make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a, DATA_DIR=str(tmp_path / "main"))
+    body = {"name": "box2", "url": b.url, "gpu_url": reporter.url}
+    assert requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=30).status_code == 201
+    box2 = wait_until(
+        lambda: next(
+            (
+                n
+                for n in requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"]
+                if n["name"] == "box2" and n["memory_source"]
+            ),
+            None,
+        )
+    )
+    assert box2["memory_source"] == "gpu_endpoint"
+    assert box2["devices"][0]["name"] == "box2:gpu0" and box2["devices"][0]["total_mb"] == 24576
+
+
+def test_without_a_gpu_endpoint_there_the_node_is_planned_with_the_budget(
+    make_sim: Any, make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="modelmanager.MONITOR")
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a)
+    nothing = f"http://127.0.0.1:{free_port()}"
+    body = {"name": "box2", "url": b.url, "gpu_url": nothing}
+    assert requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=30).status_code == 201
+    ids = [svc.submit(model=m, prompt="x") for m in SMALL]
+    assert all(d["status"] == "complete" for d in svc.wait_done(ids, timeout=60).values())
+    lines = [r.getMessage() for r in caplog.records]
+    skipped = [m for m in lines if "Skipping GPU monitoring for node box2" in m]
+    assert len(skipped) == 1, lines  # logged once
+    box2 = next(
+        n
+        for n in requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"]
+        if n["name"] == "box2"
+    )
+    assert box2["memory_source"] == "budget"
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+def test_configured_nodes_parse_names_urls_and_gpus() -> None:
+    nodes = configured_nodes(
+        "gpu0=http://127.0.0.1:11434, gpu1=http://127.0.0.1:11435,box2=http://10.0.0.7:11434",
+        "http://localhost:11434",
+        "gpu0=0,gpu1=1",
+        "",
+        2,
+    )
+    assert [(n.name, n.gpus, n.gpu_url) for n in nodes] == [
+        ("gpu0", (0,), None),
+        ("gpu1", (1,), None),
+        ("box2", None, "http://10.0.0.7:5001"),
+    ]
+    default = configured_nodes("", "http://localhost:11434", "", "", 1)
+    assert [(n.name, n.url) for n in default] == [("local", "http://localhost:11434")]
+    # two servers here and two GPUs: one each, in order
+    auto = configured_nodes("a=http://127.0.0.1:1,b=http://127.0.0.1:2", "", "", "", 2)
+    assert [n.gpus for n in auto] == [(0,), (1,)]
+
+
+@pytest.mark.parametrize(
+    ("backends", "gpus", "message"),
+    [
+        ("Bad=http://x:1", "", "a-z 0-9"),
+        ("a=http://x:1,a=http://y:1", "", "twice"),
+        ("a=ftp://x", "", r"http\(s\)"),
+        ("a=http://127.0.0.1:1", "b=0", "no backend"),
+        ("a=http://127.0.0.1:1,b=http://127.0.0.1:2", "a=0,b=0", "two backends"),
+        (
+            "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3",
+            "",
+            "OLLAMA_BACKEND_GPUS",
+        ),
+        ("a", "", "name=value"),
+    ],
+)
+def test_bad_backend_settings_stop_startup_with_a_sentence(
+    backends: str, gpus: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        configured_nodes(backends, "http://localhost:11434", gpus, "", 2)
+
+
+def test_hardware_summary_counts_identical_gpus_and_skips_bad_ones() -> None:
+    devices: list[dict[str, object]] = [
+        {"name": "NVIDIA GeForce RTX 4090", "total_mb": 24564, "available": True, "error": None},
+        {"name": "NVIDIA GeForce RTX 4090", "total_mb": 24564, "available": True, "error": None},
+        {"name": "NVIDIA A100", "total_mb": 81920, "available": True, "error": None},
+        {"name": "NVIDIA A100", "total_mb": 81920, "available": False, "error": "GPU is lost"},
+        {"name": "NVIDIA T4", "total_mb": None, "available": True, "error": None},
+    ]
+    assert hardware_summary(devices) == [
+        {"type": "NVIDIA A100 | 80GB", "count": 1},
+        {"type": "NVIDIA GeForce RTX 4090 | 23GB", "count": 2},
+    ]
+
+
+def test_a_host_name_of_this_machine_counts_as_local() -> None:
+    from modelmanager.nodes import is_local
+
+    assert is_local(f"http://{socket.gethostname()}:11434")
+    assert is_local("http://127.0.0.1:11434") and is_local("http://[::1]:11434")
+    assert not is_local("http://10.255.255.1:11434")
