@@ -11,11 +11,15 @@ with a lag. Model names are matched as Ollama matches them (case-insensitive, de
 host, namespace and tag) and listed as stored. A client that disconnects has its work
 stopped at once (logged with status 499, as Ollama logs it).
 
-The GPU is simulated: Ollama's fit check only sees its own runners, while a settable
-"other program" also holds memory. A load that does not fit in the REAL free memory fails
-with a CUDA out-of-memory error; growing the other program past capacity crashes the most
-recently loaded runners. With ``nvml_state`` the simulator keeps a fake-NVML state file
-(``../shared/fake-nvml``) in step, so NVML readers see the same memory.
+The GPUs are simulated (one by default; ``gpus``/``vram_mb`` for more, placed as Ollama
+up to v0.11.4 places runners: the single GPU with the most free memory, else spread over
+all, see :mod:`.gpu`): Ollama's fit check only sees its own runners, while a settable
+"other program" per GPU also holds memory. A load that does not fit in a GPU's REAL free
+memory fails with a CUDA out-of-memory error; growing the other program past a GPU's
+capacity crashes the most recently loaded runners on that GPU. With ``nvml_state`` the
+simulator keeps a fake-NVML state file (``../shared/fake-nvml``) in step, so NVML readers
+see the same memory; several simulators (``nvml_index``: one Ollama per GPU) can share
+one file, each updating its own devices (:mod:`.nvml`).
 
 Use it in-process::
 

@@ -13,18 +13,50 @@ from .fake import DEFAULT_REQUEST_LOG_SIZE, FakeOllama
 from .wire import parse_env_keep_alive
 
 
+def _sizes(text: str) -> int | list[int]:
+    """``--vram-mb``: one size in MiB for every GPU, or sizes separated by commas."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected MiB or a comma-separated list of MiB, got {text!r}"
+        ) from None
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Ollama simulator with VRAM accounting.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=11434, help="TCP port (0: any free port)")
-    parser.add_argument("--vram-mb", type=int, default=24576, help="GPU memory in MiB")
+    parser.add_argument(
+        "--vram-mb",
+        type=_sizes,
+        default=24576,
+        help="memory of each GPU in MiB, or one size per GPU: 8192,4096",
+    )
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="number of GPUs (default 1, or one per size)"
+    )
     parser.add_argument(
         "--time-scale", type=float, default=1.0, help="factor on every simulated duration"
     )
-    parser.add_argument("--nvml-state", default=None, help="fake-NVML state file to maintain")
+    parser.add_argument(
+        "--nvml-state",
+        default=None,
+        help="fake-NVML state file to maintain (other simulators may share it)",
+    )
+    parser.add_argument(
+        "--nvml-index",
+        type=int,
+        default=0,
+        help="NVML device number of this simulator's first GPU (as CUDA_VISIBLE_DEVICES)",
+    )
     parser.add_argument("--num-parallel", type=int, default=1, help="OLLAMA_NUM_PARALLEL")
     parser.add_argument(
-        "--max-loaded-models", type=int, default=3, help="OLLAMA_MAX_LOADED_MODELS (0: 3)"
+        "--max-loaded-models",
+        type=int,
+        default=0,
+        help="OLLAMA_MAX_LOADED_MODELS (0: 3 per GPU)",
     )
     parser.add_argument("--max-queue", type=int, default=512, help="OLLAMA_MAX_QUEUE")
     parser.add_argument(
@@ -60,8 +92,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         keep_alive = parse_env_keep_alive(args.keep_alive)
         sim = FakeOllama(
             vram_mb=args.vram_mb,
+            gpus=args.gpus,
             time_scale=args.time_scale,
             nvml_state=args.nvml_state,
+            nvml_index=args.nvml_index,
             num_parallel=args.num_parallel,
             max_loaded_models=args.max_loaded_models,
             max_queue=args.max_queue,

@@ -13,12 +13,15 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .faults import Fault, make_fault
+from .gpu import parse_sizes
 from .http import Server
+from .nvml import MAX_DEVICES
 from .registry import InstalledModels
 from .residency import POLL_S
 from .runners import GONE
@@ -39,16 +42,18 @@ class FakeOllama(Scheduler):
 
     def __init__(
         self,
-        vram_mb: int = 24576,
+        vram_mb: int | Sequence[int] = 24576,
         time_scale: float = 1.0,
         nvml_state: str | os.PathLike[str] | None = None,
         num_parallel: int = 1,
-        max_loaded_models: int = 3,
+        max_loaded_models: int = 0,
         max_queue: int = 512,
         host: str = "127.0.0.1",
         port: int = 0,
         default_keep_alive: float = 300.0,
         *,
+        gpus: int | None = None,
+        nvml_index: int = 0,
         vram_release_lag: float = 0.5,
         scale_keep_alive: bool = True,
         gpu_name: str = "NVIDIA GeForce RTX 4090",
@@ -56,16 +61,25 @@ class FakeOllama(Scheduler):
     ) -> None:
         """Configure; nothing starts until :meth:`start`.
 
-        ``vram_mb``: GPU size in MiB. ``time_scale``: factor on every simulated duration.
-        ``nvml_state``: fake-NVML state file to keep up to date (None: none).
-        ``max_loaded_models`` 0 means Ollama's default, 3. ``default_keep_alive``: seconds
-        (negative: forever), applied at load time to requests that set none.
+        ``vram_mb``: the size of each GPU in MiB, or a list of sizes, one per GPU.
+        ``gpus``: how many GPUs (None: one, or as many as ``vram_mb`` lists).
+        ``time_scale``: factor on every simulated duration.
+        ``nvml_state``: fake-NVML state file to keep up to date (None: none); other
+        simulators may share it. ``nvml_index``: the NVML device number of this
+        simulator's first GPU (an Ollama pinned with ``CUDA_VISIBLE_DEVICES``); its GPUs
+        are devices ``nvml_index``, ``nvml_index + 1``, ...
+        ``max_loaded_models`` 0 means Ollama's default, 3 per GPU. ``default_keep_alive``:
+        seconds (negative: forever), applied at load time to requests that set none.
         ``vram_release_lag``: seconds (scaled) between a runner leaving /api/ps and its
         memory showing as free. ``scale_keep_alive=False`` keeps keep_alive in real seconds.
         ``request_log_size``: how many of the latest requests the request log keeps.
         """
-        if vram_mb <= 0:
-            raise ValueError(f"vram_mb must be positive, got {vram_mb}")
+        sizes = parse_sizes(vram_mb, gpus)
+        if nvml_index < 0 or nvml_index + len(sizes) > MAX_DEVICES:
+            raise ValueError(
+                f"nvml_index must leave its {len(sizes)} GPU(s) within NVML's "
+                f"{MAX_DEVICES} devices, got {nvml_index}"
+            )
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         if num_parallel < 1:
@@ -75,11 +89,12 @@ class FakeOllama(Scheduler):
         if request_log_size < 1:
             raise ValueError(f"request_log_size must be >= 1, got {request_log_size}")
         super().__init__(
-            vram_mb=int(vram_mb),
+            gpu_vram_mb=sizes,
+            nvml_index=int(nvml_index),
             time_scale=float(time_scale),
             nvml_state=Path(nvml_state) if nvml_state is not None else None,
             num_parallel=int(num_parallel),
-            max_loaded_models=int(max_loaded_models) or 3,
+            max_loaded_models=int(max_loaded_models) or 3 * len(sizes),
             max_queue=int(max_queue),
             default_keep_alive=math.inf if default_keep_alive < 0 else float(default_keep_alive),
             vram_release_lag=float(vram_release_lag),
@@ -245,17 +260,6 @@ class FakeOllama(Scheduler):
                     return fault
         return None
 
-    def set_other_program_mb(self, mb: int) -> None:
-        """Memory (MiB) another program holds on the GPU. Ollama's fit check cannot see
-        it; if real use then exceeds the GPU, runners crash, most recently loaded first."""
-        if mb < 0:
-            raise ValueError(f"other_mb must be >= 0, got {mb}")
-        with self._cv:
-            self._other_mb = int(mb)
-            self._crash_until_fits()
-            self._write_nvml()
-            self._cv.notify_all()
-
     def set_gate(self, closed: bool, after_tokens: int = 0) -> None:
         """Close or open the gate. While closed, generate/chat/embed requests that hold a
         runner slot wait before producing token number ``after_tokens`` (0: before any
@@ -316,7 +320,7 @@ class FakeOllama(Scheduler):
 
     def reset(self, everything: bool = False) -> None:
         """Clear counters, logs and faults. ``everything`` also opens the gate and clears
-        latency, disabled endpoints and the other program's memory (models stay loaded)."""
+        latency, disabled endpoints and other programs' memory (models stay loaded)."""
         with self._cv:
             self._faults.clear()
             self._reset_counters()
@@ -325,23 +329,11 @@ class FakeOllama(Scheduler):
                 self._disabled.clear()
                 self._gate_closed = False
                 self._gate_after = 0
-                self._other_mb = 0
+                for g in self._gpus:
+                    g.other_mb = 0
                 self._write_nvml()
-            self._peak_mb = self._real_used_mb()
+            self._reset_peaks()
             self._cv.notify_all()
-
-    def gpu(self) -> dict[str, int]:
-        """The GPU as NVML shows it, in MiB: total, used, free, other, runners."""
-        with self._cv:
-            runners = self._runners_mb()
-            used = min(self.vram_mb, self._other_mb + runners)
-            return {
-                "total_mb": self.vram_mb,
-                "used_mb": used,
-                "free_mb": self.vram_mb - used,
-                "other_mb": self._other_mb,
-                "runners_mb": runners,
-            }
 
     def loaded_models(self) -> list[str]:
         """Names of the models /api/ps lists now (as stored), sorted."""
@@ -350,8 +342,10 @@ class FakeOllama(Scheduler):
 
     def stats(self) -> dict[str, Any]:
         """Counters and logs (times are ``time.monotonic()`` seconds). See ``/_sim/stats``;
-        ``cancelled`` counts requests whose client went away before their answer ended."""
+        ``cancelled`` counts requests whose client went away before their answer ended.
+        Memory figures are summed over the GPUs; ``gpus`` has each GPU as :meth:`gpu`."""
         with self._cv:
+            gpus = [self._gpu_report(g) for g in self._gpus]
             return {
                 "loads": self._loads,
                 "unloads": self._unloads,
@@ -366,8 +360,9 @@ class FakeOllama(Scheduler):
                 "gated": self._gated,
                 "generating": self._generating,
                 "peak_vram_mb": self._peak_mb,
-                "used_vram_mb": min(self.vram_mb, self._real_used_mb()),
-                "other_mb": self._other_mb,
+                "used_vram_mb": sum(g["used_mb"] for g in gpus),
+                "other_mb": sum(g.other_mb for g in self._gpus),
+                "gpus": gpus,
                 "gate_closed": self._gate_closed,
                 "faults_pending": [f.as_dict() for f in self._faults],
                 "runners": [self._runner_info(r) for r in self._loaded.values()],

@@ -106,7 +106,7 @@ def control(
         )
         return 200, {"ok": True}, False
     if (method, name) == ("POST", "gpu"):
-        sim.set_other_program_mb(int(body["other_mb"]))
+        sim.set_other_program_mb(int(body["other_mb"]), body.get("gpu"))
         return 200, sim.gpu(), False
     if (method, name) == ("POST", "gate"):
         sim.set_gate(bool(body["closed"]), int(body.get("after_tokens", 0)))

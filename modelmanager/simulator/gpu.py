@@ -1,73 +1,101 @@
-"""The simulated GPU as NVML shows it: a fake-NVML state file kept in step.
+"""The simulated GPUs and where Ollama puts a runner on them (OLLAMA_FACTS §2.9).
 
-``../shared/fake-nvml`` is a ``libnvidia-ml.so.1`` that reads a small ``key=value`` state
-file; programs using NVML through it see the simulator's GPU. Memory is in MiB, as NVML
-counts it per process.
+Placement follows Ollama up to v0.11.4 (``pickBestFullFitByLibrary``): a runner that
+fits entirely on one GPU goes on the single GPU with the most free memory; otherwise it is
+spread over every GPU with room, its VRAM split in proportion to each GPU's free memory
+less the CUDA context it needs there; if it fits nowhere the caller evicts, or (nothing
+loaded) spills part of it to the CPU with :func:`spill`. "Free" is what Ollama's fit check
+sees: each GPU's size less its own runners' memory; other programs are invisible to it.
+
+The functions here are pure: bytes in, a placement out. A placement is a tuple of
+``(gpu, bytes)``: the local GPU index (as ``CUDA_VISIBLE_DEVICES`` numbers them) and the
+part of the runner's ``size_vram`` on it; each GPU in it also holds one CUDA context.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-#: The pid NVML lists for the simulated "other program" holding memory.
-OTHER_PROGRAM_PID = 31337
-GPU_UUID = "GPU-5a1f0c3e-7d2b-4c8e-9f61-0a0b0c0d0e0f"
+Placement = tuple[tuple[int, int], ...]
+
+#: A first model that does not fit may fill a GPU to this share (numerator, denominator)
+#: before the rest goes to the CPU.
+SPILL_FILL = (19, 20)
 
 
-@dataclass(frozen=True)
-class GpuSnapshot:
-    """What NVML should report now: sizes in MiB, one ``(pid, MiB)`` per process."""
+@dataclass
+class Gpu:
+    """One simulated GPU. ``index`` is its number inside this Ollama, ``nvml_index`` its
+    device number in NVML (they differ for an Ollama pinned to a later GPU). Sizes in
+    MiB. Guarded by the simulator's condition variable."""
 
+    index: int
+    nvml_index: int
     total_mb: int
-    used_mb: int
-    other_mb: int
-    runner_procs: tuple[tuple[int, int], ...]
-    busy: bool
+    other_mb: int = 0
+    peak_mb: int = 0
 
 
-class NvmlStateFile:
-    """Writes :class:`GpuSnapshot`\\ s to a fake-NVML state file, atomically and only when
-    the content changes. Not thread-safe: the simulator calls it with its lock held."""
+def parse_sizes(vram_mb: int | Sequence[int], gpus: int | None) -> tuple[int, ...]:
+    """Per-GPU sizes in MiB from ``vram_mb`` (one size for every GPU, or one per GPU) and
+    ``gpus`` (None: one, or as many as sizes given). Raises ``ValueError``."""
+    if isinstance(vram_mb, bool):
+        raise ValueError(f"vram_mb must be a size in MiB or a list of them, got {vram_mb!r}")
+    if isinstance(vram_mb, int | float):
+        count = 1 if gpus is None else gpus
+        if count < 1:
+            raise ValueError(f"gpus must be >= 1, got {count}")
+        sizes = (int(vram_mb),) * count
+    else:
+        sizes = tuple(int(mb) for mb in vram_mb)
+        if not sizes:
+            raise ValueError("vram_mb must list at least one GPU size")
+        if gpus is not None and gpus != len(sizes):
+            raise ValueError(f"gpus={gpus} but vram_mb lists {len(sizes)} sizes: {list(sizes)}")
+    for mb in sizes:
+        if mb <= 0:
+            raise ValueError(f"vram_mb must be positive, got {mb}")
+    return sizes
 
-    def __init__(self, path: Path, gpu_name: str) -> None:
-        self.path = path
-        self.gpu_name = gpu_name
-        self.error: str | None = None
-        self._last = ""
 
-    def render(self, snap: GpuSnapshot) -> str:
-        """The state file's text for ``snap``."""
-        procs = [f"{pid}:{mb}" for pid, mb in snap.runner_procs]
-        if snap.other_mb:
-            procs.insert(0, f"{OTHER_PROGRAM_PID}:{snap.other_mb}")
-        loaded = len(snap.runner_procs)
-        lines = [
-            "# written by the Model Manager Ollama simulator",
-            "device_count=1",
-            f"gpu0.name={self.gpu_name}",
-            f"gpu0.uuid={GPU_UUID}",
-            f"gpu0.total_mb={snap.total_mb}",
-            f"gpu0.used_mb={snap.used_mb}",
-            f"gpu0.util={90 if snap.busy else 0}",
-            f"gpu0.mem_util={45 if snap.busy else (2 if loaded else 0)}",
-            f"gpu0.temp={72 if snap.busy else 41}",
-            f"gpu0.power_mw={285000 if snap.busy else 28000 + 4000 * loaded}",
-            f"gpu0.procs={','.join(procs[:32])}",
-        ]
-        return "\n".join(lines) + "\n"
+def split(vram: int, rooms: dict[int, int]) -> Placement:
+    """``vram`` bytes split over the GPUs in ``rooms`` (GPU -> bytes it can take) in
+    proportion to their room, never more than a GPU's room when ``vram`` <= the sum."""
+    total = sum(rooms.values())
+    if vram <= 0 or total <= 0:
+        return ()
+    parts = {i: vram * room // total for i, room in rooms.items()}
+    left = vram - sum(parts.values())
+    for i in sorted(rooms, key=lambda i: -rooms[i]):  # rounding leftovers: roomiest first
+        extra = min(left, max(0, rooms[i] - parts[i]))
+        parts[i] += extra
+        left -= extra
+    if left:  # only when vram > total: the rest goes to the roomiest GPU
+        parts[max(rooms, key=lambda i: rooms[i])] += left
+    return tuple((i, b) for i, b in sorted(parts.items()) if b > 0)
 
-    def write(self, snap: GpuSnapshot) -> None:
-        """Replace the file if its content changed; an error is kept in :attr:`error`."""
-        text = self.render(snap)
-        if text == self._last:
-            return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            self.error = str(exc)
-            return
-        self._last = text
+
+def place(vram: int, free: Sequence[int], context: int) -> Placement | None:
+    """Where a runner with ``vram`` bytes of ``size_vram`` goes, given each GPU's free
+    bytes as Ollama sees them and the CUDA context each GPU it uses needs; None if it does
+    not fit. A runner with no VRAM (``num_gpu: 0``) needs room for a context anywhere."""
+    if vram <= 0:
+        return () if free and max(free) >= context else None
+    by_free = sorted(range(len(free)), key=lambda i: -free[i])  # ties: lower index first
+    for i in by_free:
+        if vram + context <= free[i]:
+            return ((i, vram),)
+    rooms = {i: f - context for i, f in enumerate(free) if f > context}
+    if len(rooms) > 1 and vram <= sum(rooms.values()):
+        return split(vram, rooms)
+    return None
+
+
+def spill(vram: int, free: Sequence[int], context: int) -> Placement:
+    """A model that fits nowhere with nothing else loaded: as much of ``vram`` as fills
+    each GPU to :data:`SPILL_FILL`, split over them; the rest runs on the CPU."""
+    num, den = SPILL_FILL
+    rooms = {i: f * num // den - context for i, f in enumerate(free)}
+    rooms = {i: room for i, room in rooms.items() if room > 0}
+    return split(min(vram, sum(rooms.values())), rooms)

@@ -224,7 +224,7 @@ def _generate_on(
     sim = h.sim
     watch = h.watch
     sim._gate(runner, 0, watch)
-    sim._set_generating(+1)
+    sim._set_generating(runner, +1)
     try:
         eval_start = time.monotonic()
         watch.sleep(sim._scaled(prompt_tokens * runner.token_seconds * PROMPT_TOKEN_FACTOR))
@@ -245,7 +245,7 @@ def _generate_on(
                 h.stream_line(out)
         end = time.monotonic()
     finally:
-        sim._set_generating(-1)
+        sim._set_generating(runner, -1)
     timing = metrics(
         h.t0, loaded_at, eval_start, gen_start, end, time.monotonic(), prompt_tokens, answer.tokens
     )
@@ -343,13 +343,13 @@ def _embed_on(h: Handler, runner: Runner, texts: list[str], tokens: int) -> list
     sim._enter_slot(runner, h.watch)
     try:
         sim._gate(runner, 0, h.watch)
-        sim._set_generating(+1)
+        sim._set_generating(runner, +1)
         try:
             h.watch.sleep(sim._scaled(tokens * runner.token_seconds * EMBED_TOKEN_FACTOR))
             sim._check_alive(runner, h.watch)
             dim = runner.spec.embedding_length
             return [make_embedding(runner.spec.name, text, dim) for text in texts]
         finally:
-            sim._set_generating(-1)
+            sim._set_generating(runner, -1)
     finally:
         sim._leave_slot(runner)

@@ -1,7 +1,7 @@
 """Runner residency: what is loaded, its memory, its slots, idle expiry and unloading.
 
 :class:`Residency` holds the simulator's shared state behind ONE condition variable
-(``_cv``): loaded and releasing runners, the simulated GPU's memory, the gate, counters
+(``_cv``): loaded and releasing runners, the simulated GPUs' memory, the gate, counters
 and logs. Methods whose names start with ``_`` and are documented "lock held" must be
 called with ``_cv`` held; the others take it. The FIFO queue and the scheduler thread
 build on this in :mod:`.scheduler`.
@@ -17,8 +17,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .catalog import MIB
-from .gpu import GpuSnapshot, NvmlStateFile
+from .gpu import Gpu
+from .memory import GpuMemory
 from .runners import CRASHED, GONE, READY, RELEASING, Runner, RunnerCrashed, RunnerOptions
 from .watch import ClientGone, ShuttingDown, Watch
 from .wire import MAX_INT64_NS
@@ -26,14 +26,15 @@ from .wire import MAX_INT64_NS
 POLL_S = 0.05  # how often waiting threads re-check conditions nobody notifies about
 
 
-class Residency:
-    """Loaded runners and the GPU they live on. Durations are seconds; memory is bytes,
-    except names ending in ``_mb`` (MiB)."""
+class Residency(GpuMemory):
+    """Loaded runners and the GPUs they live on (:class:`~.memory.GpuMemory`). Durations
+    are seconds; memory is bytes, except names ending in ``_mb`` (MiB)."""
 
     def __init__(
         self,
         *,
-        vram_mb: int,
+        gpu_vram_mb: tuple[int, ...],
+        nvml_index: int,
         time_scale: float,
         nvml_state: Path | None,
         num_parallel: int,
@@ -44,17 +45,19 @@ class Residency:
         gpu_name: str,
         request_log_size: int,
     ) -> None:
-        self.vram_mb = vram_mb
+        super().__init__(
+            gpu_vram_mb=gpu_vram_mb,
+            nvml_index=nvml_index,
+            nvml_state=nvml_state,
+            gpu_name=gpu_name,
+        )
         self.time_scale = time_scale
-        self.nvml_state = nvml_state
         self.num_parallel = num_parallel
         self.max_loaded_models = max_loaded_models
         self.default_keep_alive = default_keep_alive
         self.vram_release_lag = vram_release_lag
         self.scale_keep_alive = scale_keep_alive
-        self.gpu_name = gpu_name
         self.request_log_size = request_log_size
-        self._nvml = NvmlStateFile(nvml_state, gpu_name) if nvml_state is not None else None
 
         self._cv = threading.Condition()
         self._stop_event = threading.Event()
@@ -62,7 +65,6 @@ class Residency:
         self._loaded: dict[str, Runner] = {}  # by the weights' identity (catalog name)
         self._releasing: list[Runner] = []
         self._seq = 0
-        self._other_mb = 0
         self._gate_closed = False
         self._gate_after = 0
         self._in_flight = self._gated = self._generating = 0
@@ -85,40 +87,10 @@ class Residency:
     def _keep_alive_scaled(self, seconds: float) -> float:
         return seconds * self.time_scale if self.scale_keep_alive else seconds
 
-    def _on_gpu(self) -> list[Runner]:
-        """Runners whose memory is on the (real) GPU, including those releasing it."""
-        return [r for r in list(self._loaded.values()) + self._releasing if r.counted]
-
-    def _runners_mb(self) -> int:
-        return sum(r.gpu_mb for r in self._on_gpu())
-
-    def _real_used_mb(self) -> int:
-        return self._other_mb + self._runners_mb()
-
-    def _ollama_free_bytes(self) -> int:
-        """Free memory as Ollama's fit check sees it: the other program is invisible."""
-        mine = sum(r.gpu_bytes for r in list(self._loaded.values()) + self._releasing)
-        return self.vram_mb * MIB - mine
-
     def _memory_changed(self) -> None:
-        self._peak_mb = max(self._peak_mb, self._real_used_mb())
+        self._track_peaks()
         self._write_nvml()
         self._cv.notify_all()
-
-    def _write_nvml(self) -> None:
-        """Bring the fake-NVML state file (if any) up to date."""
-        if self._nvml is None:
-            return
-        on_gpu = self._on_gpu()
-        self._nvml.write(
-            GpuSnapshot(
-                total_mb=self.vram_mb,
-                used_mb=min(self.vram_mb, self._real_used_mb()),
-                other_mb=self._other_mb,
-                runner_procs=tuple((r.pid, r.gpu_mb) for r in on_gpu),
-                busy=self._generating > 0,
-            )
-        )
 
     def _runner_info(self, r: Runner) -> dict[str, Any]:
         return {
@@ -130,6 +102,7 @@ class Residency:
             "keep_alive": None if math.isinf(r.session) else r.session,
             "size_vram": r.size_vram,
             "gpu_mb": r.gpu_mb,
+            "gpus": [{"index": i, "size_vram": part, "gpu_mb": r.mb_on(i)} for i, part in r.parts],
             "num_parallel": r.parallel,
             "context_length": r.context_length,
             "pid": r.pid,
@@ -236,9 +209,14 @@ class Residency:
         self._memory_changed()
 
     def _crash_until_fits(self) -> None:
-        """Real use above capacity: crash runners, most recently loaded first."""
-        while self._real_used_mb() > self.vram_mb:
-            candidates = [r for r in self._loaded.values() if r.counted]
+        """Real use above a GPU's capacity: crash the runners on that GPU, most recently
+        loaded first, until it fits (runners on other GPUs only are spared)."""
+        for g in self._gpus:
+            self._crash_until_gpu_fits(g)
+
+    def _crash_until_gpu_fits(self, g: Gpu) -> None:
+        while self._real_used_mb(g.index) > g.total_mb:
+            candidates = [r for r in self._loaded.values() if r.counted and g.index in r.gpus]
             if not candidates:
                 break
             victim = max(candidates, key=lambda r: r.seq)
@@ -263,6 +241,25 @@ class Residency:
             r = self._loaded.get(spec_name)
             if r is not None:
                 self._mark_expiring(r, "requested")
+
+    # ----- the GPUs' other programs (takes the lock) -----------------------------------
+
+    def set_other_program_mb(self, mb: int, gpu: int | None = None) -> None:
+        """Memory (MiB) another program holds on GPU ``gpu`` (None: GPU 0). Ollama's fit
+        check cannot see it; if real use then exceeds that GPU, the runners on it crash,
+        most recently loaded first."""
+        if mb < 0:
+            raise ValueError(f"other_mb must be >= 0, got {mb}")
+        index = 0 if gpu is None else gpu
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"gpu must be a GPU index, got {gpu!r}")
+        if not 0 <= index < len(self._gpus):
+            raise ValueError(f"gpu must be 0..{len(self._gpus) - 1}, got {gpu}")
+        with self._cv:
+            self._gpus[index].other_mb = int(mb)
+            self._crash_until_fits()
+            self._write_nvml()
+            self._cv.notify_all()
 
     # ----- slots and the gate (take the lock) ------------------------------------------
 
@@ -316,10 +313,12 @@ class Residency:
                 self._gated -= 1
                 self._cv.notify_all()
 
-    def _set_generating(self, delta: int) -> None:
+    def _set_generating(self, r: Runner, delta: int) -> None:
+        """A request starts (+1) or stops (-1) computing on ``r``: its GPUs look busy."""
         with self._cv:
             self._generating += delta
-            if (delta > 0 and self._generating == 1) or self._generating == 0:
+            r.generating += delta
+            if (delta > 0 and r.generating == 1) or r.generating == 0:
                 self._write_nvml()
 
     def _sleep(self, seconds: float) -> None:

@@ -95,8 +95,11 @@ class Runner:
     ``name`` is the stored name of the model that loaded it (what /api/ps lists): Ollama
     keys runners by the model's weights file, so a copy of a loaded model uses this same
     runner. ``session`` is the keep_alive in seconds (unscaled; ``inf`` forever). ``size``
-    and ``size_vram`` are bytes as /api/ps reports them; ``counted`` means its memory is
-    really allocated on the GPU (false for a load doomed to run out of memory).
+    and ``size_vram`` are bytes as /api/ps reports them (summed over GPUs); ``parts`` says
+    where ``size_vram`` lies: ``(gpu, bytes)`` per GPU it uses (see :mod:`.gpu`), each of
+    them also holding a CUDA context. ``counted`` means its memory is really allocated on
+    the GPUs (false for a load doomed to run out of memory). ``generating`` counts the
+    requests computing on it now.
     """
 
     spec: ModelSpec
@@ -119,16 +122,32 @@ class Runner:
     idle_deadline: float | None = None
     expires_wall: float | None = None
     release_at: float = 0.0
+    parts: tuple[tuple[int, int], ...] = ()
+    generating: int = 0
+
+    def bytes_on(self, gpu: int) -> int:
+        """Device memory the runner process holds on GPU ``gpu``: its part of
+        ``size_vram`` there plus a CUDA context; 0 on a GPU it does not use."""
+        return sum(part + CUDA_CONTEXT_BYTES for i, part in self.parts if i == gpu)
+
+    def mb_on(self, gpu: int) -> int:
+        """``bytes_on(gpu)`` rounded up to whole MiB, as NVML shows per process."""
+        return -(-self.bytes_on(gpu) // MIB)
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        """The GPUs the runner uses."""
+        return tuple(i for i, _ in self.parts)
 
     @property
     def gpu_bytes(self) -> int:
-        """Device memory the runner process holds: its VRAM part plus the CUDA context."""
-        return self.size_vram + CUDA_CONTEXT_BYTES if self.size_vram > 0 else 0
+        """Device memory the runner process holds on all its GPUs."""
+        return sum(self.bytes_on(i) for i in self.gpus)
 
     @property
     def gpu_mb(self) -> int:
-        """``gpu_bytes`` rounded up to whole MiB, as NVML shows per process."""
-        return -(-self.gpu_bytes // MIB)
+        """MiB the runner holds on all its GPUs, each rounded up as NVML shows it."""
+        return sum(self.mb_on(i) for i in self.gpus)
 
     @property
     def context_length(self) -> int:

@@ -1,6 +1,7 @@
 """Ollama's scheduler (v0.11.5+): a fast path for loaded models, one FIFO pending queue
 worked by one thread with head-of-line blocking, one load at a time, eviction by
 (keep_alive, name) with idle runners first, a cap on loaded models (OLLAMA_FACTS §2).
+With several GPUs a runner is placed as :mod:`.gpu` describes (§2.9).
 
 Handler threads call :meth:`Scheduler._acquire`; the scheduler thread runs
 :meth:`Scheduler._scheduler_loop`. A request whose client goes away leaves the queue at
@@ -14,7 +15,8 @@ import time
 from collections import deque
 from typing import Any
 
-from .catalog import CUDA_CONTEXT_BYTES, MIB, ModelSpec
+from .catalog import CUDA_CONTEXT_BYTES, ModelSpec
+from .gpu import Placement, place, spill
 from .residency import POLL_S, Residency
 from .runners import CRASHED, GONE, LOADING, READY, RELEASING, Pending, Runner, RunnerOptions
 from .watch import ClientGone, ShuttingDown, Watch
@@ -121,9 +123,10 @@ class Scheduler(Residency):
                 continue
             parallel = 1 if p.spec.is_embedding else self.num_parallel
             full = p.spec.vram_for(p.opts.num_ctx, parallel)
-            need = self._vram_part(p.spec, p.opts, full) + CUDA_CONTEXT_BYTES
-            if need <= self._ollama_free_bytes():
-                self._load(p, parallel, full, partial=False)
+            vram = self._vram_part(p.spec, p.opts, full)
+            parts = place(vram, self._ollama_free(), CUDA_CONTEXT_BYTES)
+            if parts is not None:
+                self._load(p, parallel, full, parts)
                 return
             if self._releasing:
                 self._wait_releases(p)
@@ -131,7 +134,8 @@ class Scheduler(Residency):
             if self._loaded:
                 self._evict_one(p, "needs memory")
                 continue
-            self._load(p, parallel, full, partial=True)  # too big for the GPU: CPU spill
+            # too big for the GPUs: part of it on the CPU
+            self._load(p, parallel, full, spill(vram, self._ollama_free(), CUDA_CONTEXT_BYTES))
             return
 
     def _vram_part(self, spec: ModelSpec, opts: RunnerOptions, full: int) -> int:
@@ -160,13 +164,12 @@ class Scheduler(Residency):
         while self._releasing and not self._stopping and not p.cancelled:
             self._cv.wait(POLL_S)
 
-    def _load(self, p: Pending, parallel: int, full: int, partial: bool) -> None:
-        """Start a runner for the head request and wait for it (one load at a time)."""
+    def _load(self, p: Pending, parallel: int, full: int, parts: Placement) -> None:
+        """Start a runner for the head request on the GPUs ``parts`` names and wait for it
+        (one load at a time). It runs out of memory if it does not fit in some GPU's REAL
+        free memory (what other programs hold included)."""
         spec = p.spec
-        vram = self._vram_part(spec, p.opts, full)
-        if partial:
-            room = self.vram_mb * MIB * 19 // 20 - CUDA_CONTEXT_BYTES
-            vram = max(0, min(vram, room))
+        vram = sum(part for _, part in parts)
         cpu_share = 1.0 - (vram / full if full else 1.0)
         self._seq += 1
         r = Runner(
@@ -177,13 +180,13 @@ class Scheduler(Residency):
             size=full,
             size_vram=vram,
             session=self.default_keep_alive if p.keep_alive is None else p.keep_alive,
-            pid=40000 + self._seq,
+            pid=40000 + 100000 * self.nvml_index + self._seq,
             seq=self._seq,
             token_seconds=spec.token_seconds * (1.0 + 9.0 * cpu_share),
+            parts=parts,
         )
         self._loaded[spec.name] = r
-        free_mb = self.vram_mb - self._real_used_mb()
-        oom = r.gpu_bytes > 0 and r.gpu_mb > free_mb
+        oom = any(r.mb_on(i) > self._gpus[i].total_mb - self._real_used_mb(i) for i in r.gpus)
         r.counted = not oom
         self._loads += 1
         event: dict[str, Any] = {
