@@ -186,10 +186,6 @@ class Config:
             self.BACKEND_GPU_URLS,
             None,
         )
-        if not self.OLLAMA_BASE_URL.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"OLLAMA_BASE_URL must start with http:// or https://, got {self.OLLAMA_BASE_URL!r}"
-            )
         return self
 
     @classmethod

@@ -21,15 +21,14 @@ from typing import Any
 from config import Config
 
 from .backend import Backend
-from .errors import Conflict, GatewayTimeout, InvalidRequest, NotFound, OllamaError
+from .contract.nodes import parse_registration
+from .errors import Conflict, GatewayTimeout, NotFound, OllamaError
 from .events import NodeAdded, NodeDraining
 from .gpu_api import RemoteGpuSource
 from .logger import get_logger
 from .models import MIB
 from .nodes import (
     NodeSpec,
-    check_name,
-    check_url,
     configured_nodes,
     default_gpu_url,
     hardware_summary,
@@ -182,47 +181,13 @@ class Fleet:
         return self._node_json(spec, None)
 
     def _spec_of(self, body: Any) -> tuple[NodeSpec, float]:
-        if not isinstance(body, dict):
-            raise InvalidRequest("the request body must be a JSON object")
-        unknown = set(body) - {"name", "url", "vram_budget_mb", "gpu_url", "startup_timeout_s"}
-        if unknown:
-            raise InvalidRequest(
-                f"unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0]
-            )
-        try:
-            name = check_name(body.get("name"))
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), field="name") from None
-        try:
-            url = check_url(body.get("url"), "'url'")
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), field="url") from None
-        gpu_url = body.get("gpu_url")
-        if gpu_url is not None:
-            try:
-                gpu_url = check_url(gpu_url, "'gpu_url'")
-            except ValueError as exc:
-                raise InvalidRequest(str(exc), field="gpu_url") from None
-        budget = body.get("vram_budget_mb")
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0
-        ):
-            raise InvalidRequest(
-                "'vram_budget_mb' must be a positive integer (MB)", field="vram_budget_mb"
-            )
-        timeout = body.get("startup_timeout_s", self.config.NODE_STARTUP_TIMEOUT)
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not (0 < timeout <= 3600)
-        ):
-            raise InvalidRequest(
-                "'startup_timeout_s' must be a number of seconds from 0 to 3600",
-                field="startup_timeout_s",
-            )
+        reg = parse_registration(body)
+        timeout = reg.startup_timeout_s or self.config.NODE_STARTUP_TIMEOUT
+        url, gpu_url, budget = reg.url.rstrip("/"), reg.gpu_url, reg.vram_budget_mb
         if gpu_url is None and budget is None and not is_local(url):
             gpu_url = default_gpu_url(url)
-        return NodeSpec(name, url, None, gpu_url, budget, registered=True), float(timeout)
+        spec = NodeSpec(reg.name, url, None, gpu_url, budget, registered=True)
+        return spec, float(timeout)
 
     def _wait_healthy(self, backend: Backend, timeout: float) -> None:
         deadline = time.monotonic() + timeout

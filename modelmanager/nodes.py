@@ -114,14 +114,17 @@ def configured_nodes(
 
     Raises :class:`ConfigError` with a sentence naming the bad setting and value.
     """
-    pairs = _pairs(backends, "OLLAMA_BACKENDS") or [(DEFAULT_NODE, base_url)]
+    pairs = _pairs(backends, "OLLAMA_BACKENDS")
+    source = "OLLAMA_BACKENDS URL of {}"
+    if not pairs:
+        pairs, source = [(DEFAULT_NODE, base_url)], "OLLAMA_BASE_URL"
     names = [n for n, _ in pairs]
     if len(set(names)) != len(names):
         raise ConfigError(f"OLLAMA_BACKENDS names a node twice: {backends!r}")
     urls: dict[str, str] = {}
     for name, url in pairs:
         try:
-            urls[name] = check_url(url, f"OLLAMA_BACKENDS URL of {name}")
+            urls[name] = check_url(url, source.format(name))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     gpus: dict[str, tuple[int, ...]] = {}

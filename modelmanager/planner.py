@@ -475,10 +475,27 @@ class _Pass:
             return [], blocked
         return chosen, blocked
 
-    def replicate(self) -> None:
+    def horizon(self) -> float:
+        """Seconds the fleet needs for all waiting work if it were shared evenly over
+        every seat of every usable backend."""
+        seats = sum(r.view.max_loaded for r in self.usable)
+        return sum(self.work(d) for d in self.demands.values()) / max(1, seats)
+
+    def replicate(self, critical: bool = False) -> None:
         """A second copy for a runner whose queue would take longer than REPLICA_FACTOR
-        of its loads, on a backend with room to spare after the waiting groups."""
+        of its loads, on another backend with room to spare after the waiting groups, or
+        with room that idle runners nobody waits for give back (they are unloaded first;
+        the copy loads on a later pass).
+
+        ``critical``: before the waiting groups are placed, only the most urgent runners
+        whose queue outlasts the :meth:`horizon` by more than a load: the last job of the
+        whole burst would be theirs, so their copy goes before groups that finish sooner
+        anyway."""
+        horizon = self.horizon() if critical else 0.0
+        best = min((d.rank for d in self.demands.values()), default=0)
         for d in sorted(self.demands.values(), key=lambda d: (d.rank, -self.work(d))):
+            if critical and d.rank > best:  # never ahead of a more urgent group
+                break
             copies = [v for v in self.copies(d.runner) if (v.runner, v.backend) not in self.leaving]
             if not copies or any(v.state is RunnerState.LOADING for v in copies):
                 continue
@@ -486,7 +503,8 @@ class _Pass:
             if f is None or f.estimate_bytes is None:
                 continue
             queue = self.time_to_idle(copies[0], d, f)
-            if queue <= REPLICA_FACTOR * (f.load_seconds + self.settings.unload_seconds):
+            cost = f.load_seconds + self.settings.unload_seconds
+            if queue <= REPLICA_FACTOR * cost or (critical and queue <= horizon + cost):
                 continue
             here = {v.backend for v in copies}
             spare = [
@@ -496,17 +514,56 @@ class _Pass:
                 and (f.backends is None or r.name in f.backends)
                 and r.name not in self.blocked_rooms
                 and not self.rivals(d.runner, r)
-                and r.seat_free
                 and r.load_slots > 0
-                and r.fits(f.estimate_bytes)
             ]
-            if not spare:
+            ready = [r for r in spare if r.seat_free and r.fits(f.estimate_bytes)]
+            if ready:
+                room = max(ready, key=lambda r: r.total_free())
+                self.plan.actions.append(Load(d.runner, room.name))
+                room.load_slots -= 1
+                room.reserve(f.estimate_bytes)
+                room.seats += 1
                 continue
-            room = max(spare, key=lambda r: r.total_free())
-            self.plan.actions.append(Load(d.runner, room.name))
-            room.load_slots -= 1
-            room.reserve(f.estimate_bytes)
-            room.seats += 1
+            for room in sorted(spare, key=lambda r: -r.total_free()):
+                chosen = self.idle_victims(d, f.estimate_bytes, room)
+                if chosen is None:
+                    continue
+                for v in chosen:  # none: the room is being made already
+                    self.leave(v, UnloadReason.ROOM, d.runner, "for a second copy")
+                room.claim_all()
+                self.blocked_rooms.add(room.name)
+                break
+
+    def idle_victims(self, group: Demand, need: int, room: Room) -> list[RunnerView] | None:
+        """Idle runners on ``room``'s backend that no job waits for and that no longer
+        count as warm for ``group``, least needed first, whose going makes room for
+        ``need`` bytes and a seat: ``[]`` when unloads under way make it already, None
+        when even all of them would not."""
+        seats = (
+            room.view.max_loaded - room.seats + sum(1 for _, b in self.leaving if b == room.name)
+        )
+        have = room.total_free() + room.incoming
+        if have >= need and seats > 0:
+            return [] if room.incoming > 0 else None  # else it does not fit as placed
+        idle = [
+            v
+            for v in self.runners
+            if v.backend == room.name
+            and v.state is RunnerState.READY
+            and v.in_flight == 0
+            and v.runner not in self.demands
+            and (v.runner, v.backend) not in self.leaving
+            and not self.warm(v, group)
+        ]
+        idle.sort(key=lambda v: (v.arrivals, v.last_used))
+        chosen: list[RunnerView] = []
+        for v in idle:
+            if have >= need and seats > 0:
+                break
+            chosen.append(v)
+            have += v.size_bytes
+            seats += 1
+        return chosen if have >= need and seats > 0 else None
 
     def dispatch(self) -> None:
         ahead = self.settings.dispatch_ahead
@@ -545,6 +602,7 @@ def plan(
                 state.plan.actions.append(Wait(d.runner, WaitReason.BACKEND_DOWN))
         return state.plan
     state.expire_idle()
+    state.replicate(critical=True)
     state.place_groups()
     state.replicate()
     state.dispatch()

@@ -37,24 +37,25 @@ def _loads(sim: Any) -> list[str]:
 # ---------------------------------------------------------------------------- spreading
 
 
+@pytest.mark.parametrize("count", [2, 3])
 def test_jobs_spread_over_backends_and_none_runs_out_of_memory(
-    make_sim: Any, make_service: Any
+    make_sim: Any, make_service: Any, count: int
 ) -> None:
-    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
-    svc = _fleet(make_service, a, b)
-    jobs = [{"model": m, "prompt": f"p{i}"} for i in range(6) for m in SMALL]
+    sims = [make_sim(vram_mb=4096) for _ in range(count)]
+    svc = _fleet(make_service, *sims)
+    models = [*SMALL, "gemma:2b", "qwen2.5:1.5b"]
+    jobs = [{"model": m, "prompt": f"p{i}"} for i in range(6) for m in models]
     ids = requests.post(f"{svc.url}/api/submit_batch", json={"jobs": jobs}, timeout=10).json()
     done = svc.wait_done(ids["job_ids"], timeout=60)
     assert all(d["status"] == "complete" for d in done.values())
-    assert {d["node"] for d in done.values()} == {"n0", "n1"}  # both did work
-    for sim in (a, b):
+    assert {d["node"] for d in done.values()} == {f"n{i}" for i in range(count)}  # all worked
+    for sim in sims:
         stats = sim.stats()
         assert stats["ooms"] == 0 and stats["crashes"] == 0
         assert stats["peak_vram_mb"] <= 4096
     # a model's jobs ran where it was loaded: each node's models are the ones it loaded
     for d in done.values():
-        sim = a if d["node"] == "n0" else b
-        assert d["model"] in _loads(sim)
+        assert d["model"] in _loads(sims[int(d["node"][1:])])
 
 
 def test_a_model_in_demand_gets_a_copy_on_a_second_backend(
@@ -90,6 +91,77 @@ def test_a_backend_that_goes_down_loses_no_job(make_sim: Any, make_service: Any)
     health = requests.get(f"{svc.url}/api/health", timeout=5).json()
     assert health["status"] == "degraded"
     assert {n["name"]: n["up"] for n in health["nodes"]}[gone] is False
+
+
+# --------------------------------------------------------------- GPUs on this host (NVML)
+
+
+def _per_gpu_peak_ok(sim: Any) -> None:
+    stats = sim.stats()
+    assert stats["ooms"] == 0 and stats["crashes"] == 0, stats
+    for gpu in stats["gpus"]:
+        assert gpu["peak_mb"] <= gpu["total_mb"], gpu
+
+
+def test_one_ollama_with_two_gpus_is_planned_per_gpu(
+    make_sim: Any, make_service: Any, gpu_state: Any
+) -> None:
+    """One Ollama over two 5 GiB GPUs (NVML shows both): models that fit one GPU go to
+    the one with more free memory, an 8B model is spread over both, and nothing OOMs."""
+    sim = make_sim(vram_mb=[5120, 5120], nvml_state=str(gpu_state))
+    svc = make_service(sim)
+    jobs = [{"model": m, "prompt": f"p{i}"} for i in range(3) for m in [*SMALL, "phi3:mini"]]
+    jobs += [{"model": "llama3.1:8b", "prompt": "big"}, {"model": "phi3:mini", "prompt": "x"}]
+    ids = requests.post(f"{svc.url}/api/submit_batch", json={"jobs": jobs}, timeout=10).json()
+    done = svc.wait_done(ids["job_ids"], timeout=90)
+    assert all(d["status"] == "complete" for d in done.values()), done
+    assert {d["node"] for d in done.values()} == {"local"}
+    _per_gpu_peak_ok(sim)
+    gpus = requests.get(f"{svc.url}/api/stats", timeout=5).json()["resources"]["gpus"]
+    assert [g["device"] for g in gpus] == ["local:gpu0", "local:gpu1"]
+    node = requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"][0]
+    assert [d["name"] for d in node["devices"]] == ["local:gpu0", "local:gpu1"]
+    assert node["hardware"] == [{"type": "NVIDIA GeForce RTX 4090 | 5GB", "count": 2}]
+    big = [e for e in sim.stats()["load_events"] if e["model"] == "llama3.1:8b"]
+    assert big and all(len(e["gpus"]) == 2 for e in big)  # spread, as Ollama does
+    small = [e["gpus"] for e in sim.stats()["load_events"] if e["model"] in SMALL]
+    assert all(len(g) == 1 for g in small) and {g[0] for g in small} == {0, 1}
+
+
+@pytest.mark.parametrize("pinned", ["in order", "OLLAMA_BACKEND_GPUS"])
+def test_one_ollama_per_gpu_each_planned_with_its_own_gpu(
+    make_sim: Any, make_service: Any, gpu_state: Any, pinned: str
+) -> None:
+    """Two Ollamas on this host, each pinned to one GPU (CUDA_VISIBLE_DEVICES), one NVML
+    for both. Another program fills most of one GPU: that backend gets only what fits."""
+    if pinned == "in order":
+        a = make_sim(vram_mb=4096, nvml_state=str(gpu_state), nvml_index=0)
+        b = make_sim(vram_mb=4096, nvml_state=str(gpu_state), nvml_index=1)
+        extra: dict[str, Any] = {}
+    else:  # listed against NVML's order: only the setting can tell
+        a = make_sim(vram_mb=4096, nvml_state=str(gpu_state), nvml_index=1)
+        b = make_sim(vram_mb=4096, nvml_state=str(gpu_state), nvml_index=0)
+        extra = {"OLLAMA_BACKEND_GPUS": "n0=1,n1=0"}
+    a.set_other_program_mb(2600)  # n0's GPU: about 0.5 GiB left after the margin
+    svc = make_service(a, OLLAMA_BACKENDS=_backends(a, b), **extra)
+    wait_until(
+        lambda: all(
+            n["memory_source"] == "nvml"
+            for n in requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"]
+        ),
+        what="both nodes read through NVML",
+    )
+    nodes = requests.get(f"{svc.url}/api/v1/nodes", timeout=5).json()["nodes"]
+    free = {n["name"]: n["devices"][0]["free_mb"] for n in nodes}
+    assert free["n0"] < 1600 < free["n1"]  # each node sees its own GPU
+    jobs = [{"model": m, "prompt": f"p{i}"} for i in range(3) for m in [*SMALL, "gemma:2b"]]
+    ids = requests.post(f"{svc.url}/api/submit_batch", json={"jobs": jobs}, timeout=10).json()
+    done = svc.wait_done(ids["job_ids"], timeout=90)
+    assert all(d["status"] == "complete" for d in done.values()), done
+    for sim in (a, b):
+        _per_gpu_peak_ok(sim)
+    assert "gemma:2b" not in _loads(a)  # 2.1 GiB never fits beside the other program
+    assert "gemma:2b" in _loads(b)
 
 
 # ------------------------------------------------------------------ nodes join and leave

@@ -6,6 +6,7 @@ Memory is in GiB for readability; the planner itself works in bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable, Mapping
 
@@ -907,3 +908,89 @@ def test_plan_invariants_hold_in_random_scenarios() -> None:
             decided = [a for a in result.actions if getattr(a, "runner", None) == name]
             decided = [a for a in decided if isinstance(a, Load | Wait | Fail | Pull)]
             assert len(decided) == 1, context
+
+
+# ------------------------------------------------------------------ several backends
+
+
+def on(node: str, v: RunnerView) -> RunnerView:
+    return dataclasses.replace(v, backend=node)
+
+
+def two_backends(views: list[RunnerView], **kw: object) -> list[BackendView]:
+    """gpu0 and gpu1, 16 GiB each, free = total - what their views hold."""
+    out = []
+    for name in ("gpu0", "gpu1"):
+        mine = [v for v in views if v.backend == name]
+        b = backend(16, None, mine, **kw)  # type: ignore[arg-type]
+        out.append(dataclasses.replace(b, name=name))
+    return out
+
+
+def hot(job_seconds: float = 1.0, load_seconds: float = 1.0) -> RunnerFacts:
+    return RunnerFacts(estimate_bytes=gb(4), job_seconds=job_seconds, load_seconds=load_seconds)
+
+
+def test_plan_a_long_queue_gets_a_second_copy_on_a_backend_with_a_free_seat() -> None:
+    views = [on("gpu0", view("a"))]
+    result = plan([want("a", 40)], views, two_backends(views), {"a": hot()}, settings(), NOW)
+    assert Load("a", "gpu1") in result.actions
+
+
+def test_plan_a_short_queue_gets_no_second_copy() -> None:
+    views = [on("gpu0", view("a"))]
+    result = plan([want("a", 2)], views, two_backends(views), {"a": hot()}, settings(), NOW)
+    assert not result.of(Load)
+
+
+def test_plan_idle_runners_nobody_waits_for_give_their_seats_to_a_second_copy() -> None:
+    """gpu1's three seats hold idle runners without jobs: the least used go so that the
+    long queue of ``a`` gets a copy there; the copy loads once they are gone."""
+    views = [on("gpu0", view("a"))] + [
+        on("gpu1", view(name, used_ago=ago)) for name, ago in (("x", 5), ("y", 50), ("z", 9))
+    ]
+    known = {"a": hot(), **{n: hot() for n in "xyz"}}
+    result = plan([want("a", 40)], views, two_backends(views), known, settings(), NOW)
+    assert result.unloads == {"y": UnloadReason.ROOM}
+    assert not result.of(Load)
+    # next pass: y is unloading; nothing more goes, nothing loads yet
+    views = [v if v.runner != "y" else dataclasses.replace(v, state=UNLOADING) for v in views]
+    result = plan([want("a", 38)], views, two_backends(views), known, settings(), NOW + 1)
+    assert not result.unloads and not result.of(Load)
+    # then y is gone: the copy loads
+    views = [v for v in views if v.runner != "y"]
+    result = plan([want("a", 36)], views, two_backends(views), known, settings(), NOW + 2)
+    assert Load("a", "gpu1") in result.actions
+
+
+def test_plan_runners_that_still_get_jobs_are_not_evicted_for_a_second_copy() -> None:
+    """Idle runners with jobs lately count as warm until the queue has waited as long as
+    their reload; runners with waiting jobs or in flight are never taken for a copy."""
+    views = [
+        on("gpu0", view("a")),
+        on("gpu1", dataclasses.replace(view("x"), arrivals=3)),
+        on("gpu1", view("y", in_flight=1)),
+        on("gpu1", view("z")),
+    ]
+    known = {"a": hot(), **{n: hot() for n in "xyz"}}
+    demand = [want("a", 40, oldest=NOW - 0.5), want("z", 1)]
+    result = plan(demand, views, two_backends(views), known, settings(), NOW)
+    assert not result.unloads and not result.drains
+    assert Load("a", "gpu1") not in result.actions
+
+
+@pytest.mark.parametrize(
+    ("b_waiting", "first"),
+    [
+        (4, "a"),  # a's 40 s queue outlasts everything else: its copy loads first
+        (400, "b"),  # b's own work is longer: b loads first, a's copy after
+    ],
+)
+def test_plan_a_copy_of_the_runner_that_would_finish_last_loads_before_a_new_group(
+    b_waiting: int, first: str
+) -> None:
+    views = [on("gpu0", view("a", in_flight=1)), on("gpu0", view("c")), on("gpu0", view("d"))]
+    known = {"a": hot(), "b": hot(), "c": hot(), "d": hot()}
+    demand = [want("a", 40), want("b", b_waiting)]
+    result = plan(demand, views, two_backends(views), known, settings(), NOW)
+    assert [(a.runner, a.backend) for a in result.of(Load)] == [(first, "gpu1")]

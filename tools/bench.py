@@ -4,7 +4,7 @@
     python3 tools/bench.py                 # full run, about 16 minutes on 2 cores
     python3 tools/bench.py --quick         # smoke run (< 60 s): small counts, time scale 0.1
     python3 tools/bench.py --json          # machine-readable output instead of tables
-    options: --time-scale X --seed N --direct-cap S --only interleaved,mixed,stream,service
+    options: --time-scale X --seed N --direct-cap S --only interleaved,mixed,fleet,service
              --driver auto|wrk|python --connections N --service-seconds S --rounds N
              --pending N --modes direct,managed --keep
 
@@ -16,6 +16,10 @@ Model Manager (``main.py``, default settings, reading the simulated GPU through 
 NVML) and polled to completion. Both are subprocesses. Workloads, job counts and the
 lower bounds are described in ``tools/bench_workloads.py``; what is measured in
 ``tools/bench_run.py``; workload 6 (the service alone) in ``tools/bench_service.py``.
+
+``fleet`` runs the interleaved and mixed bursts once more, managed, on two backends (two
+such simulators, one GPU each, sharing one fake-NVML state file as two Ollamas pinned to
+one GPU each on one host), and reports the makespan on two over the makespan on one.
 
 A direct run that has not finished after ``--direct-cap`` seconds (default 150; it would
 take several minutes more, reloading on nearly every model switch) is stopped: its
@@ -56,7 +60,9 @@ WORKLOADS = (
     "mixed",
     "stream",
     "stream_pressure",
+    "fleet",
 )
+FLEET = ("interleaved", "mixed")  # the bursts run again on two backends (``fleet``)
 VRAM_MB = 8192
 NUM_PARALLEL = 1
 MAX_LOADED = 3
@@ -134,13 +140,7 @@ def run_workload(procs: Procs, wl: Workload, args: argparse.Namespace) -> dict[s
         if mode not in args.modes:
             out[mode] = _skipped(len(wl.jobs))
             continue
-        sim = Sim(
-            procs,
-            vram_mb=VRAM_MB,
-            time_scale=args.time_scale,
-            num_parallel=NUM_PARALLEL,
-            max_loaded_models=MAX_LOADED,
-        )
+        sim = _sim(procs, args)
         try:
             if mode == "direct":
                 out[mode] = run_direct(wl, sim, args.direct_cap)
@@ -156,9 +156,60 @@ def run_workload(procs: Procs, wl: Workload, args: argparse.Namespace) -> dict[s
     out["ratios"] = ratios(out, lb["lb_s"], wl.sequential)
     if high is not None:
         out["high_p95_bound"] = _high_bound(out, high, lb["lb_s"])
-    for mode in ("direct", "managed"):
-        out[mode].pop("_latency_by_job", None)
     return out
+
+
+def run_fleet(
+    procs: Procs, wl: Workload, one: dict[str, Any] | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``wl`` managed on two backends (two simulators like the one of every workload, one
+    GPU each, one NVML) against one backend, measured in this run (``one``: the managed
+    figures of the workload when it ran already)."""
+    if one is None:
+        sim = _sim(procs, args)
+        try:
+            svc = Service(procs, sim)
+            try:
+                one = run_managed(wl, svc, sim, args.managed_cap)
+            finally:
+                svc.stop()
+        finally:
+            sim.stop()
+    first = _sim(procs, args)
+    second = _sim(procs, args, nvml_state=first.nvml_state, nvml_index=1)
+    try:
+        svc = Service(procs, [first, second])
+        try:
+            two = run_managed(wl, svc, [first, second], args.managed_cap)
+        finally:
+            svc.stop()
+    finally:
+        first.stop()
+        second.stop()
+    for r in (one, two):
+        r.pop("_latency_by_job", None)
+    _progress(f"{wl.key} on two backends: {_brief(two)}")
+    span1, span2 = one["makespan_s"], two["makespan_s"]
+    return {
+        "title": wl.title,
+        "jobs": len(wl.jobs),
+        "models": len(wl.models),
+        "one": one,
+        "two": two,
+        "makespan_two_over_one": rnd(span2 / span1) if span1 and span2 else None,
+        "loads": {"one": one["loads"], "two": two["loads"]},
+    }
+
+
+def _sim(procs: Procs, args: argparse.Namespace, **kwargs: Any) -> Sim:
+    return Sim(
+        procs,
+        vram_mb=VRAM_MB,
+        time_scale=args.time_scale,
+        num_parallel=NUM_PARALLEL,
+        max_loaded_models=MAX_LOADED,
+        **kwargs,
+    )
 
 
 def _skipped(jobs: int) -> dict[str, Any]:
@@ -263,9 +314,19 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": {},
     }
     try:
-        for wl in build(args.quick, args.time_scale, args.seed):
+        workloads = build(args.quick, args.time_scale, args.seed)
+        for wl in workloads:
             if wl.key in args.only:
                 report["workloads"][wl.key] = run_workload(procs, wl, args)
+        if "fleet" in args.only:
+            report["fleet"] = {}
+            for wl in (w for w in workloads if w.key in FLEET):
+                done = report["workloads"].get(wl.key, {}).get("managed")
+                one = None if done is None or done["errors"].get("not run (--modes)") else done
+                report["fleet"][wl.key] = run_fleet(procs, wl, one, args)
+        for done in report["workloads"].values():
+            for mode in ("direct", "managed"):
+                done[mode].pop("_latency_by_job", None)
         if "service" in args.only:
             report["service"] = measure(
                 procs,

@@ -245,10 +245,14 @@ class Sim:
         num_parallel: int = 1,
         max_loaded_models: int = 3,
         log_size: int = 100_000,
+        nvml_state: Path | None = None,
+        nvml_index: int = 0,
     ) -> None:
+        """``nvml_state``/``nvml_index``: share another simulator's fake-NVML state file
+        as its GPU ``nvml_index`` (one Ollama per GPU on one host)."""
         self.procs = procs
         self.vram_mb = vram_mb
-        self.nvml_state = procs.tmp / f"sim-{procs._n + 1}.state"
+        self.nvml_state = nvml_state or procs.tmp / f"sim-{procs._n + 1}.state"
         argv = [
             sys.executable,
             "tools/fake_ollama.py",
@@ -266,6 +270,8 @@ class Sim:
             str(log_size),
             "--nvml-state",
             str(self.nvml_state),
+            "--nvml-index",
+            str(nvml_index),
         ]
         self.proc = procs.spawn("sim", argv, clean_env())
         self.url = f"http://127.0.0.1:{self.proc.wait_port(20.0)}"
@@ -286,15 +292,20 @@ class Sim:
 
 
 class Service:
-    """``main.py`` against a :class:`Sim`, reading its GPU through fake NVML when it can.
+    """``main.py`` against a :class:`Sim` (or several, as backends ``n0``, ``n1``, ...
+    sharing one fake-NVML state file), reading the GPUs through fake NVML when it can.
 
     ``settings`` become ``MM_<NAME>`` variables; everything else keeps its default.
     """
 
-    def __init__(self, procs: Procs, sim: Sim, **settings: Any) -> None:
+    def __init__(self, procs: Procs, sim: Sim | Sequence[Sim], **settings: Any) -> None:
         self.procs = procs
+        sims = [sim] if isinstance(sim, Sim) else list(sim)
+        sim = sims[0]
         data = procs.tmp / f"data-{procs._n + 1}"
         env = {f"MM_{k}": str(v) for k, v in settings.items()}
+        if len(sims) > 1:
+            env["MM_OLLAMA_BACKENDS"] = ",".join(f"n{i}={s.url}" for i, s in enumerate(sims))
         lib = fake_nvml_lib()
         if lib is not None:
             env["LD_LIBRARY_PATH"] = str(lib.parent)

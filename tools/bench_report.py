@@ -28,6 +28,8 @@ TARGETS = (
         "short-job stream, outside pressure: managed makespan <= direct makespan",
         1.0,
     ),
+    ("fleet_interleaved", "interleaved on two backends: makespan <= 0.6x on one", 0.6),
+    ("fleet_mixed", "mixed burst on two backends: makespan <= 0.6x on one", 0.6),
 )
 
 
@@ -66,6 +68,11 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         "warm_dispatch_p50": (_get(w, "warm", "managed", "dispatch_ms", "p50"), False),
         "warm_dispatch_p99": (_get(w, "warm", "managed", "dispatch_ms", "p99"), False),
         "warm_added": (_get(w, "warm", "ratios", "added_latency_ms", "p50"), False),
+        "fleet_interleaved": (
+            _get(report, "fleet", "interleaved", "makespan_two_over_one"),
+            False,
+        ),
+        "fleet_mixed": (_get(report, "fleet", "mixed", "makespan_two_over_one"), False),
         "service_submits": (_get(s, "submit_per_s"), True),
         "service_polls": (_get(s, "poll_per_s"), True),
         "service_batch": (_get(s, "batch", "jobs_per_s"), True),
@@ -170,6 +177,24 @@ def render(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {wl['title']} | {le}{_f(ra['makespan_managed_over_direct'])} "
                 f"| {_f(ra['p95_managed_over_direct'])} | {'; '.join(other)} |"
+            )
+        lines.append("")
+    fleet = report.get("fleet")
+    if fleet:
+        lines += [
+            "Two backends against one (managed; two simulated 8 GiB GPUs, one Ollama each):",
+            "",
+            "| workload | makespan s one / two | two / one | loads one / two "
+            "| OOMs / crashes two | p95 high / normal / low s two |",
+            "|---|---|---|---|---|---|",
+        ]
+        for f in fleet.values():
+            one, two = f["one"], f["two"]
+            lines.append(
+                f"| {f['title']} ({f['jobs']} jobs, {f['models']} models) "
+                f"| {_f(one['makespan_s'], 1)} / {_f(two['makespan_s'], 1)} "
+                f"| {_f(f['makespan_two_over_one'])} | {one['loads']} / {two['loads']} "
+                f"| {two['ooms']} / {two['crashes']} | {_prio(two)} |"
             )
         lines.append("")
     s = report.get("service")

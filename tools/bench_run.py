@@ -22,6 +22,7 @@ import http.client
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -164,12 +165,16 @@ def _warmup_body(model: str) -> bytes:
 # ----------------------------------------------------------------------------- managed
 
 
-def run_managed(wl: Workload, svc: Service, sim: Sim, cap: float) -> dict[str, Any]:
-    """Submit every job to Model Manager at its arrival time and wait for all to end."""
+def run_managed(wl: Workload, svc: Service, sim: Sim | Sequence[Sim], cap: float) -> dict[str, Any]:
+    """Submit every job to Model Manager at its arrival time and wait for all to end.
+    With several simulators (backends), their loads, OOMs and logs are summed."""
+    sims = [sim] if isinstance(sim, Sim) else list(sim)
+    sim = sims[0]
     if wl.warm_model:
         job_id = _submit(svc.http, {"model": wl.warm_model, "prompt": "warm up"})[1]
         _poll_job(svc.http, str(job_id), time.monotonic() + 60.0)
-        sim.control("reset", {})
+        for each in sims:
+            each.control("reset", {})
     out = {j.idx: Outcome(j) for j in wl.jobs}
     ids: dict[int, str] = {}
     stop = threading.Event()
@@ -226,13 +231,27 @@ def run_managed(wl: Workload, svc: Service, sim: Sim, cap: float) -> dict[str, A
             rec.latency = rec.end - start
         if not rec.ok:
             rec.error = f"{doc['error_code']}: {(doc['error'] or '')[:100]}"
-    stats = sim.stats()
+    stats = merged_stats([each.stats() for each in sims])
     result = summarize(wl, list(out.values()), t0, t0_wall, cap, stats, direct=False)
     counters = svc.stats()["counters"]
     result["service_counters"] = counters
     if pressure:
         result["other_program_peak_mb"] = pressure.peak_mb
     return result
+
+
+def merged_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several simulators' ``/_sim/stats`` as one: counters summed, logs merged in time."""
+    if len(all_stats) == 1:
+        return all_stats[0]
+    out: dict[str, Any] = {k: sum(int(s.get(k, 0)) for s in all_stats) for k in COUNTERS}
+    for log in ("load_events", "request_log"):
+        key = "started" if log == "load_events" else "t"
+        out[log] = sorted((e for s in all_stats for e in s.get(log, [])), key=lambda e: e[key])
+    return out
+
+
+COUNTERS = ("loads", "ooms", "crashes")
 
 
 def _submit(conn: Http, body: dict[str, Any]) -> tuple[bool, Any]:

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
-from . import requests, responses
+from . import nodes, requests, responses
 from .fields import Schema
 from .responses import ERROR_CODES
 
@@ -44,17 +44,24 @@ _MODELS: list[Any] = [
     responses.Health,
     responses.Models,
     responses.Stats,
+    nodes.NodeRegistration,
+    nodes.Nodes,
+    nodes.NodeDraining,
+    nodes.GpuDevices,
+    nodes.GpuDriver,
 ]
 _ERROR_TEXT = {
     400: "Invalid request: bad JSON, a bad query parameter, or a field that fails "
     "validation (`details.field` names it; `details.index` gives the job in a batch).",
     401: "An API key is configured and the request lacks `Authorization: Bearer <key>`.",
-    404: "No job with this id.",
+    404: "No job (or node) with this id (or name).",
     405: "The method is not allowed on this path (the `Allow` header lists those that are).",
-    409: "The job is not in a state that allows this change.",
+    409: "The job is not in a state that allows this change; or a node of this name exists "
+    "already, or comes from the settings and cannot be removed through the API.",
     413: f"The request body is larger than {MAX_BODY_BYTES} bytes (sized or chunked).",
     429: "The queue is full; retry after `Retry-After` seconds.",
     503: "The service is shutting down; retry after `Retry-After` seconds.",
+    504: "The node's Ollama did not answer within `startup_timeout_s`; it was not added.",
 }
 _RETRY_AFTER = {"schema": {"type": "string", "pattern": "^[0-9]+$"}, "required": True}
 _ERROR_HEADERS: dict[int, dict[str, Schema]] = {
@@ -74,6 +81,9 @@ def _openapi30(schema: Any) -> Any:
             continue
         if key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):  # 3.0: a flag on the bound
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "properties":
             out[key] = {name: _openapi30(s) for name, s in value.items()}
         elif key in ("items", "additionalProperties", "not"):
@@ -254,6 +264,58 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
                 },
             }
         },
+    }
+    paths["/api/v1/nodes"] = {
+        "get": {
+            "operationId": "listNodes",
+            "summary": "The Ollama servers driven: health, GPUs, loaded models, hardware.",
+            "responses": {"200": _ok("Nodes", "Every node."), **_errors()},
+        },
+        "post": {
+            "operationId": "addNode",
+            "summary": "Add an Ollama server while the service runs; answers once it is "
+            "healthy. Registrations survive a restart.",
+            "requestBody": _body("NodeRegistration"),
+            "responses": {
+                "201": _ok("Node", "Added; the scheduler uses it from now on."),
+                **_errors(400, 409, 413, 504),
+            },
+        },
+    }
+    paths["/api/v1/nodes/{name}"] = {
+        "delete": {
+            "operationId": "removeNode",
+            "summary": "Drain a node added through the API: no new work; it goes once its "
+            "running jobs end and its models are unloaded.",
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                    "description": "The node's name.",
+                }
+            ],
+            "responses": {
+                "202": _ok("NodeDraining", "Draining."),
+                **_errors(404, 409),
+            },
+        }
+    }
+    paths["/api/v1/gpu/devices"] = {
+        "get": {
+            "operationId": "gpuDevices",
+            "summary": "This host's GPUs through NVML (empty with no GPU or no NVML); "
+            "memory in MB. Another Model Manager reads a remote node's GPUs here.",
+            "responses": {"200": _ok("GpuDevices", "The devices."), **_errors()},
+        }
+    }
+    paths["/api/v1/gpu/driver"] = {
+        "get": {
+            "operationId": "gpuDriver",
+            "summary": "Driver, CUDA driver and NVML versions (null where NVML cannot tell).",
+            "responses": {"200": _ok("GpuDriver", "The versions."), **_errors()},
+        }
     }
     for action, summary, schema in (
         ("cancel", "Cancel a job that has not finished.", "Cancelled"),

@@ -344,6 +344,7 @@ _PHRASES = {
     "model_attributes_type": "must be an object",
     "too_short": "must have at least {min_length} item(s)",
     "too_long": "must have at most {max_length} items",
+    "greater_than": "must be greater than {gt}",
     "greater_than_equal": "must be at least {ge}",
     "less_than_equal": "must be at most {le}",
     "literal_error": "must be {expected}",
@@ -369,10 +370,14 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
         )
         if parent == ("options",):
             message = f"'options.{keys[0]}' is not a known Ollama option"
+        elif not parent:
+            message = f"unknown field(s): {', '.join(keys)}"
         else:
             message = f"'{_path(parent)}' has unknown field(s): {', '.join(keys)}"
         return InvalidRequest(message, field=_path(loc))
     path = _path(loc) + str(ctx.get("at", ""))
+    if not path:
+        return InvalidRequest("the request body must be a JSON object")
     if kind == "contract":
         phrase = str(ctx["reason"])
     elif kind in _PHRASES:

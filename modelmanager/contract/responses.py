@@ -25,6 +25,7 @@ ERROR_CODES = {
     413: "PAYLOAD_TOO_LARGE",
     429: "QUEUE_FULL",
     503: "BACKEND_UNAVAILABLE",
+    504: "NODE_UNHEALTHY",
 }
 ErrorCode = Literal[
     "INVALID_REQUEST",
@@ -35,6 +36,7 @@ ErrorCode = Literal[
     "PAYLOAD_TOO_LARGE",
     "QUEUE_FULL",
     "BACKEND_UNAVAILABLE",
+    "NODE_UNHEALTHY",
 ]
 Count = Annotated[int, Field(ge=0)]
 
@@ -164,13 +166,22 @@ class Backend(_Answer):
     error: str | None
 
 
+class NodeHealth(_Answer):
+    name: str
+    url: str
+    up: bool
+
+
 class Health(_Answer):
     status: Literal["ok", "degraded"]
     accepting: bool
     """False while shutting down."""
     backend: Backend
-    vram_source: str
-    """`nvml` or `budget`."""
+    """The first node (the one at OLLAMA_BASE_URL without OLLAMA_BACKENDS)."""
+    vram_source: str | None
+    """`nvml`, `gpu_endpoint` or `budget`; null before the first reading."""
+    nodes: list[NodeHealth] = optional()
+    """Every node the manager drives."""
     uptime_seconds: float
 
 
@@ -209,6 +220,10 @@ class Vram(_Answer):
 
 
 class Gpu(_Answer):
+    node: str | None = None
+    """The node (Ollama server) this GPU serves."""
+    device: str | None = None
+    """`<node>:gpu<index>`."""
     index: int
     name: str
     uuid: str
@@ -221,8 +236,9 @@ class Gpu(_Answer):
 
 
 class Resources(_Answer):
-    source: str
-    """`nvml` or `budget`."""
+    source: str | None
+    """`nvml`, `gpu_endpoint` or `budget` (of the first node); null before the first
+    reading."""
     vram: Vram
     loaded_models: list[str]
     managed_models: dict[str, Any]
@@ -234,5 +250,9 @@ class Stats(_Answer):
     running: bool
     queue: QueueStats
     resources: Resources
+    waiting_for: dict[str, str] = optional()
+    """Models that wait to be loaded, each with the reason in words."""
     counters: dict[str, int]
     """`loads`, `unloads`, `evictions`, `ooms`, `retries`, `completed`, `failed`."""
+    counters_since: datetime = optional()
+    """When the counters started (they live in memory: each start of the service)."""

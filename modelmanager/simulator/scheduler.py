@@ -191,6 +191,7 @@ class Scheduler(Residency):
         self._loads += 1
         event: dict[str, Any] = {
             "model": r.name,
+            "gpus": sorted(r.gpus),
             "started": time.monotonic(),
             "finished": None,
             "ok": None,
