@@ -28,6 +28,7 @@ from .errors import (
     Unauthorized,
 )
 from .logger import get_logger
+from .waiting import parse_wait
 
 log = get_logger("API")
 
@@ -111,7 +112,8 @@ class FastPaths:
         ):
             return self.flask_wsgi(environ, start_response)  # Flask answers the 401
         try:
-            if method == "GET" and path.startswith("/api/job/"):
+            # with a query string (?wait=S) Flask answers
+            if method == "GET" and path.startswith("/api/job/") and not environ.get("QUERY_STRING"):
                 job_id = path[9:]
                 if job_id and job_id.isascii() and job_id.isprintable() and "/" not in job_id:
                     return _send(start_response, 200, self.api.get_encoded(job_id))
@@ -175,7 +177,14 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.get("/api/job/<job_id>")
     def get_job(job_id: str) -> Response:
-        return _json(api.get(job_id))
+        if "wait" not in request.args:
+            return _json(api.get(job_id))
+        try:
+            seconds = parse_wait(request.args.getlist("wait"))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), field="wait") from None
+        body, outcome = api.wait(job_id, seconds)
+        return Response(body, headers={"X-Wait": outcome.value}, mimetype="application/json")
 
     @app.get("/api/jobs")
     def list_jobs() -> Response:

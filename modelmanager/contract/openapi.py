@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
+from ..waiting import MAX_WAIT_SECONDS
 from . import requests, responses
 from .fields import Schema
 from .responses import ERROR_CODES
@@ -155,6 +156,30 @@ _JOB_ID: Schema = {
 }
 
 
+_WAIT: Schema = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "maximum": MAX_WAIT_SECONDS,
+    },
+    "description": "Answer once the job is finished (complete, failed or cancelled), or "
+    "after this many seconds with its current state. At most MAX_WAITERS requests wait at "
+    "once; beyond them the answer comes at once. The `X-Wait` header says which.",
+}
+_X_WAIT: dict[str, Schema] = {
+    "X-Wait": {
+        "description": "With `wait`: `finished`, `timeout`, `busy` (MAX_WAITERS requests "
+        "were waiting: answered at once) or `stopping` (the service is shutting down).",
+        "schema": {"type": "string", "enum": ["finished", "timeout", "busy", "stopping"]},
+        "required": False,
+    }
+}
+
+
 def _job_links(source: str) -> dict[str, Schema]:
     param = {"job_id": f"$response.body#/{source}"}
     return {
@@ -205,9 +230,13 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
         "/api/job/{job_id}": {
             "get": {
                 "operationId": "getJob",
-                "summary": "One job: status, result or error, timings, metadata.",
-                "parameters": [_JOB_ID],
-                "responses": {"200": _ok("Job", "The job."), **_errors(404)},
+                "summary": "One job: status, result or error, timings, metadata; with "
+                "`wait`, once it is finished.",
+                "parameters": [_JOB_ID, _WAIT],
+                "responses": {
+                    "200": {**_ok("Job", "The job."), "headers": _X_WAIT},
+                    **_errors(400, 404),
+                },
             }
         },
         "/api/jobs": {
