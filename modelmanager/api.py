@@ -21,6 +21,7 @@ from .contract import MAX_BATCH, Submission, parse_jobs_query, validate_submissi
 from .errors import Conflict, InvalidRequest, NotFound, QueueFull, ServiceUnavailable
 from .job_runner import JobRunner
 from .logger import get_logger
+from .metrics import JobTimes
 from .model_registry import ModelRegistry, normalize
 from .models import Job, JobKind, JobStatus, ResourceSnapshot
 from .pending import PendingIndex
@@ -101,7 +102,9 @@ class Api:
         self.jobs = jobs
         self._clock = clock
         self.waiters = JobWaiters(config.MAX_WAITERS)
+        self.job_times = JobTimes()  # latency and wait histograms, for /metrics
         store.on_change(self.waiters.notify)
+        store.on_end(self.job_times.observe)
         self.accepting = True
         self.started_at = clock()
         # jobs of submits between the room check and the queue: concurrent submits share

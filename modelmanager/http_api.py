@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from config import Config
 
+from . import metrics
 from .api import Api
 from .errors import (
     ApiError,
@@ -215,6 +216,8 @@ def create_app(api: Api, config: Config) -> Flask:
         from .contract.openapi import openapi_document  # built on first use
 
         return _json(openapi_document())
+
+    metrics.register(app, api)  # GET /metrics
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:

@@ -531,6 +531,7 @@ ROUTES = {
     "/api/models": {"GET"},
     "/api/stats": {"GET"},
     "/api/openapi.json": {"GET"},
+    "/metrics": {"GET"},
 }
 
 

@@ -178,6 +178,7 @@ _X_WAIT: dict[str, Schema] = {
         "required": False,
     }
 }
+_TEXT: Schema = {"schema": {"type": "string"}}
 
 
 def _job_links(source: str) -> dict[str, Schema]:
@@ -268,6 +269,19 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
                 "operationId": "stats",
                 "summary": "Queue, VRAM, GPUs and counters.",
                 "responses": {"200": _ok("Stats", "Service statistics."), **_errors()},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format; OpenMetrics when `Accept` asks).",
+                "responses": {
+                    "200": {
+                        "description": "The metrics.",
+                        "content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT},
+                    },
+                    **_errors(),
+                },
             }
         },
         "/api/openapi.json": {
