@@ -118,7 +118,8 @@ class Config:
         "FULL", "SQLite synchronous mode for the job store (FULL or NORMAL)."
     )
     API_KEY: str = _setting(
-        "", "If set, every endpoint but /api/health needs 'Authorization: Bearer <key>'."
+        "",
+        "If set, every endpoint but /api/health and / needs 'Authorization: Bearer <key>'.",
     )
     JOB_TIMEOUT: float = _setting(
         0.0, "Seconds from submit after which an unfinished job fails (0: never).", minimum=0

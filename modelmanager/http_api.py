@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from config import Config
 
-from . import metrics
+from . import dashboard, metrics
 from .api import Api
 from .errors import (
     ApiError,
@@ -158,8 +158,9 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.before_request
     def authenticate() -> None:
-        """With API_KEY set, every endpoint but health needs the bearer token."""
-        if expected is None or request.path == "/api/health":
+        """With API_KEY set, every endpoint but health and ``/`` (Ollama's "is running",
+        or the dashboard's page, which holds no data) needs the bearer token."""
+        if expected is None or request.path in ("/api/health", "/"):
             return
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
@@ -218,6 +219,7 @@ def create_app(api: Api, config: Config) -> Flask:
         return _json(openapi_document())
 
     metrics.register(app, api)  # GET /metrics
+    dashboard.register(app, api)  # GET /, GET /api/dashboard
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:

@@ -22,7 +22,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
 from ..waiting import MAX_WAIT_SECONDS
-from . import requests, responses
+from . import dashboard, requests, responses
 from .fields import Schema
 from .responses import ERROR_CODES
 
@@ -45,6 +45,7 @@ _MODELS: list[Any] = [
     responses.Health,
     responses.Models,
     responses.Stats,
+    dashboard.Dashboard,
 ]
 _ERROR_TEXT = {
     400: "Invalid request: bad JSON, a bad query parameter, or a field that fails "
@@ -271,6 +272,13 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
                 "responses": {"200": _ok("Stats", "Service statistics."), **_errors()},
             }
         },
+        "/api/dashboard": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "What the dashboard page shows: GPUs, models, queue, events, jobs.",
+                "responses": {"200": _ok("Dashboard", "The dashboard's data."), **_errors()},
+            }
+        },
         "/metrics": {
             "get": {
                 "operationId": "metrics",
@@ -281,6 +289,20 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
                         "content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT},
                     },
                     **_errors(),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "root",
+                "summary": "`Ollama is running` as Ollama answers it; the dashboard page when "
+                "`Accept` prefers text/html (a browser). Never needs the API key.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The text, or the page.",
+                        "content": {"text/plain": _TEXT, "text/html": _TEXT},
+                    }
                 },
             }
         },
