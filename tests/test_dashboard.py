@@ -183,3 +183,11 @@ def test_dashboard_page_in_headless_chromium(sim: Any, make_service: Any, tmp_pa
     assert png_size(shot) == (1400, 1200)
     assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
     sim.set_gate(False)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="NO BROWSER: chromium is not installed")
+def test_dashboard_page_asks_for_the_api_key(sim: Any, make_service: Any, tmp_path: Path) -> None:
+    svc: Service = make_service(sim, API_KEY=KEY)
+    dom = chromium(tmp_path / "chromium-profile", "--dump-dom", f"{svc.url}/")
+    assert '<section id="keyform" style="display: block;">' in dom
+    assert "API key needed" in dom
