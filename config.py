@@ -85,6 +85,12 @@ class Config:
         "Threads answering HTTP requests (concurrent submits share one disk sync).",
         minimum=1,
     )
+    MAX_WAITERS: int = _setting(
+        8,
+        "Requests that may wait at once in GET /api/job/<id>?wait=S (each holds an HTTP "
+        "thread, so it must be below HTTP_THREADS); beyond it, wait answers at once.",
+        minimum=0,
+    )
     DATA_DIR: str = _setting("data", "Folder of the SQLite job store and its lock file.")
     LOG_FILE: str = _setting("model_manager.log", "Log file ('' for stderr only).")
     VRAM_BUDGET_MB: int = _setting(
@@ -135,7 +141,8 @@ class Config:
         "FULL", "SQLite synchronous mode for the job store (FULL or NORMAL)."
     )
     API_KEY: str = _setting(
-        "", "If set, every endpoint but /api/health needs 'Authorization: Bearer <key>'."
+        "",
+        "If set, every endpoint but /api/health and / needs 'Authorization: Bearer <key>'.",
     )
     JOB_TIMEOUT: float = _setting(
         0.0, "Seconds from submit after which an unfinished job fails (0: never).", minimum=0
@@ -167,6 +174,11 @@ class Config:
             maximum = f.metadata.get("maximum")
             if maximum is not None and not value <= maximum:
                 raise ConfigError(f"{f.name} must be at most {maximum}, got {value!r}")
+        if self.MAX_WAITERS >= self.HTTP_THREADS:
+            raise ConfigError(
+                f"MAX_WAITERS must be less than HTTP_THREADS ({self.HTTP_THREADS}), so that "
+                f"waiting requests always leave threads for the others; got {self.MAX_WAITERS}"
+            )
         if self.SCHEDULER_STRATEGY not in STRATEGIES:
             raise ConfigError(
                 f"SCHEDULER_STRATEGY must be one of {', '.join(STRATEGIES)}, "

@@ -23,6 +23,7 @@ from .fleet import Fleet
 from .gpu_api import local_devices, local_driver
 from .job_runner import JobRunner
 from .logger import get_logger
+from .metrics import JobTimes
 from .model_registry import ModelRegistry, normalize
 from .models import Job, JobKind, JobStatus, ResourceSnapshot
 from .pending import PendingIndex
@@ -30,6 +31,7 @@ from .resource_monitor import NvmlGpuSource
 from .runners import runner_of
 from .scheduler import Scheduler
 from .store import Store
+from .waiting import JobWaiters, WaitOutcome
 
 log = get_logger("API")
 
@@ -107,12 +109,28 @@ class Api:
         self.fleet = fleet
         self.gpu = gpu
         self._clock = clock
+        self.waiters = JobWaiters(config.MAX_WAITERS)
+        self.job_times = JobTimes()  # latency and wait histograms, for /metrics
+        store.on_change(self.waiters.notify)
+        store.on_end(self.job_times.observe)
         self.accepting = True
         self.started_at = clock()
         # jobs of submits between the room check and the queue: concurrent submits share
         # commits, so without counting these they could pass QUEUE_MAX_SIZE together
         self._reserved = 0
         self._room_lock = threading.Lock()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether submits are taken; set False when the service stops, which also
+        answers every waiting ``?wait`` request at once."""
+        return self._accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self._accepting = value
+        if not value:
+            self.waiters.close()
 
     # ------------------------------------------------------------------------ submit
 
@@ -210,6 +228,11 @@ class Api:
         if body is None:
             raise NotFound(f"no job with id {job_id!r}", details={"job_id": job_id})
         return body
+
+    def wait(self, job_id: str, seconds: float) -> tuple[bytes, WaitOutcome]:
+        """``get_encoded`` once the job has finished, or after ``seconds`` (see
+        :mod:`modelmanager.waiting`), and why it answered."""
+        return self.waiters.wait(job_id, seconds, self.get_encoded)
 
     def list_jobs(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
         """A page of jobs, newest first, for the query string of ``GET /api/jobs`` (each

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from config import Config
 
+from . import dashboard, metrics
 from .api import Api
 from .errors import (
     ApiError,
@@ -29,6 +30,7 @@ from .errors import (
 )
 from .logger import get_logger
 from .nodes_api import register_node_routes
+from .waiting import parse_wait
 
 log = get_logger("API")
 
@@ -112,7 +114,8 @@ class FastPaths:
         ):
             return self.flask_wsgi(environ, start_response)  # Flask answers the 401
         try:
-            if method == "GET" and path.startswith("/api/job/"):
+            # with a query string (?wait=S) Flask answers
+            if method == "GET" and path.startswith("/api/job/") and not environ.get("QUERY_STRING"):
                 job_id = path[9:]
                 if job_id and job_id.isascii() and job_id.isprintable() and "/" not in job_id:
                     return _send(start_response, 200, self.api.get_encoded(job_id))
@@ -156,8 +159,9 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.before_request
     def authenticate() -> None:
-        """With API_KEY set, every endpoint but health needs the bearer token."""
-        if expected is None or request.path == "/api/health":
+        """With API_KEY set, every endpoint but health and ``/`` (Ollama's "is running",
+        or the dashboard's page, which holds no data) needs the bearer token."""
+        if expected is None or request.path in ("/api/health", "/"):
             return
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
@@ -176,7 +180,14 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.get("/api/job/<job_id>")
     def get_job(job_id: str) -> Response:
-        return _json(api.get(job_id))
+        if "wait" not in request.args:
+            return _json(api.get(job_id))
+        try:
+            seconds = parse_wait(request.args.getlist("wait"))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), field="wait") from None
+        body, outcome = api.wait(job_id, seconds)
+        return Response(body, headers={"X-Wait": outcome.value}, mimetype="application/json")
 
     @app.get("/api/jobs")
     def list_jobs() -> Response:
@@ -209,6 +220,9 @@ def create_app(api: Api, config: Config) -> Flask:
         from .contract.openapi import openapi_document  # built on first use
 
         return _json(openapi_document())
+
+    metrics.register(app, api)  # GET /metrics
+    dashboard.register(app, api)  # GET /, GET /api/dashboard
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .models import TRANSITIONS, Job, JobKind, JobStatus, Priority
 from .runners import runner_of
@@ -31,6 +31,20 @@ _Inserted = list[tuple[Job, bool]]
 _Outcome = tuple[_Inserted | None, BaseException | None]  # what one insert_jobs call gets
 
 SCHEMA_VERSION = 4
+
+#: What a job's end hands to ``Store.on_end`` listeners (RETURNING of the final update).
+_END_COLUMNS = "priority, submitted_at, started_at"
+
+
+class JobEnd(NamedTuple):
+    """A job that reached complete, failed or cancelled (times: seconds since the epoch)."""
+
+    status: JobStatus
+    priority: Priority
+    submitted_at: float
+    started_at: float | None  # None: it never ran
+    completed_at: float
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -171,6 +185,9 @@ class _Views:
     its ``ticket()`` and its ``fill()`` (a generation count). A hit therefore returns a
     state that no committed change has replaced. Bounded to ``max_bytes`` in all, oldest
     dropped first; a view over ``max_entry`` bytes is not kept.
+
+    ``listeners`` are told which jobs changed once no change is in progress any more (see
+    ``Store.on_change``).
     """
 
     def __init__(self, max_bytes: int = 16 << 20, max_entry: int = 64 << 10) -> None:
@@ -180,6 +197,8 @@ class _Views:
         self._max_bytes, self._max_entry = max_bytes, max_entry
         self._gen = 0
         self._writers = 0
+        self._changed: set[str] | None = set()  # dropped since the last end (None: all)
+        self.listeners: list[Callable[[frozenset[str] | None], None]] = []
 
     def get(self, job_id: str) -> bytes | None:
         return self._views.get(job_id)  # one dict read: atomic, no lock needed
@@ -213,16 +232,27 @@ class _Views:
             if job_ids is None:
                 self._views.clear()
                 self._bytes = 0
+                self._changed = None
                 return
+            changed = self._changed
             for job_id in job_ids:
                 view = self._views.pop(job_id, None)
                 if view is not None:
                     self._bytes -= len(view)
+                if changed is not None:
+                    changed.add(job_id)
 
     def end(self) -> None:
         with self._lock:
             self._gen += 1
             self._writers -= 1
+            if self._writers:
+                return
+            changed, self._changed = self._changed, set()
+        if self.listeners and (changed is None or changed):
+            jobs = None if changed is None else frozenset(changed)
+            for listener in self.listeners:
+                listener(jobs)
 
 
 class Store:
@@ -240,6 +270,7 @@ class Store:
         self._waiting: list[_InsertRequest] = []
         self._committing = False
         self._views = _Views()
+        self._end_listeners: list[Callable[[list[JobEnd]], None]] = []
         self._writer = self._connect()
         # executescript commits on its own, so it runs outside _write(); it is idempotent.
         self._writer.executescript(_SCHEMA)
@@ -275,6 +306,25 @@ class Store:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+
+    def on_change(self, listener: Callable[[frozenset[str] | None], None]) -> None:
+        """Call ``listener(job_ids)`` after every write that may have changed stored jobs,
+        once it has committed (or rolled back): the ids of the jobs it touched, or None
+        when it may have touched any. It runs on the writing thread with the store's write
+        lock held, so it must be quick, must not block and must not use the store."""
+        self._views.listeners.append(listener)
+
+    def on_end(self, listener: Callable[[list[JobEnd]], None]) -> None:
+        """Call ``listener(ends)`` after a committed write that finished jobs (complete,
+        failed or cancelled), from ``complete``, ``fail``, ``cancel`` and ``expire``. It
+        runs on the writing thread after the commit: it must be quick."""
+        self._end_listeners.append(listener)
+
+    def _ended(self, status: JobStatus, rows: list[Any], now: float) -> None:
+        if rows and self._end_listeners:
+            ends = [JobEnd(status, Priority(p), sub, start, now) for p, sub, start in rows]
+            for listener in self._end_listeners:
+                listener(ends)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
@@ -565,13 +615,14 @@ class Store:
     ) -> bool:
         """running -> complete, only for the current attempt. False if superseded."""
         with self._write(durable=False, touches=(job_id,)) as db:
-            cur = db.execute(
+            rows = db.execute(
                 "UPDATE jobs SET status = 'complete', result = ?, timings = ?, completed_at = ?,"
                 " error = NULL, error_code = NULL"
-                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                f" WHERE id = ? AND status = 'running' AND attempts = ? RETURNING {_END_COLUMNS}",
                 (_dump(result), _dump(timings), now, job_id, attempt),
-            )
-            return cur.rowcount == 1
+            ).fetchall()
+        self._ended(JobStatus.COMPLETE, rows, now)
+        return len(rows) == 1
 
     def fail(self, job_id: str, attempt: int | None, error: str, code: str, now: float) -> bool:
         """-> failed. ``attempt`` fences a running job; None fails a waiting job."""
@@ -580,16 +631,19 @@ class Store:
                 cur = db.execute(
                     f"UPDATE jobs SET status = 'failed', error = ?, error_code = ?,"
                     f" completed_at = ? WHERE id = ? AND status IN {_sources(JobStatus.FAILED)}"
-                    f" AND status != 'running'",
+                    f" AND status != 'running' RETURNING {_END_COLUMNS}",
                     (error, code, now, job_id),
                 )
             else:
                 cur = db.execute(
                     "UPDATE jobs SET status = 'failed', error = ?, error_code = ?,"
-                    " completed_at = ? WHERE id = ? AND status = 'running' AND attempts = ?",
+                    " completed_at = ? WHERE id = ? AND status = 'running' AND attempts = ?"
+                    f" RETURNING {_END_COLUMNS}",
                     (error, code, now, job_id, attempt),
                 )
-            return cur.rowcount == 1
+            rows = cur.fetchall()
+        self._ended(JobStatus.FAILED, rows, now)
+        return len(rows) == 1
 
     def requeue(self, job_id: str, attempt: int, error: str, code: str, not_before: float) -> bool:
         """running -> pending for a retry after ``not_before``; fenced by attempt."""
@@ -617,7 +671,9 @@ class Store:
     def cancel(self, job_id: str, now: float) -> JobStatus | None:
         """-> cancelled if not finished. Returns the status it had, or None if unknown."""
         with self._write(touches=(job_id,)) as db:
-            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(
+                f"SELECT status, {_END_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 return None
             old = JobStatus(row[0])
@@ -626,7 +682,9 @@ class Store:
                     "UPDATE jobs SET status = 'cancelled', completed_at = ? WHERE id = ?",
                     (now, job_id),
                 )
-            return old
+        if JobStatus.CANCELLED in TRANSITIONS[old]:
+            self._ended(JobStatus.CANCELLED, [row[1:]], now)
+        return old
 
     def retry(self, job_id: str) -> Job | None:
         """failed -> pending with a fresh attempt budget. None unless it was failed."""
@@ -667,11 +725,12 @@ class Store:
                 "UPDATE jobs SET status = 'failed', error_code = 'JOB_TIMEOUT', completed_at = ?,"
                 " error = 'the job did not finish within JOB_TIMEOUT (' || ? || ' s)'"
                 " WHERE submitted_at < ? AND status IN ('pending','queued','running')"
-                " RETURNING id",
+                f" RETURNING id, {_END_COLUMNS}",
                 (now, timeout, submitted_before),
             ).fetchall()
             expired = [r[0] for r in rows]
             self._views.drop(expired)
+        self._ended(JobStatus.FAILED, [r[1:] for r in rows], now)
         return expired
 
     def purge(self, completed_before: float) -> int:

@@ -46,6 +46,7 @@ PROMPTS = [
 ]
 PRIORITIES = ["high", "normal", "low"]
 TERMINAL = {"complete", "failed", "cancelled"}
+WAIT_SECONDS = 10.0  # the longest single ?wait request (the service allows up to 60)
 
 ALL_COMPLETE, SOME_FAILED, BAD_ARGUMENTS, UNREACHABLE = 0, 1, 2, 3
 EPILOG = """\
@@ -177,26 +178,38 @@ def submit(session: requests.Session, url: str, job: dict[str, Any]) -> str:
 def wait_all(
     session: requests.Session, url: str, ids: dict[str, str], timeout: float
 ) -> dict[str, dict[str, Any]]:
-    """Poll every job until all are finished or ``timeout`` passes; print progress."""
+    """Wait for every job until all are finished or ``timeout`` passes; print progress.
+
+    One request at a time, ``GET /api/job/<id>?wait=S``: the service answers as soon as
+    that job is finished (at once if it already is), so nothing is polled in a loop. When
+    the service's waiters are all taken (``X-Wait: busy``) it answers at once, and this
+    asks again after a short pause.
+    """
     final: dict[str, dict[str, Any]] = {}
+    unfinished = list(ids)
     deadline = time.monotonic() + timeout
     last_line = ""
-    while len(final) < len(ids) and time.monotonic() < deadline:
-        states: Counter[str] = Counter()
-        for job_id in ids:
-            if job_id in final:
-                states[final[job_id]["status"]] += 1
-                continue
-            body = session.get(f"{url}/api/job/{job_id}", timeout=30).json()
-            states[body["status"]] += 1
-            if body["status"] in TERMINAL:
-                final[job_id] = body
+    while unfinished and (left := deadline - time.monotonic()) > 0:
+        job_id = unfinished[0]
+        wait = f"{min(WAIT_SECONDS, max(left, 0.001)):.3f}"
+        r = session.get(f"{url}/api/job/{job_id}", params={"wait": wait}, timeout=WAIT_SECONDS + 30)
+        if r.status_code == 404:  # deleted meanwhile (RESULT_TTL): counted as unfinished
+            print(f"  job {job_id} is no longer stored", flush=True)
+            unfinished.pop(0)
+            continue
+        r.raise_for_status()
+        body = r.json()
+        if body["status"] in TERMINAL:
+            final[job_id] = body
+            unfinished.pop(0)
+        elif r.headers.get("X-Wait") == "busy":
+            time.sleep(0.5)  # every waiter of the service is taken: ask again shortly
+        states = Counter(b["status"] for b in final.values())
         line = " ".join(f"{k}={states[k]}" for k in sorted(states))
+        line += f" waiting={len(unfinished)}" if unfinished else ""
         if line != last_line:
             print(f"  [{len(final)}/{len(ids)}] {line}", flush=True)
             last_line = line
-        if len(final) < len(ids):
-            time.sleep(0.5)  # polling interval for a human-facing tool
     return final
 
 

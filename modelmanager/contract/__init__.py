@@ -2,7 +2,7 @@
 
 * :mod:`.fields` -- limits and field types (one check and one schema each);
 * :mod:`.requests` -- job requests, :func:`validate_submission`, the ``/api/jobs`` query;
-* :mod:`.responses` -- what every route answers;
+* :mod:`.responses` -- what every route answers (:mod:`.dashboard`: the dashboard's data);
 * :mod:`.openapi` -- the OpenAPI document generated from all of them.
 """
 

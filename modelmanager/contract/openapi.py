@@ -21,7 +21,8 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
-from . import nodes, requests, responses
+from ..waiting import MAX_WAIT_SECONDS
+from . import dashboard, nodes, requests, responses
 from .fields import Schema
 from .responses import ERROR_CODES
 
@@ -49,6 +50,7 @@ _MODELS: list[Any] = [
     nodes.NodeDraining,
     nodes.GpuDevices,
     nodes.GpuDriver,
+    dashboard.Dashboard,
 ]
 _ERROR_TEXT = {
     400: "Invalid request: bad JSON, a bad query parameter, or a field that fails "
@@ -165,6 +167,31 @@ _JOB_ID: Schema = {
 }
 
 
+_WAIT: Schema = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "maximum": MAX_WAIT_SECONDS,
+    },
+    "description": "Answer once the job is finished (complete, failed or cancelled), or "
+    "after this many seconds with its current state. At most MAX_WAITERS requests wait at "
+    "once; beyond them the answer comes at once. The `X-Wait` header says which.",
+}
+_X_WAIT: dict[str, Schema] = {
+    "X-Wait": {
+        "description": "With `wait`: `finished`, `timeout`, `busy` (MAX_WAITERS requests "
+        "were waiting: answered at once) or `stopping` (the service is shutting down).",
+        "schema": {"type": "string", "enum": ["finished", "timeout", "busy", "stopping"]},
+        "required": False,
+    }
+}
+_TEXT: Schema = {"schema": {"type": "string"}}
+
+
 def _job_links(source: str) -> dict[str, Schema]:
     param = {"job_id": f"$response.body#/{source}"}
     return {
@@ -215,9 +242,13 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
         "/api/job/{job_id}": {
             "get": {
                 "operationId": "getJob",
-                "summary": "One job: status, result or error, timings, metadata.",
-                "parameters": [_JOB_ID],
-                "responses": {"200": _ok("Job", "The job."), **_errors(404)},
+                "summary": "One job: status, result or error, timings, metadata; with "
+                "`wait`, once it is finished.",
+                "parameters": [_JOB_ID, _WAIT],
+                "responses": {
+                    "200": {**_ok("Job", "The job."), "headers": _X_WAIT},
+                    **_errors(400, 404),
+                },
             }
         },
         "/api/jobs": {
@@ -249,6 +280,40 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
                 "operationId": "stats",
                 "summary": "Queue, VRAM, GPUs and counters.",
                 "responses": {"200": _ok("Stats", "Service statistics."), **_errors()},
+            }
+        },
+        "/api/dashboard": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "What the dashboard page shows: GPUs, models, queue, events, jobs.",
+                "responses": {"200": _ok("Dashboard", "The dashboard's data."), **_errors()},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format; OpenMetrics when `Accept` asks).",
+                "responses": {
+                    "200": {
+                        "description": "The metrics.",
+                        "content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT},
+                    },
+                    **_errors(),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "root",
+                "summary": "`Ollama is running` as Ollama answers it; the dashboard page when "
+                "`Accept` prefers text/html (a browser). Never needs the API key.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The text, or the page.",
+                        "content": {"text/plain": _TEXT, "text/html": _TEXT},
+                    }
+                },
             }
         },
         "/api/openapi.json": {
