@@ -63,6 +63,7 @@ class JobEnded:
     not_before: float = 0.0  # RETRY: when it may run again
     out_of_memory: bool = False
     runner_crashed: bool = False
+    backend_lost: bool = False  # the connection to Ollama failed: is the server still there?
 
 
 @dataclass(frozen=True)

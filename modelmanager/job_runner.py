@@ -252,7 +252,8 @@ class JobRunner:
             log.warning("job %s failed (%s): %s", job.id, exc.code, message)
         else:
             outcome = JobOutcome.SUPERSEDED
-        return JobEnded(job, backend.name, outcome, not_before, oom, crashed)
+        lost = isinstance(exc, BackendUnavailable)
+        return JobEnded(job, backend.name, outcome, not_before, oom, crashed, lost)
 
     def _timeout_error(self, exc: BackendTimeout) -> BackendTimeout:
         """The timeout restated with the setting that bounds it and why it is (not)

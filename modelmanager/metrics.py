@@ -9,9 +9,10 @@ The two histograms (job latency and queue wait, by priority) are observed as job
 the store calls :meth:`JobTimes.observe` after each write that finished jobs
 (``Store.on_end``), so the submit path pays nothing for them.
 
-Labels: ``node`` is a backend's name (``local`` unless OLLAMA_BACKENDS names them), ``gpu`` a device's NVML index
-(``budget`` when memory comes from ``VRAM_BUDGET_MB``), ``model`` a model as the service
-names it (with its runner options, as in ``/api/stats``). Counters restart at 0 with the
+Labels: ``node`` is a backend's name (``local`` unless OLLAMA_BACKENDS names them),
+``gpu`` a device's NVML index (``budget`` when memory comes from ``VRAM_BUDGET_MB``),
+``model`` a model as the service names it (with its runner options, as in
+``/api/stats``). Counters restart at 0 with the
 service, except ``modelmanager_model_loads_total``, which the store keeps.
 """
 

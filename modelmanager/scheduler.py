@@ -686,8 +686,8 @@ class Scheduler:
         if e.out_of_memory:
             self.counters["ooms"] += 1
             self.registry.raise_estimate(job.runner)
-        if e.out_of_memory or e.runner_crashed or e.outcome is JobOutcome.RELEASED:
-            self._stale = True  # the runner may be gone: re-read /api/ps
+        if e.out_of_memory or e.runner_crashed or e.backend_lost:
+            self._stale = True  # the runner (or the server) may be gone: re-read /api/ps
 
     def _load_ended(self, e: LoadEnded, now: float) -> None:
         key = (e.runner, e.backend)

@@ -165,6 +165,11 @@ class FakeOllama(Scheduler):
                 return
             self._stopped = self._stopping = True
             self._reopen_at = None
+        # as Go's http.Server.Shutdown, which Ollama's serve ends with: listeners first,
+        # then idle connections, so nothing new arrives while the requests under way end
+        self._close_listener()
+        self._shutdown_connections(idle_only=True)
+        with self._cv:
             self._stop_event.set()
             self._cv.notify_all()
         if self._watcher is not None:
