@@ -77,6 +77,11 @@ def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         help="how many of the latest requests /_sim/stats lists",
     )
     parser.add_argument(
+        "--models-dir",
+        default=None,
+        help="a folder to keep as Ollama's models directory (manifests, sparse blobs)",
+    )
+    parser.add_argument(
         "--no-scale-keep-alive",
         action="store_true",
         help="keep_alive counts real seconds, not scaled ones",
@@ -105,8 +110,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             vram_release_lag=args.vram_release_lag,
             scale_keep_alive=not args.no_scale_keep_alive,
             request_log_size=args.request_log_size,
+            models_dir=args.models_dir,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"fake ollama: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()

@@ -149,7 +149,8 @@ def copy(h: Handler, raw: bytes) -> None:
     check_fields(body, "CopyRequest", COPY_FIELDS)
     source = body.get("source") or ""
     h.model = source
-    h.sim.models.copy(source, body.get("destination") or "")
+    copied = h.sim.models.copy(source, body.get("destination") or "")
+    h.sim.written(copied.name, copied.spec)
     h.log_answer(200)
     h.send(200, b"", "text/plain; charset=utf-8")
 
@@ -162,13 +163,25 @@ def delete(h: Handler, raw: bytes) -> None:
     h.model = name
     if not name:
         raise ApiError(400, "model is required")
-    h.sim.models.delete(name)
+    h.sim.delete(name)
     h.log_answer(200)
     h.send(200, b"", "text/plain; charset=utf-8")
 
 
-def pull(h: Handler, raw: bytes) -> None:
-    """``POST /api/pull``: progress per layer at the simulated download rate."""
+def pull(h: Handler, raw: bytes, fail: str | None = None) -> None:
+    """``POST /api/pull``: progress per layer at the simulated download rate, as Ollama's
+    ``PullModel`` streams it (``server/images.go``, ``server/download.go``): "pulling
+    manifest", then per layer ``{"status": "pulling <digest[7:19]>", "digest", "total",
+    "completed"}`` (``completed`` left out while 0; a layer already on disk once with
+    ``completed == total``), then "verifying sha256 digest", "writing manifest", "success".
+
+    A layer a stopped pull left part way (the client went away, or a ``partial`` fault)
+    resumes where it stopped, as Ollama resumes its ``-partial`` files. With the pull gate
+    closed (:meth:`~.fake.FakeOllama.set_pull`) a pull stops after the first progress line
+    of its first layer to download until the gate opens; without pull progress it sends
+    status lines only, no byte counts (an older Ollama). ``fail``: the error text of a
+    ``partial`` fault, sent as an ``{"error"}`` line once half the first layer is in.
+    """
     sim = h.sim
     body = decode_body(raw, "PullRequest")
     check_fields(body, "PullRequest", PULL_FIELDS)
@@ -179,10 +192,19 @@ def pull(h: Handler, raw: bytes) -> None:
     key_of(name)  # 400 for an invalid name
     stream = body.get("stream") is not False
     spec = find_spec(name)
+    counts = sim.pull_progress()
 
     def emit(obj: dict[str, Any]) -> None:
         if stream:
             h.stream_line(obj)
+
+    def emit_layer(status: str, digest: str, total: int, completed: int) -> None:
+        if not counts:
+            return
+        line: dict[str, Any] = {"status": status, "digest": digest, "total": total}
+        if completed:
+            line["completed"] = completed
+        emit(line)
 
     emit({"status": "pulling manifest"})
     h.watch.sleep(sim._scaled(0.2))
@@ -192,27 +214,33 @@ def pull(h: Handler, raw: bytes) -> None:
     for layer, size in spec.layers():
         digest = "sha256:" + spec.layer_digest(layer)
         status = f"pulling {digest[7:19]}"
+        if not counts:
+            emit({"status": status})
         if present:
-            emit({"status": status, "digest": digest, "total": size, "completed": size})
+            emit_layer(status, digest, size, size)
             continue
-        emit({"status": status, "digest": digest, "total": size})
-        seconds = sim._scaled(size / PULL_BYTES_PER_S)
-        steps = max(1, min(40, math.ceil(size / PULL_BYTES_PER_S / PULL_TICK_S)))
-        for step in range(1, steps + 1):
-            h.watch.sleep(seconds / steps)
-            if h.watch.gone:
-                raise ClientGone
-            emit(
-                {
-                    "status": status,
-                    "digest": digest,
-                    "total": size,
-                    "completed": size * step // steps,
-                }
-            )
+        done = sim.partial_bytes(spec, layer)
+        emit_layer(status, digest, size, done)
+        seconds = sim._scaled((size - done) / PULL_BYTES_PER_S)
+        steps = max(1, min(40, math.ceil((size - done) / PULL_BYTES_PER_S / PULL_TICK_S)))
+        start = done
+        try:
+            sim.hold_pull(h.watch)
+            for step in range(1, steps + 1):
+                h.watch.sleep(seconds / steps)
+                if h.watch.gone:
+                    raise ClientGone
+                done = start + (size - start) * step // steps
+                if fail is not None and done >= size // 2:
+                    done = size // 2
+                    raise ApiError(200, fail)
+                emit_layer(status, digest, size, done)
+        except (ClientGone, ApiError):
+            sim.keep_partial(spec, layer, done)  # Ollama keeps the -partial file
+            raise
     emit({"status": "verifying sha256 digest"})
     emit({"status": "writing manifest"})
-    sim.models.install(name, spec)
+    sim.install(name, spec)
     if stream:
         emit({"status": "success"})
     else:

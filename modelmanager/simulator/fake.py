@@ -18,10 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .disk import ModelsDir
 from .faults import Fault, make_fault
 from .gpu import parse_sizes
 from .http import Server
 from .nvml import MAX_DEVICES
+from .pulls import Pulls
 from .registry import InstalledModels
 from .residency import POLL_S
 from .runners import GONE
@@ -31,7 +33,7 @@ from .watch import DisconnectWatcher, Watch
 DEFAULT_REQUEST_LOG_SIZE = 2000
 
 
-class FakeOllama(Scheduler):
+class FakeOllama(Pulls, Scheduler):
     """An in-process Ollama simulator on a real HTTP port.
 
     Thread-safe: one condition variable guards all scheduling state; the HTTP handlers,
@@ -58,6 +60,7 @@ class FakeOllama(Scheduler):
         scale_keep_alive: bool = True,
         gpu_name: str = "NVIDIA GeForce RTX 4090",
         request_log_size: int = DEFAULT_REQUEST_LOG_SIZE,
+        models_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         """Configure; nothing starts until :meth:`start`.
 
@@ -73,6 +76,9 @@ class FakeOllama(Scheduler):
         ``vram_release_lag``: seconds (scaled) between a runner leaving /api/ps and its
         memory showing as free. ``scale_keep_alive=False`` keeps keep_alive in real seconds.
         ``request_log_size``: how many of the latest requests the request log keeps.
+        ``models_dir``: a folder to keep as Ollama's models directory (manifests and
+        sparse blob files, :mod:`.disk`), written at start and on every pull, copy and
+        delete (None: none).
         """
         sizes = parse_sizes(vram_mb, gpus)
         if nvml_index < 0 or nvml_index + len(sizes) > MAX_DEVICES:
@@ -105,6 +111,8 @@ class FakeOllama(Scheduler):
         self.host = host
         self._port = int(port)
         self.models = InstalledModels()
+        self.models_dir = ModelsDir(models_dir) if models_dir is not None else None
+        self._init_pulls()
         self._started = self._stopped = False
         self._faults: list[Fault] = []
         self._latency = 0.0
@@ -155,6 +163,9 @@ class FakeOllama(Scheduler):
             thread.start()
         with self._cv:
             self._write_nvml()
+        if self.models_dir is not None:
+            for model in self.models.listing():
+                self.models_dir.install(model.name, model.spec)
         return self
 
     def stop(self) -> None:
@@ -238,7 +249,10 @@ class FakeOllama(Scheduler):
         (generate, chat, embed, embeddings). ``mode``: ``http`` (``status`` +
         ``{"error": error}``), ``stream`` (200, one chunk, then an ``{"error"}`` line; a
         non-streaming request gets 500), ``hang`` (no answer for ``seconds`` real seconds,
-        then the connection closes) or ``close`` (connection closed without an answer).
+        then the connection closes), ``close`` (connection closed without an answer) or,
+        for ``/api/pull``, ``partial`` (half the first layer, kept, then an ``{"error"}``
+        line; default text ``max retries exceeded: unexpected EOF``). A pull that names no
+        model (a probe) takes no fault.
         """
         fault = make_fault(count, status, error, endpoint, mode, seconds)
         with self._cv:
@@ -334,6 +348,8 @@ class FakeOllama(Scheduler):
                 self._disabled.clear()
                 self._gate_closed = False
                 self._gate_after = 0
+                self._pull_gate = False
+                self._pull_counts = True
                 for g in self._gpus:
                     g.other_mb = 0
                 self._write_nvml()
@@ -369,6 +385,8 @@ class FakeOllama(Scheduler):
                 "other_mb": sum(g.other_mb for g in self._gpus),
                 "gpus": gpus,
                 "gate_closed": self._gate_closed,
+                "pull_gate_closed": self._pull_gate,
+                "pulls_held": self._pulls_held,
                 "faults_pending": [f.as_dict() for f in self._faults],
                 "runners": [self._runner_info(r) for r in self._loaded.values()],
                 "load_events": [dict(e) for e in self._load_events],

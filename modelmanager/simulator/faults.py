@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     from .fake import FakeOllama
 
 INFERENCE_ENDPOINTS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
-FAULT_MODES = frozenset({"http", "stream", "hang", "close"})
+FAULT_MODES = frozenset({"http", "stream", "hang", "close", "partial"})
+#: A pull that breaks part way, in Ollama's words (``server/download.go``: a blob
+#: download that fails ``maxRetries`` times ends ``max retries exceeded: <cause>``).
+ERR_PULL_BROKEN = "max retries exceeded: unexpected EOF"
 
 
 @dataclass
@@ -25,7 +28,9 @@ class Fault:
     """The next ``count`` requests to ``endpoint`` (None: any inference endpoint) fail:
     ``http`` answers ``status`` with ``{"error": error}``; ``stream`` sends one chunk and
     then an ``{"error"}`` line; ``hang`` answers nothing for ``seconds`` (real) and
-    closes; ``close`` closes the connection at once."""
+    closes; ``close`` closes the connection at once; ``partial`` (``/api/pull`` only)
+    downloads half of the first layer it needs, keeps it (``-partial``), then sends an
+    ``{"error"}`` line."""
 
     count: int
     status: int
@@ -68,10 +73,14 @@ def make_fault(
         raise ValueError(f"status must be an HTTP status code, got {status!r}")
     if endpoint is not None and not endpoint.startswith("/"):
         raise ValueError(f"endpoint must be a path such as /api/generate, got {endpoint!r}")
+    if mode == "partial" and endpoint != "/api/pull":
+        raise ValueError("mode 'partial' is for endpoint /api/pull only")
     if seconds < 0:
         raise ValueError(f"seconds must be >= 0, got {seconds}")
     if error is None:
-        if mode == "stream":
+        if mode == "partial":
+            error = ERR_PULL_BROKEN
+        elif mode == "stream":
             error = "an error was encountered while running the model: unexpected EOF"
         elif status == 503:
             error = ERR_QUEUE_FULL
@@ -119,6 +128,13 @@ def control(
             sim.enable_endpoint(str(body["endpoint"]))
         else:
             sim.disable_endpoint(str(body["endpoint"]))
+        return 200, {"ok": True}, False
+    if (method, name) == ("POST", "pull"):
+        closed, progress = body.get("closed"), body.get("progress")
+        sim.set_pull(
+            closed=None if closed is None else bool(closed),
+            progress=None if progress is None else bool(progress),
+        )
         return 200, {"ok": True}, False
     if (method, name) == ("POST", "reset"):
         sim.reset(everything=bool(body.get("everything", False)))

@@ -51,6 +51,18 @@ ROUTES: dict[tuple[str, str], Route] = {
 WATCHED_ENDPOINTS = INFERENCE_ENDPOINTS | {"/api/pull"}
 
 
+def _names_no_model(path: str, raw: bytes) -> bool:
+    """A pull that names no model (a client probing whether the endpoint exists): it is
+    refused with a 400 and takes no fault meant for a pull."""
+    if path != "/api/pull":
+        return False
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return True
+    return not (isinstance(body, dict) and (body.get("model") or body.get("name")))
+
+
 class Server(ThreadingHTTPServer):
     """One listening socket; the simulator makes a new one after ``refuse_connections``."""
 
@@ -245,7 +257,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             try:
                 sim._sleep(sim.latency())
-                fault = sim.take_fault(path)
+                fault = None if _names_no_model(path, raw) else sim.take_fault(path)
                 if fault is not None:
                     self._apply_fault(fault, path, raw)
                 else:
@@ -286,6 +298,9 @@ class Handler(BaseHTTPRequestHandler):
         if fault.mode == "stream" and streaming and path in ("/api/generate", "/api/chat"):
             self.stream_line(inference.chunk(path == "/api/chat", self.model or "", "The"))
             self.stream_line({"error": fault.error})
+            return
+        if fault.mode == "partial":
+            endpoints.pull(self, raw, fail=fault.error)
             return
         if fault.mode == "stream" and streaming and path == "/api/pull":
             self.stream_line({"status": "pulling manifest"})
