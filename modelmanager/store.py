@@ -30,7 +30,7 @@ from .runners import runner_of
 _Inserted = list[tuple[Job, bool]]
 _Outcome = tuple[_Inserted | None, BaseException | None]  # what one insert_jobs call gets
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: What a job's end hands to ``Store.on_end`` listeners (RETURNING of the final update).
 _END_COLUMNS = "priority, submitted_at, started_at"
@@ -91,6 +91,23 @@ CREATE TABLE IF NOT EXISTS nodes (
     gpus TEXT,
     registered_at REAL NOT NULL
 );
+"""
+
+# Schema version 5: the latest download (Ollama pull) of each model on each node. A
+# plain table with a composite key and no SQLite-only types, so that other databases can
+# hold it as it is.
+_DOWNLOADS_TABLE = """
+CREATE TABLE IF NOT EXISTS downloads (
+    node TEXT NOT NULL,
+    model TEXT NOT NULL,
+    name TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    error TEXT,
+    PRIMARY KEY (node, model)
+)
 """
 
 _COLUMNS = (
@@ -283,7 +300,8 @@ class Store:
         :mod:`modelmanager.runners`), filled in from each job's model and options;
         version 3 adds ``jobs.source`` (which front door took the job; older jobs came
         through the job API); version 4 adds ``jobs.node`` (the backend that ran it) and
-        the ``nodes`` table (backends registered through the API).
+        the ``nodes`` table (backends registered through the API); version 5 adds the
+        ``downloads`` table (see the section "downloads").
         """
         db = self._writer
         columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
@@ -301,6 +319,7 @@ class Store:
                     (runner_of(model, json.loads(payload).get("options")), job_id),
                 )
             tx.execute("CREATE INDEX IF NOT EXISTS jobs_runner ON jobs (runner, status)")
+            tx.execute(_DOWNLOADS_TABLE)
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -810,3 +829,58 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self._read("PRAGMA integrity_check")[0][0])
+
+    # -------------------------------------------------------------------- downloads
+    # The latest download of each model on each node: ``model`` is the model's identity
+    # (:func:`modelmanager.names.model_key`), ``name`` the name sent to Ollama, ``status``
+    # DOWNLOADING, DOWNLOADED, PARTIAL or NOT_FOUND, times in seconds since the epoch.
+
+    def save_download(
+        self,
+        node: str,
+        model: str,
+        *,
+        name: str,
+        task_id: str,
+        status: str,
+        started_at: float,
+        ended_at: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record the download of ``model`` on ``node``, replacing the one before."""
+        with self._write(views=False) as db:
+            db.execute(
+                "INSERT INTO downloads (node, model, name, task_id, status, started_at,"
+                " ended_at, error) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(node, model) DO UPDATE SET name = excluded.name,"
+                " task_id = excluded.task_id, status = excluded.status,"
+                " started_at = excluded.started_at, ended_at = excluded.ended_at,"
+                " error = excluded.error",
+                (node, model, name, task_id, status, started_at, ended_at, error),
+            )
+
+    def delete_download(self, node: str, model: str) -> bool:
+        """Forget the download of ``model`` on ``node``. False if none was recorded."""
+        with self._write(views=False) as db:
+            cur = db.execute("DELETE FROM downloads WHERE node = ? AND model = ?", (node, model))
+            return cur.rowcount == 1
+
+    def load_downloads(
+        self,
+    ) -> list[tuple[str, str, str, str, str, float, float | None, str | None]]:
+        """(node, model, name, task_id, status, started_at, ended_at, error) of every
+        recorded download, oldest first."""
+        return self._read(
+            "SELECT node, model, name, task_id, status, started_at, ended_at, error"
+            " FROM downloads ORDER BY started_at"
+        )
+
+    def unfinished_jobs(self, model: str) -> int:
+        """How many jobs of ``model`` (a model identity: every runner of it) are waiting or
+        running."""
+        rows = self._read(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','queued','running')"
+            " AND (runner = ? OR substr(runner, 1, ?) = ?)",
+            (model, len(model) + 1, model + "|"),
+        )
+        return int(rows[0][0])

@@ -785,3 +785,84 @@ def test_store_job_views_stay_within_their_memory_bound() -> None:
     kept = [f"j{i}" for i in range(50) if views.get(f"j{i}") is not None]
     assert kept == [f"j{i}" for i in range(40, 50)]  # the newest, 1000 bytes in all
     assert views.get("huge") is None
+
+
+# ---------------------------------------------------------------------------- downloads
+
+
+def test_store_downloads_keep_the_latest_per_node_and_model_across_reopen(db_path: Path) -> None:
+    first = Store(db_path)
+    key = "registry.ollama.ai/library/qwen2.5:3b"
+    first.save_download(
+        "a", key, name="qwen2.5:3b", task_id="t1", status="DOWNLOADING", started_at=T0
+    )
+    first.save_download(
+        "b", key, name="Qwen2.5:3B", task_id="t2", status="DOWNLOADING", started_at=T0 + 1
+    )
+    first.save_download(  # the same node and model again: it replaces the first
+        "a",
+        key,
+        name="qwen2.5:3b",
+        task_id="t3",
+        status="PARTIAL",
+        started_at=T0 + 2,
+        ended_at=T0 + 3,
+        error="max retries exceeded: unexpected EOF",
+    )
+    first.close()
+    second = Store(db_path)
+    try:
+        assert second.load_downloads() == [
+            ("b", key, "Qwen2.5:3B", "t2", "DOWNLOADING", T0 + 1, None, None),
+            (
+                "a",
+                key,
+                "qwen2.5:3b",
+                "t3",
+                "PARTIAL",
+                T0 + 2,
+                T0 + 3,
+                "max retries exceeded: unexpected EOF",
+            ),
+        ]
+        assert second.delete_download("a", key) is True
+        assert second.delete_download("a", key) is False
+        assert [row[0] for row in second.load_downloads()] == ["b"]
+    finally:
+        second.close()
+
+
+def test_store_opens_a_version_4_file_and_adds_the_downloads_table(db_path: Path) -> None:
+    old = Store(db_path)
+    add(old, make_job("kept"))
+    old.close()
+    with sqlite3.connect(db_path) as db:  # as version 4 left it
+        db.execute("DROP TABLE downloads")
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    store = Store(db_path)
+    try:
+        assert store.get("kept") is not None and store.load_downloads() == []
+        store.save_download("a", "m", name="m", task_id="t", status="PARTIAL", started_at=T0)
+        assert len(store.load_downloads()) == 1
+        version = store._read("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert version == [("5",)]
+    finally:
+        store.close()
+
+
+def test_store_unfinished_jobs_counts_every_runner_of_a_model(store: Store) -> None:
+    add(
+        store,
+        make_job("a", model="qwen2.5:0.5b"),
+        make_job("b", model="Qwen2.5:0.5B"),
+        make_job("c", model="llama3.2:1b"),
+    )
+    add(store, make_job("d", "qwen2.5:0.5b", payload={"prompt": "p", "options": {"num_ctx": 8192}}))
+    key = "registry.ollama.ai/library/qwen2.5:0.5b"
+    assert store.unfinished_jobs(key) == 3
+    store.claim(["a"], T0)
+    assert store.unfinished_jobs(key) == 3  # running counts
+    store.complete("a", 1, {"text": "x"}, {}, T0 + 1)
+    store.cancel("b", T0 + 1)
+    assert store.unfinished_jobs(key) == 1
+    assert store.unfinished_jobs("registry.ollama.ai/library/qwen2.5:0.5") == 0
