@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelmanager.errors import ConfigError
+from modelmanager.names import InvalidModelName, model_key
 from modelmanager.nodes import configured_nodes
 
 STRATEGIES = ("demand_based",)
@@ -151,6 +152,33 @@ class Config:
         604800.0, "Seconds finished jobs and their results are kept (0: forever).", minimum=0
     )
     AUTO_PULL: bool = _setting(False, "Pull a model Ollama lacks instead of failing its jobs.")
+    # --- models on disk, warm pool
+    MAX_DOWNLOADS: int = _setting(
+        3,
+        "Downloads (Ollama pulls) at once per node; beyond it POST /api/v1/models/download "
+        "answers 429.",
+        minimum=1,
+    )
+    PRELOAD_MODELS: str = _setting(
+        "",
+        "Models every node should have on disk, separated by commas; a background task "
+        "downloads the ones missing (or partly downloaded) at start and every "
+        "PRELOAD_INTERVAL.",
+    )
+    PRELOAD_INTERVAL: float = _setting(
+        1800.0, "Seconds between two checks of PRELOAD_MODELS on every node.", minimum=1.0
+    )
+    PINNED_MODELS: str = _setting(
+        "",
+        "Models kept loaded (one copy each) whenever VRAM allows, separated by commas; only "
+        "high-priority work (or work aged to it) evicts one.",
+    )
+    OLLAMA_MODELS_DIR: str = _setting(
+        "",
+        "Ollama's models directory (its OLLAMA_MODELS) for servers on this host, read by "
+        "GET /api/v1/models/space: one path, or name=path pairs separated by commas; "
+        "empty: ~/.ollama/models.",
+    )
     SHUTDOWN_TIMEOUT: float = _setting(
         30.0, "Seconds SIGTERM waits for running jobs before exiting.", minimum=0
     )
@@ -162,6 +190,28 @@ class Config:
     @property
     def budget_bytes(self) -> int | None:
         return self.VRAM_BUDGET_MB * 1024 * 1024 if self.VRAM_BUDGET_MB else None
+
+    @property
+    def preload_models(self) -> list[str]:
+        """PRELOAD_MODELS as a list of names, as written (duplicates dropped)."""
+        return _names(self.PRELOAD_MODELS)
+
+    @property
+    def pinned_models(self) -> list[str]:
+        """PINNED_MODELS as a list of names, as written (duplicates dropped)."""
+        return _names(self.PINNED_MODELS)
+
+    def models_dir(self, node: str) -> str:
+        """The models directory of Ollama server ``node`` on this host (OLLAMA_MODELS_DIR,
+        else Ollama's default ``~/.ollama/models``, as ``envconfig.Models`` has it)."""
+        default = os.path.join(os.path.expanduser("~"), ".ollama", "models")
+        text = self.OLLAMA_MODELS_DIR.strip()
+        if not text:
+            return default
+        if "=" not in text:
+            return text
+        pairs = dict(_pair(part) for part in text.split(",") if part.strip())
+        return pairs.get(node, default)
 
     def validate(self) -> Config:
         """Check ranges and choices; raise :class:`ConfigError` naming the bad setting."""
@@ -191,6 +241,20 @@ class Config:
         self.SQLITE_SYNCHRONOUS = self.SQLITE_SYNCHRONOUS.upper()
         if self.API_KEY and len(self.API_KEY) < MIN_API_KEY:
             raise ConfigError(f"API_KEY must be at least {MIN_API_KEY} characters long")
+        for setting in ("PRELOAD_MODELS", "PINNED_MODELS"):
+            for name in _names(getattr(self, setting)):
+                try:
+                    model_key(name)
+                except InvalidModelName:
+                    raise ConfigError(
+                        f"{setting} holds {name!r}, which is not an Ollama model name"
+                    ) from None
+        if "=" in self.OLLAMA_MODELS_DIR:
+            for part in self.OLLAMA_MODELS_DIR.split(","):
+                if part.strip() and not all(_pair(part)):
+                    raise ConfigError(
+                        f"OLLAMA_MODELS_DIR must be one path or name=path pairs, got {part!r}"
+                    )
         configured_nodes(  # checks the syntax; GPU counts are checked at start
             self.OLLAMA_BACKENDS,
             self.OLLAMA_BASE_URL,
@@ -215,6 +279,25 @@ class Config:
             if value is not None:
                 values[name] = value
         return cls(**values).validate()
+
+
+def _names(text: str) -> list[str]:
+    """Names separated by commas, blanks dropped, each once (the first spelling kept)."""
+    seen: dict[str, str] = {}
+    for part in text.split(","):
+        name = part.strip()
+        if name:
+            try:
+                key = model_key(name)
+            except InvalidModelName:
+                key = name
+            seen.setdefault(key, name)
+    return list(seen.values())
+
+
+def _pair(part: str) -> tuple[str, str]:
+    name, _, path = part.partition("=")
+    return name.strip(), path.strip()
 
 
 def _convert(name: str, source: str, raw: str, kind: type) -> Any:

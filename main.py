@@ -140,8 +140,13 @@ def start_simulator(config: Config, time_scale: float) -> tuple[Any, Any]:
     data = Path(config.DATA_DIR)
     data.mkdir(parents=True, exist_ok=True)
     state = data / "sim-gpu.state"
-    sim = FakeOllama(vram_mb=SIM_VRAM_MB, time_scale=time_scale, nvml_state=str(state)).start()
+    models = data / "sim-models"  # its models directory: sparse files, next to no disk
+    sim = FakeOllama(
+        vram_mb=SIM_VRAM_MB, time_scale=time_scale, nvml_state=str(state), models_dir=models
+    ).start()
     config.OLLAMA_BASE_URL = sim.url
+    if not config.OLLAMA_MODELS_DIR:
+        config.OLLAMA_MODELS_DIR = str(models)
     lib = _fake_nvml_library(data)
     if lib is None:
         config.VRAM_BUDGET_MB = SIM_VRAM_MB

@@ -24,6 +24,7 @@ from .gpu_api import local_devices, local_driver
 from .job_runner import JobRunner
 from .logger import get_logger
 from .metrics import JobTimes
+from .model_disk import ModelDisk
 from .model_registry import ModelRegistry, normalize
 from .models import Job, JobKind, JobStatus, ResourceSnapshot
 from .pending import PendingIndex
@@ -99,6 +100,7 @@ class Api:
         clock: Callable[[], float] = time.time,
         fleet: Fleet | None = None,
         gpu: NvmlGpuSource | None = None,
+        disk: ModelDisk | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -108,6 +110,7 @@ class Api:
         self.jobs = jobs
         self.fleet = fleet
         self.gpu = gpu
+        self.disk = disk
         self._clock = clock
         self.waiters = JobWaiters(config.MAX_WAITERS)
         self.job_times = JobTimes()  # latency and wait histograms, for /metrics
@@ -452,3 +455,27 @@ class Api:
 
     def gpu_driver(self) -> dict[str, Any]:
         return local_driver(self.gpu)
+
+    # ----------------------------------------------------------------- models on disk
+
+    def model_status(self, body: Any) -> dict[str, Any]:
+        return self._disk().status(body)
+
+    def model_download(self, body: Any) -> dict[str, Any]:
+        return self._disk().download(body)
+
+    def model_delete(self, body: Any) -> dict[str, Any]:
+        return self._disk().delete(body)
+
+    def model_list(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        return self._disk().listing(query)
+
+    def model_space(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        return self._disk().space(query)
+
+    def _disk(self) -> ModelDisk:
+        if self.disk is None:
+            raise ServiceUnavailable(
+                "this service manages no models on disk", headers={"Retry-After": "5"}
+            )
+        return self.disk

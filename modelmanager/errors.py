@@ -106,6 +106,13 @@ class ServiceUnavailable(ApiError):
     code = "BACKEND_UNAVAILABLE"
 
 
+class NotImplementedOnNode(ApiError):
+    """The node's Ollama lacks the endpoint this needs (an older version)."""
+
+    status = 501
+    code = "NOT_IMPLEMENTED"
+
+
 # ------------------------------------------------------------------------------ backend
 
 

@@ -24,6 +24,7 @@ from .backend import Backend
 from .contract.nodes import parse_registration
 from .errors import Conflict, GatewayTimeout, NotFound, OllamaError
 from .events import NodeAdded, NodeDraining
+from .features import Features
 from .gpu_api import RemoteGpuSource
 from .logger import get_logger
 from .models import MIB
@@ -61,6 +62,7 @@ class Fleet:
         self._live: dict[str, Backend] = {}
         self._post: Callable[[Any], None] = lambda event: None
         self._snapshot: Callable[[], Any] = lambda: None
+        self.on_added: list[Callable[[Backend], None]] = []  # a node was registered
 
     # --------------------------------------------------------------------- building
 
@@ -117,6 +119,7 @@ class Fleet:
             source = self.gpu
         else:
             source = None
+        features = Features(client, spec.name)
         monitor = ResourceMonitor(
             client.ps,
             gpu=source,
@@ -125,6 +128,8 @@ class Fleet:
             indices=spec.gpus,
             node=spec.name,
             remote=remote,
+            alive=client.version,
+            features=features,
         )
         return Backend(
             spec.name,
@@ -133,6 +138,7 @@ class Fleet:
             monitor,
             max_loaded=cfg.OLLAMA_MAX_LOADED_MODELS,
             num_parallel=cfg.OLLAMA_NUM_PARALLEL,
+            features=features,
         )
 
     def attach(self, post: Callable[[Any], None], snapshot: Callable[[], Any]) -> None:
@@ -177,6 +183,8 @@ class Fleet:
         with self._lock:
             self._live[spec.name] = backend
         self._post(NodeAdded(backend))
+        for hook in self.on_added:
+            hook(backend)
         log.info("node %s registered at %s", spec.name, spec.url)
         return self._node_json(spec, None)
 
@@ -300,6 +308,11 @@ class Fleet:
     def _backends(self) -> list[Backend]:
         with self._lock:
             return list(self._live.values())
+
+    def backends(self) -> dict[str, Backend]:
+        """Every backend in use now, by name (registered ones included, in order)."""
+        with self._lock:
+            return dict(self._live)
 
     def close(self) -> None:
         """Close every backend (at shutdown)."""

@@ -29,6 +29,7 @@ from .errors import (
     Unauthorized,
 )
 from .logger import get_logger
+from .models_api import register_model_routes
 from .nodes_api import register_node_routes
 from .waiting import parse_wait
 
@@ -87,6 +88,7 @@ _REASONS = {
     413: "REQUEST ENTITY TOO LARGE",
     429: "TOO MANY REQUESTS",
     500: "INTERNAL SERVER ERROR",
+    501: "NOT IMPLEMENTED",
     503: "SERVICE UNAVAILABLE",
 }
 
@@ -214,6 +216,7 @@ def create_app(api: Api, config: Config) -> Flask:
         return _json(api.stats())
 
     register_node_routes(app, api, _body)
+    register_model_routes(app, api, _body)
 
     @app.get("/api/openapi.json")
     def openapi() -> Response:

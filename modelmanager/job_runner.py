@@ -26,16 +26,18 @@ from .backend import Backend
 from .errors import (
     BackendTimeout,
     BackendUnavailable,
+    EndpointNotAvailable,
     OllamaError,
     OutOfMemory,
     RequestAborted,
     RunnerCrashed,
 )
 from .events import Event, JobEnded, JobOutcome
+from .features import Feature, embed_one_by_one
 from .logger import escape, get_logger
 from .model_registry import ModelRegistry
 from .models import Job, JobKind
-from .ollama_client import InferenceResult
+from .ollama_client import InferenceResult, Kind
 from .plan import JobVerdict
 from .store import Store
 from .streams import Ended, StreamHub
@@ -56,8 +58,10 @@ class JobRunner:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         streams: StreamHub | None = None,
+        pinned: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
+        self.pinned = pinned  # runner keys kept loaded: their jobs ask Ollama to keep them
         self.streams = streams or StreamHub()
         self.registry = registry
         self.config = config
@@ -183,8 +187,24 @@ class JobRunner:
             def relay(chunk: dict[str, Any]) -> None:
                 publish(job_id, chunk)
 
+        keep_alive = -1 if job.runner in self.pinned else self.keep_alive
+        if job.kind is JobKind.EMBED and backend.features.has(Feature.EMBED) is not False:
+            try:
+                return backend.client.infer(
+                    "embed", job.model, fields, keep_alive=keep_alive, call=call, on_chunk=relay
+                )
+            except EndpointNotAvailable:  # an older Ollama: the legacy endpoint, at once
+                backend.features.lacks(Feature.EMBED)
+        if job.kind is JobKind.EMBED:
+            res = embed_one_by_one(
+                backend.client, job.model, fields, keep_alive=keep_alive, call=call
+            )
+            if relay is not None:
+                relay({"model": res.model, "embeddings": res.embeddings})
+            return res
+        kind: Kind = "chat" if job.kind is JobKind.CHAT else "generate"
         return backend.client.infer(
-            job.kind.value, job.model, fields, keep_alive=self.keep_alive, call=call, on_chunk=relay
+            kind, job.model, fields, keep_alive=keep_alive, call=call, on_chunk=relay
         )
 
     def _completed(self, job: Job, backend: Backend, res: InferenceResult) -> JobEnded:

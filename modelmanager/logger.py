@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-COMPONENTS = ("SYSTEM", "API", "QUEUE", "SCHEDULER", "ENGINE", "MONITOR", "REGISTRY")
+COMPONENTS = ("SYSTEM", "API", "QUEUE", "SCHEDULER", "ENGINE", "MONITOR", "REGISTRY", "DISK")
 _ROOT = "modelmanager"
 _CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t", 127: "\\x7f"}
 

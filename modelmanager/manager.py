@@ -18,18 +18,22 @@ from typing import IO
 from config import Config
 
 from .api import Api
+from .downloads import Download, Downloads
 from .errors import DataDirLocked
+from .events import PullEnded
 from .fleet import Fleet
 from .job_runner import JobRunner
 from .logger import get_logger
+from .model_disk import ModelDisk
 from .model_registry import ModelRegistry
 from .ollama_client import OllamaClient
 from .pending import PendingIndex
 from .residency import Residency
 from .resource_monitor import NvmlGpuSource
-from .scheduler import Scheduler
+from .scheduler import Scheduler, pinned_runners
 from .store import Store
 from .streams import StreamHub
+from .warm_pool import WarmPool
 
 log = get_logger("SCHEDULER")
 syslog = get_logger("SYSTEM")
@@ -69,6 +73,27 @@ class Manager:
         )
         for backend in backends:
             self.registry.add_source(backend.name, backend.client.tags)
+        self.downloads = Downloads(
+            self.store,
+            self.registry,
+            self.fleet.backends,
+            max_per_node=config.MAX_DOWNLOADS,
+            max_attempts=config.MAX_ATTEMPTS,
+            retry_base=config.RETRY_BASE_SECONDS,
+            retry_max=config.RETRY_MAX_SECONDS,
+            clock=clock,
+        )
+        self.downloads.on_end(self._download_ended)
+        self.disk = ModelDisk(
+            config, self.store, self.registry, self.downloads, self.fleet.backends, clock=clock
+        )
+        self.warm_pool = WarmPool(
+            config.preload_models,
+            self.downloads,
+            self.fleet.backends,
+            interval=config.PRELOAD_INTERVAL,
+        )
+        self.fleet.on_added.append(lambda backend: self.warm_pool.wake())
         self.pending = PendingIndex(config.AGING_SECONDS)
         # Ollama keeps our models longer than we do, so the manager always unloads first,
         # while models of a manager that died still expire eventually.
@@ -83,6 +108,7 @@ class Manager:
             keep_alive=ollama_keep_alive,
             clock=clock,
             streams=self.streams,
+            pinned=frozenset(pinned_runners(config.pinned_models)),
         )
         self.scheduler = Scheduler(
             config,
@@ -93,6 +119,7 @@ class Manager:
             residency=self.residency,
             jobs=self.jobs,
             clock=clock,
+            downloads=self.downloads,
         )
         self.scheduler.hooks.append(self.housekeeping)
         self.scheduler.on_removed.append(self.fleet.removed)
@@ -107,11 +134,16 @@ class Manager:
             clock=clock,
             fleet=self.fleet,
             gpu=gpu,
+            disk=self.disk,
         )
         self._stopped = False
 
     def _post(self, event: object) -> None:
         self.scheduler.post(event)  # type: ignore[arg-type]
+
+    def _download_ended(self, download: Download) -> None:
+        error = download.error if download.status.value != "DOWNLOADED" else None
+        self.scheduler.post(PullEnded(download.model, download.node, error))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,6 +166,9 @@ class Manager:
             self.store.path,
         )
         self.scheduler.start()
+        self.downloads.resume()
+        if self.warm_pool.models:
+            self.warm_pool.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -142,6 +177,8 @@ class Manager:
             return
         self._stopped = True
         self.api.accepting = False
+        self.warm_pool.stop()
+        self.downloads.close()
         self.scheduler.stop()
         drained = self.jobs.close(timeout)
         syslog.info(

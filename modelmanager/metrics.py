@@ -153,7 +153,7 @@ class ServiceCollector:
         evictions = CounterMetricFamily(
             f"{PREFIX}evictions_total",
             "Models unloaded to make room or for other work, by reason (room, outranked, "
-            "runner_options).",
+            "runner_options, pinned).",
             labels=["reason"],
         )
         for reason in _EVICTION_REASONS:

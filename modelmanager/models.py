@@ -138,6 +138,8 @@ class ResourceSnapshot:
     ``source`` is ``"nvml"`` when memory came from NVML (includes other programs' use) or
     ``"budget"`` when it is the configured budget minus what ``/api/ps`` reports.
     ``loaded`` is empty and ``backend_up`` False when Ollama could not be reached.
+    ``ps_available`` is False for an Ollama without ``/api/ps`` (an older version):
+    ``loaded`` is then empty because nothing can be seen, not because nothing is loaded.
     """
 
     taken_at: float
@@ -149,3 +151,4 @@ class ResourceSnapshot:
     loaded: tuple[LoadedModel, ...] = ()
     backend_up: bool = True
     backend_error: str | None = None
+    ps_available: bool = True

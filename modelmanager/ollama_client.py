@@ -37,6 +37,7 @@ from .abortable import AbortableAdapter, Call, calling
 from .errors import (
     BackendTimeout,
     BackendUnavailable,
+    EndpointNotAvailable,
     LoadTimeout,
     OllamaBadRequest,
     OllamaError,
@@ -286,14 +287,16 @@ class OllamaClient:
         *,
         keep_alive: float,
         options: Mapping[str, Any] | None = None,
-        kind: Literal["generate", "embed"] = "generate",
+        kind: Literal["generate", "embed", "embeddings"] = "generate",
     ) -> InferenceResult:
         """Load ``model`` and keep it for ``keep_alive`` seconds (negative: forever).
 
         ``options`` are sent as given: a job's runner options (``num_ctx``, ...) must reach
         the load, or Ollama starts a runner with its defaults and reloads it for the job.
         ``kind="generate"`` sends an empty prompt to ``/api/generate``; ``kind="embed"`` an
-        empty input to ``/api/embed`` (embedding models cannot generate). Blocks until the
+        empty input to ``/api/embed`` (embedding models cannot generate);
+        ``kind="embeddings"`` an empty prompt to the legacy ``/api/embeddings``, for an
+        Ollama older than ``/api/embed`` (it answers ``{"embedding": []}``). Blocks until the
         model is loaded, up to ``load_timeout``; a read timeout raises :class:`LoadTimeout`.
         ``keep_alive`` 0 would unload, so it is refused.
         """
@@ -307,8 +310,11 @@ class OllamaClient:
         elif kind == "embed":
             path = "/api/embed"
             body["input"] = []
+        elif kind == "embeddings":
+            path = "/api/embeddings"
+            body["prompt"] = ""
         else:
-            raise ValueError(f"load kind must be 'generate' or 'embed', got {kind!r}")
+            raise ValueError(f"load kind must be 'generate', 'embed' or 'embeddings', got {kind!r}")
         body["stream"] = False
         body["keep_alive"] = seconds
         if options:
@@ -323,7 +329,52 @@ class OllamaClient:
         )
         if kind == "embed":
             return inference_result(model, raw, embeddings=embedding_vectors(path, raw, model))
+        if kind == "embeddings":
+            return inference_result(model, raw, embeddings=[])
         return inference_result(model, raw, text=text_field(path, raw, model))
+
+    def embeddings(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        keep_alive: float,
+        options: Mapping[str, Any] | None = None,
+        call: Call | None = None,
+    ) -> list[float]:
+        """One vector from the legacy ``/api/embeddings`` (``{"model", "prompt"}`` ->
+        ``{"embedding": [...]}``), which Ollama had before ``/api/embed``: one prompt per
+        request, and the vector is **not** L2-normalised (OLLAMA_FACTS §1.4)."""
+        body: dict[str, Any] = {"model": model, "prompt": prompt}
+        if options:
+            body["options"] = dict(options)
+        body["keep_alive"] = keep_alive_seconds(keep_alive)
+        path = "/api/embeddings"
+        raw = self._json("POST", path, body, timeout=self._timeout, model=model, call=call)
+        vector = raw.get("embedding")
+        if not isinstance(vector, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in vector
+        ):
+            raise malformed(path, "no embedding vector", raw, model=model)
+        return [float(x) for x in vector]
+
+    def probe(self, method: str, path: str) -> bool:
+        """Whether this Ollama has the endpoint ``method path``: False when it answers Go's
+        plain-text ``404 page not found`` (a route it does not have, so an older version);
+        True for any other answer. A ``POST`` or ``DELETE`` is sent ``{}``, which every
+        Ollama endpoint refuses (400, or a JSON 404 for the empty model name) before
+        doing anything. Raises :class:`BackendUnavailable` or :class:`BackendTimeout` when
+        no answer came, so the question stays open."""
+        body: dict[str, Any] | None = None if method in ("GET", "HEAD") else {}
+        try:
+            self._exchange(method, path, body, self._info_timeout, None, BackendTimeout, _drain)
+        except EndpointNotAvailable:
+            return False
+        except (BackendUnavailable, BackendTimeout):
+            raise
+        except OllamaError:
+            return True
+        return True
 
     def unload(self, model: str) -> None:
         """Ask Ollama to unload ``model`` (empty prompt, ``keep_alive`` 0).
@@ -337,13 +388,24 @@ class OllamaClient:
 
     # -------------------------------------------------------------------- management
 
-    def pull(self, model: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def pull(
+        self,
+        model: str,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        call: Call | None = None,
+    ) -> None:
         """Download ``model``, calling ``progress`` with each NDJSON status object in order.
 
-        Returns after the final ``{"status": "success"}``. An unknown model (which Ollama
-        reports as an error line on HTTP 200) raises :class:`ModelNotFound`; any other error
-        line :class:`StreamError`. An exception from ``progress`` aborts the pull and
-        propagates unchanged. The read timeout applies between two lines.
+        The objects are Ollama's ``api.ProgressResponse``: ``status``, and for a layer
+        being downloaded ``digest``, ``total`` and ``completed`` bytes (every 60 ms,
+        ``server/download.go``). Returns after the final ``{"status": "success"}``. An
+        unknown model (which Ollama reports as an error line on HTTP 200) raises
+        :class:`ModelNotFound`; any other error line :class:`StreamError`. An exception from
+        ``progress`` aborts the pull and propagates unchanged. The read timeout applies
+        between two lines. ``call`` lets another thread abort the pull
+        (:class:`RequestAborted`); Ollama then stops it and keeps what it downloaded
+        (``-partial`` files), which the next pull of the model resumes.
         """
         name = model
 
@@ -363,7 +425,9 @@ class OllamaClient:
                 )
 
         body = {"model": name, "stream": True}
-        self._exchange("POST", "/api/pull", body, self._timeout, name, BackendTimeout, consume)
+        self._exchange(
+            "POST", "/api/pull", body, self._timeout, name, BackendTimeout, consume, call=call
+        )
 
     def delete(self, model: str) -> None:
         """Remove ``model`` from disk. Does not unload it if it is running."""

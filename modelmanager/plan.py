@@ -106,6 +106,7 @@ class PlannerSettings:
     weight_base: float = 10.0  # each priority level weighs this many times the next
     auto_pull: bool = False  # pull a model Ollama lacks instead of failing its jobs
     dispatch_ahead: int = 0  # jobs sent beyond a runner's slots, queued in Ollama
+    pinned: frozenset[str] = frozenset()  # runner keys kept loaded (PINNED_MODELS)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -116,6 +117,7 @@ class UnloadReason(enum.StrEnum):
     ROOM = "room"  # no waiting jobs; another runner needs its memory or seat
     OUTRANKED = "outranked"  # has waiting jobs, but a more urgent group's switch pays
     RUNNER_OPTIONS = "runner_options"  # the same model is wanted with other runner options
+    PINNED = "pinned"  # a pinned model, outranked by a higher-priority need
 
 
 class WaitReason(enum.StrEnum):

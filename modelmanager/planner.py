@@ -33,6 +33,13 @@ Policy "demand_based", in the order of a pass:
    idles between two jobs (a newer, more urgent job for the same model waits for at
    most those few).
 
+**Pinned models** (PINNED_MODELS) count as always in demand, as if normal-priority work
+waited for them (:data:`PIN_RANK`): one copy of each is loaded, after the waiting groups
+are placed, wherever it fits in memory and a seat left free (nothing is evicted for it);
+it never expires idle; and only a group that outranks that (high priority, or normal
+work aged to high) evicts it, reason ``pinned``. A pinned model that also has waiting
+jobs is kept on those terms as well as by the switch rule below.
+
 **A switch must pay for itself.** Evicting runner L, which still has waiting jobs, for
 group G is allowed only if G's best job strictly outranks L's, L has finished a job since
 it loaded (or been resident ``min_residency``), L would need longer to finish its queue
@@ -87,6 +94,7 @@ from .rooms import Room, rollout
 from .runners import model_of
 
 MIB = 1024 * 1024
+PIN_RANK = 1  # a pinned model is kept as if normal-priority work waited for it
 ROLLOUT_GROUPS = 12  # at most this many equally urgent groups are compared for the next load
 REPLICA_FACTOR = 2.0  # a copy pays when the queue takes longer than this many loads
 
@@ -169,6 +177,9 @@ class _Pass:
         """Loaded so recently, with no job done yet, that it may not be evicted."""
         return v.jobs_done == 0 and self.now - v.loaded_at < self.settings.min_residency
 
+    def is_pinned(self, v: RunnerView) -> bool:
+        return v.runner in self.settings.pinned
+
     def copies(self, runner: str) -> list[RunnerView]:
         return [v for v in self.runners if v.runner == runner]
 
@@ -240,6 +251,8 @@ class _Pass:
                 continue
             room = self.rooms.get(v.backend)
             keep = self.settings.keep_alive if v.keep_alive is None else v.keep_alive
+            if v.runner in self.settings.pinned:
+                keep = -1.0  # pinned: never idle
             if room is not None and room.view.draining:
                 keep = 0.0  # a backend being removed gives its models back once idle
             if keep >= 0 and self.now - v.last_used >= keep:
@@ -309,11 +322,11 @@ class _Pass:
         runner = group.runner
         f = self.facts.get(runner)
         wait = self.plan.actions.append
+        if f is not None and f.pulling:  # being downloaded: its jobs wait for it
+            wait(Wait(runner, WaitReason.PULLING))
+            return
         if f is not None and f.installed is False:
             self.missing(group)
-            return
-        if f is not None and f.pulling:
-            wait(Wait(runner, WaitReason.PULLING))
             return
         if f is None or f.estimate_bytes is None:
             wait(Wait(runner, WaitReason.SIZE_UNKNOWN))
@@ -366,8 +379,11 @@ class _Pass:
         for v in self.rivals(group.runner, room):
             if v.state is not RunnerState.READY or (v.runner, v.backend) in self.leaving:
                 continue
+            if self.is_pinned(v) and not group.rank < PIN_RANK:
+                continue  # a pinned model yields only to a higher-priority need
             if v.runner not in self.demands:
-                self.leave(v, UnloadReason.RUNNER_OPTIONS, group.runner, "")
+                reason = UnloadReason.PINNED if self.is_pinned(v) else UnloadReason.RUNNER_OPTIONS
+                self.leave(v, reason, group.runner, "")
                 continue
             pays, detail = self.switch(group, v, others)
             if pays:
@@ -435,6 +451,7 @@ class _Pass:
         room."""
         idle_free: list[RunnerView] = []
         busy_free: list[RunnerView] = []
+        pinned: list[RunnerView] = []
         paying: list[tuple[float, RunnerView, str]] = []
         blocked = False
         for v in self.runners:
@@ -442,6 +459,13 @@ class _Pass:
                 continue
             if (v.runner, v.backend) in self.leaving:
                 continue
+            if self.is_pinned(v):
+                if not group.rank < PIN_RANK:
+                    blocked = True  # kept: only a higher-priority need evicts it
+                    continue
+                if v.runner not in self.demands:
+                    pinned.append(v)
+                    continue
             if v.runner not in self.demands:
                 if self.warm(v, group):
                     blocked = True  # jobs keep coming for it: not yet worth a reload
@@ -459,9 +483,11 @@ class _Pass:
         idle_free.sort(key=lambda v: (v.arrivals, v.last_used))
         busy_free.sort(key=lambda v: (v.arrivals, v.in_flight))
         paying.sort(key=lambda item: (item[0], item[1].in_flight))
+        pinned.sort(key=lambda v: (v.in_flight, v.last_used))
         ordered: _Victims = [
             *((v, UnloadReason.ROOM, "") for v in idle_free),
             *((v, UnloadReason.ROOM, "") for v in busy_free),
+            *((v, UnloadReason.PINNED, "") for v in pinned),
             *((v, UnloadReason.OUTRANKED, d) for _, v, d in paying),
         ]
         chosen: _Victims = []
@@ -554,6 +580,7 @@ class _Pass:
             and v.runner not in self.demands
             and (v.runner, v.backend) not in self.leaving
             and not self.warm(v, group)
+            and not self.is_pinned(v)
         ]
         idle.sort(key=lambda v: (v.arrivals, v.last_used))
         chosen: list[RunnerView] = []
@@ -564,6 +591,37 @@ class _Pass:
             have += v.size_bytes
             seats += 1
         return chosen if have >= need and seats > 0 else None
+
+    def keep_pinned(self) -> None:
+        """Load each pinned model that no backend holds where it fits now, in memory and
+        a seat nobody waits for, the backend with the most room first (nothing is evicted
+        for it); a model Ollama lacks, is downloading, or whose size is unknown waits."""
+        for runner in sorted(self.settings.pinned):
+            if runner in self.held or runner in self.demands:
+                continue  # held, or placed with its waiting jobs
+            f = self.facts.get(runner)
+            if f is None or f.estimate_bytes is None or f.installed is not True or f.pulling:
+                continue
+            if f.blocked_until > self.now:
+                continue
+            need = f.estimate_bytes
+            having = [r for r in self.usable if f.backends is None or r.name in f.backends]
+            rooms = [
+                r
+                for r in having or self.usable  # as fit(): where Ollama lists it, if known
+                if r.name not in self.blocked_rooms
+                and not self.rivals(runner, r)
+                and r.load_slots > 0
+                and r.seat_free
+                and r.fits(need)
+            ]
+            if not rooms:
+                continue
+            room = max(rooms, key=lambda r: r.total_free())
+            self.plan.actions.append(Load(runner, room.name))
+            room.load_slots -= 1
+            room.reserve(need)
+            room.seats += 1
 
     def dispatch(self) -> None:
         ahead = self.settings.dispatch_ahead
@@ -592,8 +650,8 @@ def plan(
 ) -> Plan:
     """Decide this pass's loads, unloads, drains, dispatches, failures and waits.
 
-    ``facts`` has an entry for every runner with waiting jobs or held (see the scheduler);
-    a waiting runner without one is skipped this pass.
+    ``facts`` has an entry for every runner with waiting jobs or held (see the scheduler),
+    and for each pinned one; a waiting runner without one is skipped this pass.
     """
     state = _Pass(demands, runners, backends, facts, settings, now)
     if not state.backends:
@@ -604,6 +662,7 @@ def plan(
     state.expire_idle()
     state.replicate(critical=True)
     state.place_groups()
+    state.keep_pinned()
     state.replicate()
     state.dispatch()
     return state.plan

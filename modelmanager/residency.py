@@ -1,12 +1,15 @@
-"""Residency: carries out loads, unloads and pulls on a backend, on worker threads.
+"""Residency: carries out loads and unloads on a backend, on worker threads.
 
 It never decides what to load (the planner does) and never touches runner state (the
 scheduler does): each operation posts an event (:mod:`modelmanager.events`) when it ends.
-It learns sizes and load times into the registry, and logs one line per load, unload and
-pull outcome.
+It learns sizes and load times into the registry, and logs one line per load and unload
+outcome. (Pulls are :mod:`modelmanager.downloads`'.)
 
 An unload is finished only when Ollama no longer lists the model in ``/api/ps``; until
-then the scheduler counts its memory and its seat.
+then the scheduler counts its memory and its seat. An Ollama without ``/api/ps`` (older)
+cannot say: its unload counts as finished once Ollama accepted it. An embedding model is
+loaded through ``/api/embed``, or the legacy ``/api/embeddings`` where that is missing
+(:mod:`modelmanager.features`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from .backend import Backend
-from .errors import ModelNotFound, OllamaError, OutOfMemory
-from .events import Event, LoadEnded, PullEnded, UnloadEnded
+from .errors import EndpointNotAvailable, ModelNotFound, OllamaError, OutOfMemory
+from .events import Event, LoadEnded, UnloadEnded
+from .features import Feature
 from .logger import escape, get_logger
 from .model_registry import ModelRegistry
 from .models import MIB
@@ -31,7 +35,7 @@ PS_POLL = 0.02  # seconds between /api/ps reads while an unload finishes
 
 
 class Residency:
-    """Loads, unloads and pulls, each on a worker thread, each ending in an event."""
+    """Loads and unloads, each on a worker thread, each ending in an event."""
 
     def __init__(
         self,
@@ -62,11 +66,16 @@ class Residency:
         options: Mapping[str, Any],
         kind: Literal["generate", "embed"],
         estimate: int,
+        *,
+        keep_alive: float | None = None,
     ) -> None:
-        """Load ``runner`` (model ``name`` with runner ``options``); posts LoadEnded."""
+        """Load ``runner`` (model ``name`` with runner ``options``) and have Ollama keep it
+        ``keep_alive`` seconds (default: this residency's; negative: until unloaded);
+        posts LoadEnded."""
         with self._lock:
             self._memory_ops += 1
-        self._pool.submit(self._load, backend, runner, label, name, options, kind, estimate)
+        keep = self.keep_alive if keep_alive is None else keep_alive
+        self._pool.submit(self._load, backend, runner, label, name, options, kind, estimate, keep)
 
     def _load(
         self,
@@ -77,14 +86,13 @@ class Residency:
         options: Mapping[str, Any],
         kind: Literal["generate", "embed"],
         estimate: int,
+        keep_alive: float,
     ) -> None:
         t0 = time.monotonic()
         try:
             before = self._used_bytes(backend)
             log.info("loading %s (estimate %d MB)", label, estimate // MIB)
-            backend.client.load(
-                name, keep_alive=self.keep_alive, options=dict(options) or None, kind=kind
-            )
+            self._send_load(backend, name, options, kind, keep_alive)
         except Exception as exc:  # never let a load thread die silently
             error = exc if isinstance(exc, OllamaError) else OllamaError(str(exc))
             if not isinstance(exc, OllamaError):
@@ -106,11 +114,31 @@ class Residency:
         learned = self.registry.learn_load(
             runner, ps_vram_bytes=ps_vram, nvml_delta_bytes=delta, load_seconds=seconds
         )
-        dropped = ps_vram is None and snap.backend_up
+        dropped = ps_vram is None and snap.backend_up and snap.ps_available
         size = learned or estimate
         log.info("loaded %s in %.2fs (%d MB)", label, seconds, size // MIB)
         self._end()
         self._post(LoadEnded(runner, backend.name, seconds, size, dropped=dropped))
+
+    def _send_load(
+        self,
+        backend: Backend,
+        name: str,
+        options: Mapping[str, Any],
+        kind: Literal["generate", "embed"],
+        keep_alive: float,
+    ) -> None:
+        opts = dict(options) or None
+        if kind == "embed" and backend.features.has(Feature.EMBED) is False:
+            backend.client.load(name, keep_alive=keep_alive, options=opts, kind="embeddings")
+            return
+        try:
+            backend.client.load(name, keep_alive=keep_alive, options=opts, kind=kind)
+        except EndpointNotAvailable:
+            if kind != "embed":
+                raise
+            backend.features.lacks(Feature.EMBED)
+            backend.client.load(name, keep_alive=keep_alive, options=opts, kind="embeddings")
 
     def _used_bytes(self, backend: Backend) -> int | None:
         snap = backend.snapshot()
@@ -135,7 +163,15 @@ class Residency:
             # Ollama answers at once; the model leaves /api/ps once really unloaded.
             deadline = time.monotonic() + UNLOAD_DEADLINE
             while time.monotonic() < deadline:
-                if not any(self.registry.holds(runner, m) for m in backend.client.ps()):
+                if backend.features.has(Feature.PS) is False:
+                    gone = True  # no /api/ps to watch: Ollama accepted the unload
+                    break
+                try:
+                    listed = backend.client.ps()
+                except EndpointNotAvailable:
+                    backend.features.lacks(Feature.PS)
+                    continue
+                if not any(self.registry.holds(runner, m) for m in listed):
                     gone = True
                     break
                 time.sleep(PS_POLL)  # polling Ollama, not waiting in a test
@@ -152,24 +188,3 @@ class Residency:
             log.warning("unload of %s failed (%s); it stays loaded", label, escape(why))
         self._end()
         self._post(UnloadEnded(runner, backend.name, gone, why))
-
-    # ------------------------------------------------------------------------ pulls
-
-    def pull(self, backend: Backend, runner: str, name: str) -> None:
-        """Pull the model of ``runner`` (AUTO_PULL); posts PullEnded."""
-        log.info("pulling %s (AUTO_PULL)", name)
-        self._pool.submit(self._pull, backend, runner, name)
-
-    def _pull(self, backend: Backend, runner: str, name: str) -> None:
-        error: OllamaError | None = None
-        try:
-            backend.client.pull(name)
-            self.registry.refresh_tags(force=True)
-            log.info("pulled %s", name)
-        except OllamaError as exc:
-            error = exc
-            log.warning("pull of %s failed: %s", name, escape(exc.message))
-        except Exception as exc:
-            log.exception("pull of %s failed unexpectedly", name)
-            error = OllamaError(str(exc))
-        self._post(PullEnded(runner, backend.name, error))

@@ -10,6 +10,7 @@ times in **seconds** since the epoch.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 import pynvml
 
-from .errors import ModelManagerError, OllamaError
+from .errors import EndpointNotAvailable, ModelManagerError, OllamaError
 from .logger import get_logger
 from .models import MIB, GpuDevice, LoadedModel, ResourceSnapshot
 
@@ -178,6 +179,11 @@ class ResourceMonitor:
       max(0, total - used), ``devices=()``. Without a budget, total and free are 0.
       Logged once with the reason.
 
+    An Ollama without ``/api/ps`` (an older version; it answers Go's plain-text 404)
+    gives snapshots with ``ps_available=False`` and nothing in ``loaded``; from then on
+    ``alive`` (``/api/version``) tells whether the server is up, and ``features`` (if
+    given) logs the skip once.
+
     Thread-safe: :meth:`snapshot` may run from several threads at once. ``ps`` is called
     outside the lock (it is an HTTP request); the GPU read (microseconds) is inside it.
     """
@@ -192,8 +198,13 @@ class ResourceMonitor:
         indices: tuple[int, ...] | None = None,
         node: str | None = None,
         remote: bool = False,
+        alive: Callable[[], object] | None = None,
+        features: Any = None,
     ) -> None:
         self._ps = ps
+        self._alive = alive
+        self._features = features  # modelmanager.features.Features, or None
+        self._no_ps = False  # the server has no /api/ps
         self._gpu = gpu
         self._indices = indices
         self._node = node
@@ -211,11 +222,17 @@ class ResourceMonitor:
     def snapshot(self) -> ResourceSnapshot:
         """What the GPU(s) and Ollama look like now (see the class docstring)."""
         taken_at = self._clock()
+        loaded: tuple[LoadedModel, ...] = ()
+        backend_error: str | None = None
         try:
-            loaded = tuple(self._ps())
-            backend_error = None
+            if self._no_ps:
+                self._check_alive()
+            else:
+                loaded = tuple(self._ps())
+        except EndpointNotAvailable:
+            self._lacks_ps()  # it answered: it is up, only older
         except OllamaError as e:
-            loaded, backend_error = (), str(e)
+            backend_error = str(e)
         with self._lock:
             self._note_backend_locked(backend_error)
             devices = self._read_gpu_locked()
@@ -224,6 +241,7 @@ class ResourceMonitor:
             "loaded": loaded,
             "backend_up": backend_error is None,
             "backend_error": backend_error,
+            "ps_available": not self._no_ps,
         }
         if devices is None:
             total = self._budget_bytes or 0
@@ -244,6 +262,25 @@ class ResourceMonitor:
             devices=devices,
             **common,
         )
+
+    def _check_alive(self) -> None:
+        if self._alive is None:
+            return
+        with contextlib.suppress(EndpointNotAvailable):  # no /api/version: an answer too
+            self._alive()
+
+    def _lacks_ps(self) -> None:
+        if self._no_ps:
+            return
+        self._no_ps = True
+        if self._features is not None:
+            from .features import Feature
+
+            self._features.lacks(Feature.PS)
+        else:
+            log.info(
+                "Skipping /api/ps for node %s as endpoints are not available", self._node or "?"
+            )
 
     def close(self) -> None:
         """Shut NVML down. Idempotent; a later :meth:`snapshot` initialises it again."""

@@ -27,7 +27,7 @@ from typing import Any
 from config import Config
 
 from .backend import Backend
-from .errors import ModelNotFound, OutOfMemory
+from .errors import ApiError, ModelNotFound, OutOfMemory
 from .events import (
     Event,
     JobEnded,
@@ -43,7 +43,7 @@ from .job_runner import JobRunner
 from .logger import escape, get_logger
 from .model_registry import ModelRegistry, normalize
 from .models import MIB, ResourceSnapshot
-from .names import display_name
+from .names import InvalidModelName, display_name, model_key
 from .pending import PendingIndex
 from .plan import (
     BackendView,
@@ -96,6 +96,7 @@ _UNLOAD_TEXT = {
     UnloadReason.ROOM: "evicting (no waiting jobs)",
     UnloadReason.OUTRANKED: "evicting (outranked)",
     UnloadReason.RUNNER_OPTIONS: "evicting (other runner options wanted)",
+    UnloadReason.PINNED: "evicting pinned model",
 }
 
 
@@ -184,8 +185,12 @@ class Scheduler:
         jobs: JobRunner,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        downloads: Any = None,
     ) -> None:
         self.config = config
+        # modelmanager.downloads.Downloads (or a fake): pulls for AUTO_PULL, and which
+        # models are downloading (their jobs wait)
+        self.downloads = downloads
         self.store = store
         self.pending = pending
         self.registry = registry
@@ -201,6 +206,7 @@ class Scheduler:
             keep_alive=config.MODEL_KEEP_ALIVE,
             auto_pull=config.AUTO_PULL,
             dispatch_ahead=config.DISPATCH_AHEAD,
+            pinned=frozenset(pinned_runners(config.pinned_models)),
         )
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -215,7 +221,8 @@ class Scheduler:
         self._blocked_until: dict[str, float] = {}  # runner -> no load before
         self._unload_failures: collections.Counter[str] = collections.Counter()
         self._unload_blocked_until: dict[str, float] = {}
-        self._pulling: set[str] = set()  # model identities
+        self._pulling: set[str] = set()  # model identities whose pull was asked for
+        self._pins_missing: set[str] = set()  # pinned runners logged as not installed
         self._waits: dict[str, WaitReason] = {}  # runner -> why it waits now
         # runner -> the wait reason last logged for it, and when
         self._wait_logged: dict[str, tuple[WaitReason, float]] = {}
@@ -285,14 +292,16 @@ class Scheduler:
             self._finish_draining()
         self.pending.release_delayed(now)
         demands = self.pending.demand(now)
-        if not demands and not self._held:
+        held_runners = {r for r, _ in self._held}
+        pins = self.settings.pinned - held_runners
+        if not demands and not self._held and not pins:
             self._refresh(now, IDLE_REFRESH)
             self._publish(now)
             return Plan()
-        held_runners = {r for r, _ in self._held}
         must_plan_loads = any(d.runner not in held_runners for d in demands)
         self._refresh(now, self.config.MONITOR_INTERVAL if must_plan_loads else IDLE_REFRESH)
         facts = self._facts([d.runner for d in demands] + list(held_runners), now)
+        facts.update(self._pin_facts(pins - set(facts)))
         views = [h.view(*self._arrivals(h, now)) for h in self._held.values()]
         result = plan(demands, views, self._backend_views(), facts, self.settings, now)
         self._carry_out(result, now)
@@ -343,8 +352,9 @@ class Scheduler:
 
     def _reconcile(self, backend: str, snap: ResourceSnapshot) -> None:
         """Match ``/api/ps`` against the runners held: forget one Ollama dropped behind our
-        back, manage one it holds that we do not (by identity or digest)."""
-        if not snap.backend_up:
+        back, manage one it holds that we do not (by identity or digest). An Ollama without
+        ``/api/ps`` tells neither: what the manager loaded is taken as loaded."""
+        if not snap.backend_up or not snap.ps_available:
             return
         matched: set[int] = set()
         for key, h in list(self._held.items()):
@@ -379,12 +389,18 @@ class Scheduler:
                 1 for m in snap.loaded if not any(self.registry.holds(h.runner, m) for h in ours)
             )
             devices = tuple((d.total_bytes, d.free_bytes) for d in snap.devices if d.error is None)
+            free = snap.free_bytes
+            if not snap.ps_available and snap.source == "budget":
+                # no /api/ps to subtract: the budget minus what the manager holds there
+                # (loads in progress are subtracted by the planner)
+                held = sum(h.size_bytes for h in ours if h.state is not RunnerState.LOADING)
+                free = max(0, snap.total_bytes - held)
             views.append(
                 BackendView(
                     name,
                     snap.backend_up,
                     snap.total_bytes,
-                    snap.free_bytes,
+                    free,
                     backend.max_loaded,
                     foreign=foreign,
                     devices=devices,
@@ -405,19 +421,53 @@ class Scheduler:
             self.registry.refresh_tags()
         for runner in dict.fromkeys(runners):
             installed = self.registry.installed(runner)
-            if installed is False and self.registry.refresh_tags(force=True):
+            pulling = self._downloading(model_of(runner))
+            # a model Ollama lacks is asked for again at once, unless it is downloading
+            # (the download re-reads the list when it ends)
+            if installed is False and not pulling and self.registry.refresh_tags(force=True):
                 installed = self.registry.installed(runner)
+            out[runner] = self._runner_facts(runner, installed, pulling)
+        return out
+
+    def _runner_facts(self, runner: str, installed: bool | None, pulling: bool) -> RunnerFacts:
+        info = self.registry.info(runner)
+        return RunnerFacts(
+            estimate_bytes=info.estimate_bytes,
+            evidence_bytes=info.evidence_bytes,
+            load_seconds=info.learned_load_seconds or self._load_prior(info.estimate_bytes),
+            job_seconds=self.registry.job_seconds(runner),
+            slots=self._slots(runner),
+            installed=installed,
+            pulling=pulling,
+            blocked_until=self._blocked_until.get(runner, 0.0),
+            backends=self.registry.installed_on(runner) or None,
+        )
+
+    def _downloading(self, model: str) -> bool:
+        if self.downloads is not None and self.downloads.active(model):
+            return True
+        return model in self._pulling
+
+    def _pin_facts(self, runners: frozenset[str]) -> dict[str, RunnerFacts]:
+        """Facts of pinned runners nobody holds or waits for: as :meth:`_facts`, but
+        Ollama's list is re-read only when stale (a pinned model Ollama lacks must not make
+        every pass ask again), and a missing one is logged once."""
+        out: dict[str, RunnerFacts] = {}
+        if runners and any(self.registry.installed(r) is not True for r in runners):
+            self.registry.refresh_tags()
+        for runner in sorted(runners):
             info = self.registry.info(runner)
-            out[runner] = RunnerFacts(
-                estimate_bytes=info.estimate_bytes,
-                evidence_bytes=info.evidence_bytes,
-                load_seconds=info.learned_load_seconds or self._load_prior(info.estimate_bytes),
-                job_seconds=self.registry.job_seconds(runner),
-                slots=self._slots(runner),
-                installed=installed,
-                pulling=model_of(runner) in self._pulling,
-                blocked_until=self._blocked_until.get(runner, 0.0),
-                backends=self.registry.installed_on(runner) or None,
+            if info.installed is False and runner not in self._pins_missing:
+                self._pins_missing.add(runner)
+                log.warning(
+                    "pinned model %s is on no node's disk; download it (PRELOAD_MODELS or "
+                    "POST /api/v1/models/download) to have it loaded",
+                    self._label(runner),
+                )
+            elif info.installed:
+                self._pins_missing.discard(runner)
+            out[runner] = self._runner_facts(
+                runner, info.installed, self._downloading(model_of(runner))
             )
         return out
 
@@ -502,12 +552,17 @@ class Scheduler:
         return failed
 
     def _pull(self, action: Pull) -> None:
+        """AUTO_PULL: download the model through the download manager (one download per
+        model; at MAX_DOWNLOADS it is asked again on a later pass)."""
         model = model_of(action.runner)
-        if model in self._pulling:
+        if self.downloads is None or self._downloading(model):
             return
-        self._pulling.add(model)
         name = self._send_name(action.runner)
-        self.residency.pull(self.backends[action.backend], action.runner, name)
+        try:
+            self.downloads.start(name, action.backend, reason="AUTO_PULL")
+        except (ApiError, KeyError):
+            return  # downloading already, or no free slot there yet: a later pass asks again
+        self._pulling.add(model)
 
     def _unload(self, action: Unload, now: float) -> None:
         h = self._held.get((action.runner, action.backend))
@@ -539,6 +594,8 @@ class Scheduler:
             UnloadReason.ROOM: f"room for {self._label(for_runner or '')}",
             UnloadReason.OUTRANKED: f"outranked by {self._label(for_runner or '')}",
             UnloadReason.RUNNER_OPTIONS: f"{self._label(for_runner or '')} is wanted",
+            UnloadReason.PINNED: f"outranked by a higher-priority need of "
+            f"{self._label(for_runner or '')}",
         }[reason]
         if detail and reason is not UnloadReason.IDLE:
             parts += f" ({detail})"
@@ -565,6 +622,9 @@ class Scheduler:
         self._waits.pop(action.runner, None)
         self.store.mark_queued(action.runner)
         self._remember("load", h.label, "start", f"estimate {size // MIB} MB", now)
+        pinned = action.runner in self.settings.pinned
+        if pinned:
+            log.info("loading pinned model %s (PINNED_MODELS) on node %s", h.label, h.backend)
         self.residency.load(
             self.backends[action.backend],
             action.runner,
@@ -573,6 +633,8 @@ class Scheduler:
             options_of(action.runner),
             "embed" if info.is_embedding else "generate",
             size,
+            # a pinned model stays until the manager unloads it, whatever Ollama's timer
+            keep_alive=-1 if pinned else None,
         )
 
     def _dispatch(self, action: Dispatch, now: float) -> None:
@@ -766,11 +828,16 @@ class Scheduler:
         self._stale = True
 
     def _pull_ended(self, e: PullEnded) -> None:
-        self._pulling.discard(model_of(e.runner))
-        if e.error is not None:
-            name = self._send_name(e.runner)
+        """A download ended. If it failed and no node has the model, the jobs waiting for
+        it (every runner of it) fail with the node's message."""
+        model = model_of(e.runner)
+        self._pulling.discard(model)
+        if e.error is None or self._downloading(model) or self.registry.installed(model):
+            return
+        name = self._send_name(e.runner)
+        for runner in [r for r in self.pending.depth_by_model() if model_of(r) == model]:
             self.fail_runner(
-                e.runner, f"model '{name}' could not be pulled: {e.error.message}", e.error.code
+                runner, f"model '{name}' could not be pulled: {e.error.message}", e.error.code
             )
 
     # ---------------------------------------------------------------------- publish
@@ -802,3 +869,15 @@ class Scheduler:
         if known is not None:
             return known
         return describe(self._send_name(runner), runner)
+
+
+def pinned_runners(names: list[str]) -> list[str]:
+    """The runner keys (default runners) of PINNED_MODELS' names; invalid names skipped
+    (the settings refuse them at start)."""
+    out = []
+    for name in names:
+        try:
+            out.append(model_key(name))
+        except InvalidModelName:
+            continue
+    return out

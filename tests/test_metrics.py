@@ -244,6 +244,7 @@ def test_collector_labels_every_gpu_of_every_node(tmp_path: Path) -> None:
         (("reason", "room"),): 1,
         (("reason", "outranked"),): 1,
         (("reason", "runner_options"),): 0,
+        (("reason", "pinned"),): 0,
     }
     assert samples("modelmanager_queue_depth")[(("model", "phi3:mini"), ("priority", "low"))] == 4
     assert samples("modelmanager_model_waiting") == {

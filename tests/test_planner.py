@@ -994,3 +994,108 @@ def test_plan_a_copy_of_the_runner_that_would_finish_last_loads_before_a_new_gro
     demand = [want("a", 40), want("b", b_waiting)]
     result = plan(demand, views, two_backends(views), known, settings(), NOW)
     assert [(a.runner, a.backend) for a in result.of(Load)] == [(first, "gpu1")]
+
+
+# ------------------------------------------------------------- downloads, pinned models
+
+
+def test_plan_jobs_for_a_model_being_downloaded_wait_though_ollama_lacks_it() -> None:
+    downloading = RunnerFacts(estimate_bytes=None, installed=False, pulling=True)
+    for auto_pull in (False, True):
+        result = run(
+            [want("m")], [], known={"m": downloading}, config=settings(auto_pull=auto_pull)
+        )
+        assert result.waits == {"m": WaitReason.PULLING}
+        assert not result.fails and not result.of(Pull)
+
+
+def pinning(*runners: str, **kw: float) -> PlannerSettings:
+    return dataclasses.replace(settings(**kw), pinned=frozenset(runners))
+
+
+def test_plan_a_pinned_model_is_loaded_when_nothing_waits() -> None:
+    result = run([], [], {"p": 2}, config=pinning("p"))
+    assert result.loads == ["p"]
+
+
+def test_plan_a_pinned_model_takes_only_free_memory_and_a_free_seat() -> None:
+    # 16 GiB, an idle model holds 12: the pinned 4 GiB does not fit beside it (margin)
+    result = run([], [view("x", size_gb=12, used_ago=10)], {"p": 4}, config=pinning("p"))
+    assert result.loads == [] and result.unloads == {}
+    # memory enough, but every seat under Ollama's cap is taken
+    seats = [view(n, size_gb=1, used_ago=10) for n in "xyz"]
+    result = run([], seats, {"p": 1}, config=pinning("p"))
+    assert result.loads == [] and result.unloads == {}
+
+
+def test_plan_a_waiting_group_is_placed_before_a_pinned_model() -> None:
+    result = run([want("m")], [], {"m": 10, "p": 6}, config=pinning("p"))
+    assert result.loads == ["m"]
+    # once m no longer needs the room, p loads beside it
+    result = run([], [view("m", size_gb=10)], {"p": 4}, config=pinning("p"))
+    assert result.loads == ["p"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        RunnerFacts(estimate_bytes=gb(1), installed=False),
+        RunnerFacts(estimate_bytes=gb(1), installed=None),
+        RunnerFacts(estimate_bytes=gb(1), pulling=True),
+        RunnerFacts(estimate_bytes=None),
+        RunnerFacts(estimate_bytes=gb(1), blocked_until=NOW + 5),
+    ],
+)
+def test_plan_a_pinned_model_not_on_disk_or_unknown_or_backing_off_is_not_loaded(
+    entry: RunnerFacts,
+) -> None:
+    result = run([], [], known={"p": entry}, config=pinning("p"))
+    assert result.actions == []
+
+
+def test_plan_a_pinned_model_never_expires_idle() -> None:
+    views = [view("p", used_ago=100_000), view("x", used_ago=100_000)]
+    result = run([], views, config=pinning("p"))
+    assert result.unloads == {"x": UnloadReason.IDLE}
+
+
+@pytest.mark.parametrize(
+    ("rank", "evicted"),
+    [
+        (HIGH, True),  # a higher-priority need
+        (-1, True),  # normal work aged past high
+        (NORMAL, False),
+        (LOW, False),
+    ],
+)
+def test_plan_a_pinned_model_is_evicted_only_for_a_higher_priority_need(
+    rank: int, evicted: bool
+) -> None:
+    views = [view("p", size_gb=8)]
+    result = run([want("m", rank=rank)], views, {"m": 10}, config=pinning("p"))
+    if evicted:
+        [unload] = result.of(Unload)
+        assert unload == Unload("p", B, UnloadReason.PINNED, "m")
+        assert result.waits == {"m": WaitReason.MEMORY}
+    else:
+        assert result.unloads == {} and result.drains == {}
+        assert "m" in result.waits and result.loads == []
+
+
+def test_plan_an_idle_unpinned_model_goes_before_a_pinned_one() -> None:
+    views = [view("x", size_gb=6, used_ago=5), view("p", size_gb=6, used_ago=500)]
+    result = run([want("m", rank=HIGH)], views, {"m": 8}, config=pinning("p"))
+    assert result.unloads == {"x": UnloadReason.ROOM}
+
+
+def test_plan_a_pinned_model_with_waiting_jobs_is_not_switched_out_for_normal_work() -> None:
+    slow = RunnerFacts(estimate_bytes=gb(8), job_seconds=1.0, load_seconds=1.0)
+    fast = RunnerFacts(estimate_bytes=gb(10), job_seconds=0.1, load_seconds=1.0)
+    demand = [want("p", 200, rank=LOW), want("m", 50, rank=NORMAL)]
+    views = [view("p", size_gb=8, jobs_done=5)]
+    known = {"p": slow, "m": fast}
+    # unpinned, the switch pays: p goes for m
+    assert run(demand, views, known=known).unloads == {"p": UnloadReason.OUTRANKED}
+    result = run(demand, views, known=known, config=pinning("p"))
+    assert result.unloads == {} and result.drains == {}
+    assert result.dispatch == {"p": 1}

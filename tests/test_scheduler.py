@@ -86,8 +86,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.loads: list[tuple[str, str, dict[str, Any]]] = []
+        self.keep_alives: list[float | None] = []
         self.unloads: list[str] = []
         self.pulls: list[str] = []
+        self.downloading: set[str] = set()
         self.started: list[Job] = []
         self.aborted: list[str] = []
         self.released: list[str] = []
@@ -103,14 +105,14 @@ class Recorder:
         options: Any,
         kind: str,
         estimate: int,
+        *,
+        keep_alive: float | None = None,
     ) -> None:
         self.loads.append((runner, name, dict(options)))
+        self.keep_alives.append(keep_alive)
 
     def unload(self, backend: Any, runner: str, label: str, name: str) -> None:
         self.unloads.append(runner)
-
-    def pull(self, backend: Any, runner: str, name: str) -> None:
-        self.pulls.append(runner)
 
     # job runner
     def start(self, job: Job, backend: Any, label: str) -> None:
@@ -133,6 +135,21 @@ class Recorder:
 
     def in_flight_on(self, node: str) -> int:
         return 0
+
+
+class Downloads:
+    """The download port (AUTO_PULL): records each download in ``ports.pulls`` and
+    counts it under way until the test takes it out of ``ports.downloading``."""
+
+    def __init__(self, ports: Recorder) -> None:
+        self.ports = ports
+
+    def start(self, name: str, node: str, *, reason: str) -> None:
+        self.ports.pulls.append(K(name))
+        self.ports.downloading.add(K(name))
+
+    def active(self, model: str) -> bool:
+        return model in self.ports.downloading
 
 
 @dataclass
@@ -214,6 +231,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         residency=ports,  # type: ignore[arg-type]
         jobs=ports,  # type: ignore[arg-type]
         clock=clock,
+        downloads=Downloads(ports),
     )
     yield World(scheduler, store, pending, backend, ports, clock, tags)
     store.close()
@@ -369,6 +387,7 @@ def test_with_auto_pull_a_missing_model_is_pulled_and_its_jobs_wait(world: World
     world.tick()
     assert world.ports.pulls == [K("qwen2.5:3b")]  # pulled once
     world.tags.append({"name": "qwen2.5:3b", "size": 1_929_912_432})
+    world.ports.downloading.clear()
     world.scheduler.post(PullEnded(K("qwen2.5:3b"), "default"))
     world.tick()
     assert world.ports.loads[-1][0] == K("qwen2.5:3b")
@@ -519,3 +538,23 @@ def test_a_backend_that_is_down_makes_groups_wait(world: World) -> None:
 def test_server_busy_answers_are_transient(world: World) -> None:
     # the job runner decides with the planner's verdict; the scheduler only requeues
     assert ServerBusy("busy").transient
+
+
+# ------------------------------------------------------------------------ pinned models
+
+
+def test_a_pinned_model_is_loaded_with_no_job_and_ollama_told_to_keep_it(world: World) -> None:
+    world.scheduler.settings = type(world.scheduler.settings)(
+        **{**world.scheduler.settings.__dict__, "pinned": frozenset({K(MID)})}
+    )
+    world.submit(SMALL)
+    world.tick()
+    world.tick()
+    assert [r for r, _, _ in world.ports.loads] == [K(SMALL)]  # waiting work goes first
+    world.loaded(K(SMALL), 0.9, SMALL)
+    world.tick()
+    assert [r for r, _, _ in world.ports.loads] == [K(SMALL), K(MID)]
+    assert world.ports.keep_alives == [None, -1]
+    world.loaded(K(MID), 1.6, MID)
+    world.tick(10_000)  # long past MODEL_KEEP_ALIVE
+    assert K(MID) not in world.ports.unloads and world.state(K(MID)) == "ready"

@@ -93,7 +93,8 @@ class DashboardEvent(_Answer):
     """`load` or `unload`."""
     model: str
     what: str
-    """`start`, `loaded`, `failed`; `idle`, `room`, `outranked`, `runner_options`, `unloaded`."""
+    """`start`, `loaded`, `failed`; `idle`, `room`, `outranked`, `runner_options`, `pinned`,
+    `unloaded`."""
     detail: str
 
 

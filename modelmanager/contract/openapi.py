@@ -22,7 +22,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
 from ..waiting import MAX_WAIT_SECONDS
-from . import dashboard, nodes, requests, responses
+from . import dashboard, disk, nodes, requests, responses
 from .fields import Schema
 from .responses import ERROR_CODES
 
@@ -50,19 +50,30 @@ _MODELS: list[Any] = [
     nodes.NodeDraining,
     nodes.GpuDevices,
     nodes.GpuDriver,
+    disk.ModelRequest,
+    disk.DeleteRequest,
+    disk.ModelStatus,
+    disk.DownloadStarted,
+    disk.ModelDeleted,
+    disk.ModelList,
+    disk.DiskSpace,
     dashboard.Dashboard,
 ]
 _ERROR_TEXT = {
     400: "Invalid request: bad JSON, a bad query parameter, or a field that fails "
     "validation (`details.field` names it; `details.index` gives the job in a batch).",
     401: "An API key is configured and the request lacks `Authorization: Bearer <key>`.",
-    404: "No job (or node) with this id (or name).",
+    404: "No job (or node, or model on the node) with this id (or name).",
     405: "The method is not allowed on this path (the `Allow` header lists those that are).",
     409: "The job is not in a state that allows this change; or a node of this name exists "
-    "already, or comes from the settings and cannot be removed through the API.",
+    "already, or comes from the settings and cannot be removed through the API; or the "
+    "model is downloading already, or jobs for a model being deleted wait or run.",
     413: f"The request body is larger than {MAX_BODY_BYTES} bytes (sized or chunked).",
-    429: "The queue is full; retry after `Retry-After` seconds.",
-    503: "The service is shutting down; retry after `Retry-After` seconds.",
+    429: "The queue is full, or MAX_DOWNLOADS downloads run on the node; retry after "
+    "`Retry-After` seconds.",
+    501: "The node's Ollama lacks the endpoint this needs (an older version).",
+    503: "The service is shutting down, or the node's Ollama cannot be reached; retry after "
+    "`Retry-After` seconds.",
     504: "The node's Ollama did not answer within `startup_timeout_s`; it was not added.",
 }
 _RETRY_AFTER = {"schema": {"type": "string", "pattern": "^[0-9]+$"}, "required": True}
@@ -382,6 +393,7 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
             "responses": {"200": _ok("GpuDriver", "The versions."), **_errors()},
         }
     }
+    paths.update(_model_paths())
     for action, summary, schema in (
         ("cancel", "Cancel a job that has not finished.", "Cancelled"),
         ("retry", "Put a failed job back in the queue.", "Retried"),
@@ -398,6 +410,80 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
             }
         }
     return paths
+
+
+_NODE_QUERY: Schema = {
+    "name": "node",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
+    "description": "Only this node (default: every node).",
+}
+
+
+def _model_paths() -> dict[str, Schema]:
+    """The models on the nodes' disks (``/api/v1/models/*``)."""
+    return {
+        "/api/v1/models/status": {
+            "post": {
+                "operationId": "modelStatus",
+                "summary": "Whether the model is on the node's disk: DOWNLOADED, DOWNLOADING "
+                "(with progress), PARTIAL (a download stopped part way) or NOT_FOUND.",
+                "requestBody": _body("ModelRequest"),
+                "responses": {
+                    "200": _ok("ModelStatus", "Where the model stands."),
+                    **_errors(400, 404, 413, 503),
+                },
+            }
+        },
+        "/api/v1/models/download": {
+            "post": {
+                "operationId": "modelDownload",
+                "summary": "Start downloading the model onto the node (Ollama's pull); "
+                "answers at once. At most MAX_DOWNLOADS at once per node; a failed pull is "
+                "retried with backoff and ends PARTIAL with the node's message.",
+                "requestBody": _body("ModelRequest"),
+                "responses": {
+                    "202": _ok("DownloadStarted", "Started; follow it with the status."),
+                    **_errors(400, 404, 409, 413, 429, 501),
+                },
+            }
+        },
+        "/api/v1/models": {
+            "delete": {
+                "operationId": "modelDelete",
+                "summary": "Cancel the model's download on the node, or delete the model "
+                "(a tag, every tag, or the tags of one digest). Refused while jobs for it "
+                "wait or run, unless `force`.",
+                "requestBody": _body("DeleteRequest"),
+                "responses": {
+                    "200": _ok("ModelDeleted", "Deleted or cancelled."),
+                    **_errors(400, 404, 409, 413, 501, 503),
+                },
+            }
+        },
+        "/api/v1/models/list": {
+            "get": {
+                "operationId": "modelList",
+                "summary": "Every model on each node's disk, with downloads under way and "
+                "stopped ones.",
+                "parameters": [_NODE_QUERY],
+                "responses": {
+                    "200": _ok("ModelList", "The models."),
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/api/v1/models/space": {
+            "get": {
+                "operationId": "modelSpace",
+                "summary": "Per node: the size of its models, the free space of their disk "
+                "and the models directory (where it can be read from here).",
+                "parameters": [_NODE_QUERY],
+                "responses": {"200": _ok("DiskSpace", "The figures."), **_errors(400, 404)},
+            }
+        },
+    }
 
 
 @functools.cache
