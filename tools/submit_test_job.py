@@ -1,4 +1,5 @@
-"""Submit test jobs to Model Manager and wait for their results.
+"""Submit test jobs to Model Manager and wait for their results (through
+:mod:`modelmanager.client`).
 
     .venv/bin/python tools/submit_test_job.py                 # one job
     .venv/bin/python tools/submit_test_job.py --batch         # 4 predefined jobs
@@ -20,10 +21,14 @@ import random
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
+if not __package__:  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from modelmanager.client import ClientError, Job, ModelManagerClient, Unreachable
 
 TEXT_MODELS = [
     "smollm:360m",
@@ -45,8 +50,7 @@ PROMPTS = [
     "Describe a manufacturing quality check.",
 ]
 PRIORITIES = ["high", "normal", "low"]
-TERMINAL = {"complete", "failed", "cancelled"}
-WAIT_SECONDS = 10.0  # the longest single ?wait request (the service allows up to 60)
+WAIT_SECONDS = 10.0  # the longest wait for one job before the progress line is printed
 
 ALL_COMPLETE, SOME_FAILED, BAD_ARGUMENTS, UNREACHABLE = 0, 1, 2, 3
 EPILOG = """\
@@ -168,43 +172,33 @@ def random_job(rng: random.Random, model: str | None, priority: str | None) -> d
     return job
 
 
-def submit(session: requests.Session, url: str, job: dict[str, Any]) -> str:
-    r = session.post(f"{url}/api/submit", json=job, timeout=30)
-    if r.status_code != 200:
-        raise RuntimeError(f"submit refused ({r.status_code}): {r.text.strip()}")
-    return str(r.json()["job_id"])
-
-
-def wait_all(
-    session: requests.Session, url: str, ids: dict[str, str], timeout: float
-) -> dict[str, dict[str, Any]]:
+def wait_all(client: ModelManagerClient, ids: dict[str, str], timeout: float) -> dict[str, Job]:
     """Wait for every job until all are finished or ``timeout`` passes; print progress.
 
-    One request at a time, ``GET /api/job/<id>?wait=S``: the service answers as soon as
-    that job is finished (at once if it already is), so nothing is polled in a loop. When
-    the service's waiters are all taken (``X-Wait: busy``) it answers at once, and this
-    asks again after a short pause.
+    One job at a time through :meth:`ModelManagerClient.wait`, which long-polls
+    ``GET /api/job/<id>?wait=S``: the service answers as soon as that job is finished
+    (at once if it already is), so nothing is polled in a loop.
     """
-    final: dict[str, dict[str, Any]] = {}
+    final: dict[str, Job] = {}
     unfinished = list(ids)
     deadline = time.monotonic() + timeout
     last_line = ""
     while unfinished and (left := deadline - time.monotonic()) > 0:
         job_id = unfinished[0]
-        wait = f"{min(WAIT_SECONDS, max(left, 0.001)):.3f}"
-        r = session.get(f"{url}/api/job/{job_id}", params={"wait": wait}, timeout=WAIT_SECONDS + 30)
-        if r.status_code == 404:  # deleted meanwhile (RESULT_TTL): counted as unfinished
-            print(f"  job {job_id} is no longer stored", flush=True)
+        try:
+            job = client.wait(job_id, timeout=min(WAIT_SECONDS, left))
+        except Unreachable:
+            raise
+        except ClientError as exc:
+            if exc.status != 404:
+                raise
+            print(f"  job {job_id} is no longer stored", flush=True)  # RESULT_TTL
             unfinished.pop(0)
             continue
-        r.raise_for_status()
-        body = r.json()
-        if body["status"] in TERMINAL:
-            final[job_id] = body
+        if job.finished:
+            final[job_id] = job
             unfinished.pop(0)
-        elif r.headers.get("X-Wait") == "busy":
-            time.sleep(0.5)  # every waiter of the service is taken: ask again shortly
-        states = Counter(b["status"] for b in final.values())
+        states = Counter(b.status for b in final.values())
         line = " ".join(f"{k}={states[k]}" for k in sorted(states))
         line += f" waiting={len(unfinished)}" if unfinished else ""
         if line != last_line:
@@ -217,21 +211,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     url = args.url
     rng = random.Random(args.seed)
-    session = requests.Session()
-    if args.api_key:
-        session.headers["Authorization"] = f"Bearer {args.api_key}"
+    client = ModelManagerClient(url, api_key=args.api_key, timeout=30.0)
 
+    auth = 200
     try:
-        session.get(f"{url}/api/health", timeout=5).raise_for_status()
+        client.health()
         # health needs no key; stats does: a refused key stops here, not at every submit
-        auth = session.get(f"{url}/api/stats", timeout=5).status_code
-    except requests.RequestException as exc:
-        print(
-            f"error: Model Manager is not reachable at {url} ({exc.__class__.__name__}).",
-            file=sys.stderr,
-        )
+        client.stats()
+    except Unreachable as exc:
+        cause = exc.__cause__.__class__.__name__ if exc.__cause__ else "no answer"
+        print(f"error: Model Manager is not reachable at {url} ({cause}).", file=sys.stderr)
         print("Start it with: .venv/bin/python main.py --simulate", file=sys.stderr)
         return UNREACHABLE
+    except ClientError as exc:
+        auth = exc.status or 0
+        if auth != 401:
+            print(f"error: {url} answered {auth}: {exc.message}", file=sys.stderr)
+            return UNREACHABLE
     if auth == 401:
         given = "the API key given was refused" if args.api_key else "it needs an API key"
         print(
@@ -256,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     ids: dict[str, str] = {}
     for i, job in enumerate(jobs):
         try:
-            ids[submit(session, url, job)] = job["model"]
-        except (RuntimeError, requests.RequestException) as exc:
-            print(f"error: job {i + 1}: {exc}", file=sys.stderr)
+            ids[client.submit(job)] = job["model"]
+        except ClientError as exc:
+            what = f"submit refused ({exc.status}): {exc.message}" if exc.status else exc.message
+            print(f"error: job {i + 1}: {what}", file=sys.stderr)
         if args.delay and i + 1 < len(jobs):
             time.sleep(args.delay)
     print(f"submitted {len(ids)}/{len(jobs)} job(s) in {time.monotonic() - started:.2f}s")
@@ -266,24 +263,21 @@ def main(argv: list[str] | None = None) -> int:
         return ALL_COMPLETE if len(ids) == len(jobs) else SOME_FAILED
 
     try:
-        final = wait_all(session, url, ids, args.timeout)
-    except requests.RequestException as exc:
-        print(
-            f"error: lost Model Manager at {url} while waiting ({exc.__class__.__name__}).",
-            file=sys.stderr,
-        )
+        final = wait_all(client, ids, args.timeout)
+    except ClientError as exc:
+        print(f"error: lost Model Manager at {url} while waiting ({exc.message}).", file=sys.stderr)
         return UNREACHABLE
     elapsed = time.monotonic() - started
-    statuses = Counter(body["status"] for body in final.values())
+    statuses = Counter(job.status for job in final.values())
     per_model: dict[str, Counter[str]] = {}
     for job_id, model in ids.items():
-        status = final.get(job_id, {}).get("status", "unfinished")
-        per_model.setdefault(model, Counter())[status] += 1
+        done = final.get(job_id)
+        per_model.setdefault(model, Counter())[done.status if done else "unfinished"] += 1
     if len(jobs) == 1 and final:
-        body = next(iter(final.values()))
-        print(f"result: {str(body.get('result'))[:200]}")
-        if body.get("error"):
-            print(f"error: {body['error']}")
+        only = next(iter(final.values()))
+        print(f"result: {str(only.result)[:200]}")
+        if only.error:
+            print(f"error: {only.error}")
     print(
         f"\nsummary: {statuses.get('complete', 0)} complete, {statuses.get('failed', 0)} failed, "
         f"{len(ids) - len(final)} unfinished of {len(ids)} in {elapsed:.1f}s"
@@ -291,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     for model in sorted(per_model):
         counts = ", ".join(f"{k} {v}" for k, v in sorted(per_model[model].items()))
         print(f"  {model:28s} {counts}")
-    for body in final.values():
-        if body["status"] == "failed":
-            print(f"  failed {body['job_id']} ({body['model']}): {body.get('error')}")
+    for done in final.values():
+        if done.status == "failed":
+            print(f"  failed {done.job_id} ({done.model}): {done.error}")
     ok = len(final) == len(ids) == len(jobs) and statuses.get("complete", 0) == len(ids)
+    client.close()
     return ALL_COMPLETE if ok else SOME_FAILED
 
 
