@@ -1,4 +1,5 @@
-"""The internal API: submit, get, list, cancel, retry, stats, models, health.
+"""The internal API: submit, get, list, cancel, retry, stats, models, health, nodes and
+GPUs, and the models on the nodes' disks (:mod:`modelmanager.model_disk`).
 
 No Flask here: plain dicts in and out, :class:`ApiError` subclasses for failures. A job is
 committed to the store before ``submit`` returns; then it is indexed for the scheduler and

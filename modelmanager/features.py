@@ -106,7 +106,8 @@ class Features:
             if self._known.get(feature) is False:
                 return
             self._known[feature] = False
-        version = f" (Ollama {self.version()})" if self.version() else ""
+        known = self.version()
+        version = f" (Ollama {known})" if known else ""
         log.info(
             "Skipping %s for node %s as endpoints are not available%s; %s",
             feature.value,

@@ -1,9 +1,11 @@
 """Wires the components together and runs them: the composition root of the service.
 
-The :class:`Manager` builds the store, the backend (an Ollama client and its memory
-source), the registry, the pending-job index, the residency and job-runner workers, the
-scheduler and the internal API; ``start`` recovers jobs a crash left running and starts
-the scheduler thread; ``stop`` drains and closes everything.
+The :class:`Manager` builds the store, the backends (each an Ollama client and its memory
+source), the registry, the downloads and the models on disk, the warm pool, the
+pending-job index, the residency and job-runner workers, the scheduler and the internal
+API; ``start`` recovers jobs a crash left running, starts the scheduler thread, resumes
+interrupted downloads and starts the warm pool (with PRELOAD_MODELS); ``stop`` drains and
+closes everything.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import IO
 from config import Config
 
 from .api import Api
-from .downloads import Download, Downloads
+from .downloads import DiskStatus, Download, Downloads
 from .errors import DataDirLocked
 from .events import PullEnded
 from .fleet import Fleet
@@ -142,7 +144,7 @@ class Manager:
         self.scheduler.post(event)  # type: ignore[arg-type]
 
     def _download_ended(self, download: Download) -> None:
-        error = download.error if download.status.value != "DOWNLOADED" else None
+        error = download.error if download.status is not DiskStatus.DOWNLOADED else None
         self.scheduler.post(PullEnded(download.model, download.node, error))
 
     # ------------------------------------------------------------------ lifecycle
@@ -178,8 +180,8 @@ class Manager:
         self._stopped = True
         self.api.accepting = False
         self.warm_pool.stop()
-        self.downloads.close()
         self.scheduler.stop()
+        self.downloads.close()  # those under way start again at the next start
         drained = self.jobs.close(timeout)
         syslog.info(
             "stopped%s", "" if drained else f"; jobs still running after {timeout}s will rerun"

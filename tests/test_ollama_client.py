@@ -1223,3 +1223,70 @@ def test_abort_ends_a_call_from_another_thread_at_once(when: str) -> None:
         conn.close()
         c.close()
     assert len(result) == 1 and isinstance(result[0], RequestAborted)
+
+
+# ------------------------------------------------------------------------ older servers
+
+EMBEDDINGS = f"{BASE}/api/embeddings"
+
+
+def test_load_through_the_legacy_embeddings_endpoint(
+    mock: responses.RequestsMock, client: OllamaClient
+) -> None:
+    mock.add(responses.POST, EMBEDDINGS, json={"embedding": []})
+    result = client.load("nomic-embed-text", keep_alive=-1, kind="embeddings")
+    assert sent(mock) == {
+        "model": "nomic-embed-text",
+        "prompt": "",
+        "stream": False,
+        "keep_alive": -1,
+    }
+    assert timeout_of(mock) == (3.0, 999.0) and result.embeddings == []
+
+
+def test_embeddings_returns_the_legacy_vector_as_it_is(
+    mock: responses.RequestsMock, client: OllamaClient
+) -> None:
+    mock.add(responses.POST, EMBEDDINGS, json={"embedding": [3, 4.5, -1]})
+    vector = client.embeddings("nomic-embed-text", "hi", keep_alive=60, options={"seed": 1})
+    assert vector == [3.0, 4.5, -1.0]
+    assert sent(mock) == {
+        "model": "nomic-embed-text",
+        "prompt": "hi",
+        "options": {"seed": 1},
+        "keep_alive": 60,
+    }
+    mock.add(responses.POST, EMBEDDINGS, json={"embedding": ["x"]})
+    with pytest.raises(OllamaError, match="no embedding vector"):
+        client.embeddings("nomic-embed-text", "hi", keep_alive=60)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "present"),
+    [
+        (404, "404 page not found", "text/plain", False),  # Go's answer for a missing route
+        (400, '{"error":"invalid model name"}', "application/json", True),
+        (404, '{"error":"model \\"\\" not found, try pulling it first"}', "application/json", True),
+        (200, '{"models":[]}', "application/json", True),
+        (500, '{"error":"boom"}', "application/json", True),
+    ],
+)
+def test_probe_tells_a_missing_route_from_any_other_answer(
+    mock: responses.RequestsMock,
+    client: OllamaClient,
+    status: int,
+    body: str,
+    content_type: str,
+    present: bool,
+) -> None:
+    mock.add(
+        responses.POST, f"{BASE}/api/pull", body=body, status=status, content_type=content_type
+    )
+    assert client.probe("POST", "/api/pull") is present
+    assert sent(mock) == {}  # refused before Ollama does anything
+    assert timeout_of(mock) == (3.0, 7.0)
+
+
+def test_probe_of_a_server_that_does_not_answer_raises() -> None:
+    with OllamaClient(f"http://127.0.0.1:{free_port()}") as c, pytest.raises(BackendUnavailable):
+        c.probe("GET", "/api/ps")
