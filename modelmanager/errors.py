@@ -28,6 +28,11 @@ class DataDirLocked(ModelManagerError):
     """Another Model Manager instance already uses this data directory."""
 
 
+class DatabaseUnavailable(ModelManagerError):
+    """``DATABASE_URL`` is malformed or its database cannot be reached or set up; the
+    message says which, without the password."""
+
+
 # --------------------------------------------------------------------------- HTTP-facing
 
 

@@ -273,7 +273,15 @@ class _Views:
 
 
 class Store:
-    """The job store. ``path`` may be ``":memory:"`` only for single-threaded unit tests."""
+    """The job store. ``path`` may be ``":memory:"`` only for single-threaded unit tests.
+
+    :class:`modelmanager.store_pg.PgStore` is the same store in PostgreSQL: it runs these
+    statements (``?`` placeholders become ``%s``) and overrides the few that differ.
+    """
+
+    _BEGIN = "BEGIN IMMEDIATE"  # how a write transaction starts
+    _LOST = ""  # which queued/running jobs recover() takes back (here: all of them)
+    _FREE = ""  # what else recover() sets on a job it puts back in the queue
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         self.path = str(path)
@@ -288,10 +296,15 @@ class Store:
         self._committing = False
         self._views = _Views()
         self._end_listeners: list[Callable[[list[JobEnd]], None]] = []
+        self._writer = self._open()
+
+    def _open(self) -> Any:
+        """Connect the writer and bring the schema up to date; returns the writer."""
         self._writer = self._connect()
         # executescript commits on its own, so it runs outside _write(); it is idempotent.
         self._writer.executescript(_SCHEMA)
         self._migrate()
+        return self._writer
 
     def _migrate(self) -> None:
         """Bring a store written by an older version up to :data:`SCHEMA_VERSION`.
@@ -378,7 +391,7 @@ class Store:
             if views:
                 self._views.begin(touches)
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute(self._BEGIN)
                 try:
                     yield db
                 except BaseException:
@@ -495,10 +508,13 @@ class Store:
                     continue
             if not job.runner:
                 job.runner = runner_of(job.model, job.payload.get("options"))
-            cur = db.execute(
+            # ON CONFLICT: another writer (another instance sharing a PostgreSQL store)
+            # may have committed the same key since the SELECT above
+            row = db.execute(
                 "INSERT INTO jobs (id, model, kind, priority, status, payload, metadata,"
                 " submitted_at, attempts, not_before, idempotency_key, runner, source)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (idempotency_key) DO NOTHING RETURNING seq",
                 (
                     job.id,
                     job.model,
@@ -514,8 +530,15 @@ class Store:
                     job.runner,
                     job.source,
                 ),
-            )
-            job.seq = int(cur.lastrowid or 0)
+            ).fetchone()
+            if row is None:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                    (job.idempotency_key,),
+                ).fetchone()
+                out.append((_row_to_job(row), False))
+                continue
+            job.seq = int(row[0])
             out.append((job, True))
         return out
 
@@ -681,7 +704,8 @@ class Store:
         marks = ",".join("?" * len(job_ids))
         with self._write(durable=False, touches=job_ids) as db:
             cur = db.execute(
-                f"UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0)"
+                f"UPDATE jobs SET status = 'pending',"
+                f" attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
                 f" WHERE id IN ({marks}) AND status = 'running'",
                 job_ids,
             )
@@ -721,16 +745,17 @@ class Store:
 
         Returns (requeued, failed).
         """
+        lost = f"status IN ('queued','running'){self._LOST}"
         with self._write() as db:
             failed = db.execute(
                 "UPDATE jobs SET status = 'failed', error_code = 'WORKER_LOST', completed_at = ?,"
                 " error = 'the service stopped while this job ran, ' || attempts ||"
                 " ' time(s); giving up after MAX_ATTEMPTS'"
-                " WHERE status IN ('queued','running') AND attempts >= ?",
+                f" WHERE {lost} AND attempts >= ?",
                 (now, max_attempts),
             ).rowcount
             requeued = db.execute(
-                "UPDATE jobs SET status = 'pending' WHERE status IN ('queued','running')"
+                f"UPDATE jobs SET status = 'pending'{self._FREE} WHERE {lost}"
             ).rowcount
         return requeued, failed
 
@@ -789,10 +814,10 @@ class Store:
                 "INSERT INTO model_stats (model, vram_bytes, ps_vram_bytes, load_seconds,"
                 " loads, updated_at) VALUES (?,?,?,?,?,?)"
                 " ON CONFLICT(model) DO UPDATE SET"
-                " vram_bytes = COALESCE(excluded.vram_bytes, vram_bytes),"
-                " ps_vram_bytes = COALESCE(excluded.ps_vram_bytes, ps_vram_bytes),"
-                " load_seconds = COALESCE(excluded.load_seconds, load_seconds),"
-                " loads = loads + excluded.loads, updated_at = excluded.updated_at",
+                " vram_bytes = COALESCE(excluded.vram_bytes, model_stats.vram_bytes),"
+                " ps_vram_bytes = COALESCE(excluded.ps_vram_bytes, model_stats.ps_vram_bytes),"
+                " load_seconds = COALESCE(excluded.load_seconds, model_stats.load_seconds),"
+                " loads = model_stats.loads + excluded.loads, updated_at = excluded.updated_at",
                 (model, vram_bytes, ps_vram_bytes, load_seconds, int(count_load), now),
             )
 
@@ -811,8 +836,8 @@ class Store:
         """Persist a registered backend. False if one of that name is already stored."""
         with self._write(views=False) as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO nodes (name, url, gpu_url, vram_budget_mb, gpus,"
-                " registered_at) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO nodes (name, url, gpu_url, vram_budget_mb, gpus,"
+                " registered_at) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (name, url, gpu_url, vram_budget_mb, gpus, now),
             )
             return cur.rowcount == 1

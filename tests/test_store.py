@@ -1,5 +1,7 @@
-"""The SQLite job store, on a real file: round trips, fencing, recovery, persistence,
-group commit of concurrent submits, and the cached job views that polls read."""
+"""The job store, as one contract suite run against SQLite (a real file) and against a
+real PostgreSQL (:mod:`tests.pg`): round trips, fencing, recovery, persistence, group
+commit of concurrent submits, and the cached job views that polls read. Tests that name
+``db_path`` or ``sqlite_store`` are about the SQLite file itself."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from modelmanager.models import Job, JobKind, JobStatus, Priority
 from modelmanager.runners import runner_key as K
 from modelmanager.store import Store, _Views
 from tests.conftest import wait_until
+from tests.pg import fresh_url, pg_server  # noqa: F401 - pg_server is a fixture
 
 T0 = 1_700_000_000.0
 
@@ -48,8 +51,27 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, db_path: Path) -> Callable[[], Store]:
+    """Opens a store on this test's database: a SQLite file, or a schema of its own in a
+    real PostgreSQL. Every call opens the same database again (as after a restart)."""
+    if request.param == "sqlite":
+        return lambda: Store(db_path)
+    from modelmanager.store_pg import PgStore
+
+    url = fresh_url(request.getfixturevalue("pg_server"))
+    return lambda: PgStore(url)
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
+def store(open_store: Callable[[], Store]) -> Iterator[Store]:
+    s = open_store()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(db_path: Path) -> Iterator[Store]:
     s = Store(db_path)
     yield s
     s.close()
@@ -407,14 +429,14 @@ def test_store_recover_after_a_crash(db_path: Path) -> None:
         before.close()
 
 
-def test_store_data_survives_close_and_reopen(db_path: Path) -> None:
-    first = Store(db_path)
+def test_store_data_survives_close_and_reopen(open_store: Callable[[], Store]) -> None:
+    first = open_store()
     add(first, make_job("j1", metadata={"k": "v"}), make_job("j2", key="idem"))
     first.claim(["j1"], T0)
     first.complete("j1", 1, {"response": "kept"}, {"total_duration": 123}, T0 + 1)
     first.close()
 
-    second = Store(db_path)
+    second = open_store()
     try:
         j1 = second.get("j1")
         assert j1 is not None
@@ -431,8 +453,8 @@ def test_store_data_survives_close_and_reopen(db_path: Path) -> None:
         second.close()
 
 
-def test_store_model_stats_persist_and_merge(db_path: Path) -> None:
-    first = Store(db_path)
+def test_store_model_stats_persist_and_merge(open_store: Callable[[], Store]) -> None:
+    first = open_store()
     first.save_model_stats(
         "phi3:mini",
         vram_bytes=3_000_000_000,
@@ -451,7 +473,7 @@ def test_store_model_stats_persist_and_merge(db_path: Path) -> None:
         count_load=False,
     )
     first.close()
-    second = Store(db_path)
+    second = open_store()
     try:
         assert second.load_model_stats() == {
             "phi3:mini": {
@@ -545,9 +567,9 @@ def test_store_internal_transitions_relax_sync_but_client_writes_stay_full(
 
 
 def test_store_concurrent_inserts_are_all_durable_and_keep_each_callers_order(
-    db_path: Path,
+    open_store: Callable[[], Store],
 ) -> None:
-    store = Store(db_path)
+    store = open_store()
     threads, calls = 8, 40
     answers: list[list[list[tuple[Job, bool]]]] = [[] for _ in range(threads)]
     start = threading.Barrier(threads)
@@ -574,7 +596,7 @@ def test_store_concurrent_inserts_are_all_durable_and_keep_each_callers_order(
             )
     assert len({job.seq for job in acked}) == len(acked)
     # the process dies here: no close(); a new store sees every acknowledged job
-    reopened = Store(db_path)
+    reopened = open_store()
     try:
         assert {row[0]: row[3] for row in reopened.waiting_jobs()} == {j.id: j.seq for j in acked}
     finally:
@@ -643,29 +665,31 @@ def run_as_one_group(
 
 
 def test_store_a_refused_call_in_a_group_fails_alone_and_all_or_nothing(
-    store: Store, db_path: Path
+    sqlite_store: Store, db_path: Path
 ) -> None:
     _add_trigger(db_path, "refused:latest", "ABORT")
     first, before, after = [make_job("first")], [make_job("before")], [make_job("after")]
     batch = [make_job("batch-ok"), make_job("batch-refused", "refused:latest")]
-    out = run_as_one_group(store, db_path, first, [before, batch, after])
+    out = run_as_one_group(sqlite_store, db_path, first, [before, batch, after])
     assert [o[0][0].id for o in (out[0], out[1], out[3])] == ["first", "before", "after"]
     assert isinstance(out[2], sqlite3.IntegrityError) and "refused" in str(out[2])
-    assert {j.id for j in store.list_jobs()} == {"first", "before", "after"}  # no "batch-ok"
+    assert {j.id for j in sqlite_store.list_jobs()} == {"first", "before", "after"}  # no "batch-ok"
 
 
-def test_store_a_failed_group_commit_reaches_every_caller(store: Store, db_path: Path) -> None:
+def test_store_a_failed_group_commit_reaches_every_caller(
+    sqlite_store: Store, db_path: Path
+) -> None:
     _add_trigger(db_path, "doomed:latest", "ROLLBACK")
     first = [make_job("first")]
     group = [[make_job("h1")], [make_job("doomed", "doomed:latest")], [make_job("h2")]]
-    out = run_as_one_group(store, db_path, first, group)
+    out = run_as_one_group(sqlite_store, db_path, first, group)
     assert out[0][0][0].id == "first"
     for failed in out[1:]:  # each caller of the failed group gets the error, none a job
         assert isinstance(failed, sqlite3.Error) and "refused by the disk" in str(failed)
     assert len({id(e) for e in out[1:]}) == 3  # its own exception, not a shared one
-    assert {j.id for j in store.list_jobs()} == {"first"}
-    assert add(store, make_job("later"))[0].seq > 0  # the line is not stuck
-    assert store.integrity_check() == "ok"
+    assert {j.id for j in sqlite_store.list_jobs()} == {"first"}
+    assert add(sqlite_store, make_job("later"))[0].seq > 0  # the line is not stuck
+    assert sqlite_store.integrity_check() == "ok"
 
 
 # ---------------------------------------------------------------------------- job views
@@ -790,8 +814,10 @@ def test_store_job_views_stay_within_their_memory_bound() -> None:
 # ---------------------------------------------------------------------------- downloads
 
 
-def test_store_downloads_keep_the_latest_per_node_and_model_across_reopen(db_path: Path) -> None:
-    first = Store(db_path)
+def test_store_downloads_keep_the_latest_per_node_and_model_across_reopen(
+    open_store: Callable[[], Store],
+) -> None:
+    first = open_store()
     key = "registry.ollama.ai/library/qwen2.5:3b"
     first.save_download(
         "a", key, name="qwen2.5:3b", task_id="t1", status="DOWNLOADING", started_at=T0
@@ -810,7 +836,7 @@ def test_store_downloads_keep_the_latest_per_node_and_model_across_reopen(db_pat
         error="max retries exceeded: unexpected EOF",
     )
     first.close()
-    second = Store(db_path)
+    second = open_store()
     try:
         assert second.load_downloads() == [
             ("b", key, "Qwen2.5:3B", "t2", "DOWNLOADING", T0 + 1, None, None),
@@ -866,3 +892,113 @@ def test_store_unfinished_jobs_counts_every_runner_of_a_model(store: Store) -> N
     store.cancel("b", T0 + 1)
     assert store.unfinished_jobs(key) == 1
     assert store.unfinished_jobs("registry.ollama.ai/library/qwen2.5:0.5") == 0
+
+
+# ------------------------------------------------------- PostgreSQL: shared by instances
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> str:  # noqa: F811 - the fixture imported above
+    return fresh_url(pg_server)
+
+
+def test_store_pg_two_instances_never_claim_one_job_twice(pg_url: str) -> None:
+    from modelmanager.store_pg import PgStore
+
+    a, b = PgStore(pg_url), PgStore(pg_url)
+    try:
+        ids = [f"j{i}" for i in range(200)]
+        add(a, *(make_job(i) for i in ids))
+        got: dict[str, list[str]] = {"a": [], "b": []}
+        start = threading.Barrier(2)
+
+        def claimer(name: str, s: Store) -> None:
+            start.wait()
+            for i in range(0, len(ids), 5):
+                got[name] += [j.id for j in s.claim(ids[i : i + 5], T0, name)]
+
+        threads = [threading.Thread(target=claimer, args=(n, s)) for n, s in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(got["a"] + got["b"]) == sorted(ids)  # each job claimed exactly once
+        assert b.counts_by_status() == {"running": 200}
+        assert {j.node for j in b.list_jobs(limit=500)} <= {"a", "b"}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_store_pg_recover_takes_back_only_jobs_whose_lease_expired(pg_url: str) -> None:
+    from modelmanager.store_pg import PgStore
+
+    dead = PgStore(pg_url, lease_seconds=0.2)  # dies without renewing its leases
+    alive = PgStore(pg_url, lease_seconds=60)
+    try:
+        add(alive, *(make_job(n) for n in ("d1", "d2", "a1")), make_job("q", "other:latest"))
+        dead.claim(["d1", "d2"], T0)
+        alive.claim(["a1"], T0)
+        dead.mark_queued(K("other:latest"))
+        assert status(alive, "q") is JobStatus.QUEUED
+        requeued = [0]
+
+        def reaped_all() -> bool:
+            requeued[0] += alive.reap(max_attempts=3, now=T0 + 1)[0]
+            return requeued[0] >= 3
+
+        wait_until(reaped_all, timeout=10)
+        assert requeued == [3]  # d1, d2 and the queued q; a1's lease still holds
+        assert {j.id: j.status for j in alive.list_jobs()} == {
+            "d1": JobStatus.PENDING,
+            "d2": JobStatus.PENDING,
+            "q": JobStatus.PENDING,
+            "a1": JobStatus.RUNNING,
+        }
+        # the dead instance's late result is dropped; the new attempt's is kept
+        [again] = alive.claim(["d1"], T0 + 2)
+        assert not dead.complete("d1", 1, "late", {}, T0 + 3)
+        assert alive.complete("d1", again.attempts, "ok", {}, T0 + 3)
+        alive.heartbeat("alive", "http://a", {}, [], T0)  # renews a1's lease
+        assert alive.reap(max_attempts=3, now=T0 + 4) == (0, 0)
+    finally:
+        dead.close()
+        alive.close()
+
+
+def test_store_pg_instances_lists_live_ones_with_what_they_hold(pg_url: str) -> None:
+    from modelmanager.store_pg import PgStore
+
+    a, b = PgStore(pg_url, instance="a"), PgStore(pg_url, instance="b", lease_seconds=0.2)
+    try:
+        a.heartbeat("host-a", "http://a:5001", {"nodes": ["local"]}, ["r1"], T0)
+        b.heartbeat("host-b", "http://b:5001", {"nodes": []}, ["r1", "r2"], T0 + 1)
+        assert a.held_elsewhere() == {"r1": 1, "r2": 1}
+        listed = a.instances()
+        assert [(i["id"], i["name"], i["runners"]) for i in listed] == [
+            ("a", "host-a", ["r1"]),
+            ("b", "host-b", ["r1", "r2"]),
+        ]
+        assert listed[0]["info"] == {"nodes": ["local"]}
+        assert listed[0]["lease_expires_at"] > listed[0]["heartbeat_at"]
+        # b stops renewing: it drops out of the list and holds nothing any more
+        wait_until(lambda: len(a.instances()) == 1, timeout=10)
+        assert a.held_elsewhere() == {}
+        a.leave()
+        assert b.instances() == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_store_pg_bad_url_or_unreachable_database_is_a_clear_error(pg_server: str) -> None:  # noqa: F811
+    from modelmanager.errors import DatabaseUnavailable
+    from modelmanager.store_pg import PgStore
+
+    with pytest.raises(DatabaseUnavailable, match="must start with postgresql://"):
+        PgStore("mysql://x@y/z")
+    port = pg_server.rsplit(":", 1)[1].split("/")[0]
+    with pytest.raises(DatabaseUnavailable, match=r"cannot connect .*u:\*\*\*@127.0.0.1:1/"):
+        PgStore("postgresql://u:secret@127.0.0.1:1/db")
+    with pytest.raises(DatabaseUnavailable, match="nosuchdb"):
+        PgStore(f"postgresql://mm@127.0.0.1:{port}/nosuchdb")
