@@ -179,6 +179,32 @@ class Config:
         "GET /api/v1/models/space: one path, or name=path pairs separated by commas; "
         "empty: ~/.ollama/models.",
     )
+    # --- several instances sharing one queue (PostgreSQL)
+    DATABASE_URL: str = _setting(
+        "",
+        "PostgreSQL database shared by several Model Managers (postgresql://user:pass@host/db);"
+        " empty: SQLite in DATA_DIR, for one manager.",
+    )
+    LEASE_SECONDS: float = _setting(
+        30.0,
+        "With DATABASE_URL: seconds an instance's claims and heartbeat hold unrenewed; the jobs"
+        " of an instance silent this long go back to the queue.",
+        minimum=1.0,
+    )
+    HEARTBEAT_SECONDS: float = _setting(
+        2.0,
+        "With DATABASE_URL: seconds between two heartbeats (lease renewals, a look at the"
+        " shared queue); at most a third of LEASE_SECONDS.",
+        minimum=0.05,
+    )
+    INSTANCE_NAME: str = _setting(
+        "", "With DATABASE_URL: this instance's name in GET /api/v1/instances (default host:port)."
+    )
+    INSTANCE_URL: str = _setting(
+        "",
+        "With DATABASE_URL: the URL other hosts reach this instance at, shown in"
+        " GET /api/v1/instances (default http://HOST:HTTP_PORT).",
+    )
     SHUTDOWN_TIMEOUT: float = _setting(
         30.0, "Seconds SIGTERM waits for running jobs before exiting.", minimum=0
     )
@@ -239,6 +265,14 @@ class Config:
                 f"SQLITE_SYNCHRONOUS must be FULL or NORMAL, got {self.SQLITE_SYNCHRONOUS!r}"
             )
         self.SQLITE_SYNCHRONOUS = self.SQLITE_SYNCHRONOUS.upper()
+        if self.HEARTBEAT_SECONDS * 3 > self.LEASE_SECONDS:
+            raise ConfigError(
+                f"HEARTBEAT_SECONDS ({self.HEARTBEAT_SECONDS:g}) must be at most a third of "
+                f"LEASE_SECONDS ({self.LEASE_SECONDS:g}), so that a live instance's leases "
+                "never expire between two heartbeats"
+            )
+        if self.DATABASE_URL and not self.DATABASE_URL.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("DATABASE_URL must be a postgresql:// URL")
         if self.API_KEY and len(self.API_KEY) < MIN_API_KEY:
             raise ConfigError(f"API_KEY must be at least {MIN_API_KEY} characters long")
         for setting in ("PRELOAD_MODELS", "PINNED_MODELS"):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from config import Config, unknown_environment
-from modelmanager.errors import ConfigError, DataDirLocked
+from modelmanager.errors import ConfigError, DatabaseUnavailable, DataDirLocked
 from modelmanager.logger import get_logger, setup_logging
 
 ROOT = Path(__file__).resolve().parent
@@ -50,6 +50,7 @@ FLAGS = {
     "--log-file": ("LOG_FILE", "FILE"),
     "--vram-budget-mb": ("VRAM_BUDGET_MB", "MB"),
     "--api-key": ("API_KEY", "KEY"),
+    "--database-url": ("DATABASE_URL", "URL"),
 }
 EPILOG = """\
 Every setting can also be set in the environment as MM_<NAME> (all of them are listed in
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         manager = Manager(config, gpu=gpu)
     except DataDirLocked as exc:
         return fail(str(exc), 3)
+    except DatabaseUnavailable as exc:
+        return fail(str(exc), 2)
     except OSError as exc:
         return fail(f"cannot use the data directory {config.DATA_DIR!r}: {exc.strerror}", 2)
     try:

@@ -119,6 +119,8 @@ class Api:
         store.on_end(self.job_times.observe)
         self.accepting = True
         self.started_at = clock()
+        # GET /api/v1/instances; the Manager sets the shared queue's (modelmanager.cluster)
+        self.instances: Callable[[], dict[str, Any]] = self._one_instance
         # jobs of submits between the room check and the queue: concurrent submits share
         # commits, so without counting these they could pass QUEUE_MAX_SIZE together
         self._reserved = 0
@@ -433,6 +435,10 @@ class Api:
             ],
             "uptime_seconds": round(self._clock() - self.started_at, 3),
         }
+
+    def _one_instance(self) -> dict[str, Any]:
+        """``GET /api/v1/instances`` without DATABASE_URL: this instance alone."""
+        return {"database": "sqlite", "instances": []}
 
     # ------------------------------------------------------------------------- nodes
 

@@ -102,6 +102,11 @@ class JobRunner:
         log.info("job %s started on %s (attempt %d)", job.id, label, job.attempts)
         self._pool.submit(self._run, job, backend, call)
 
+    def running_ids(self) -> list[str]:
+        """The ids of the jobs whose requests are in flight."""
+        with self._lock:
+            return list(self._calls)
+
     def abort(self, job_ids: list[str] | None = None) -> int:
         """Abort the requests in flight for these jobs (None: all), so Ollama stops
         generating and frees the slot at once. Returns how many were aborted."""

@@ -15,11 +15,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from config import Config
 
 from .api import Api
+from .cluster import Cluster, single_instance
 from .downloads import DiskStatus, Download, Downloads
 from .errors import DataDirLocked
 from .events import PullEnded
@@ -34,6 +35,7 @@ from .residency import Residency
 from .resource_monitor import NvmlGpuSource
 from .scheduler import Scheduler, pinned_runners
 from .store import Store
+from .store_pg import PgStore
 from .streams import StreamHub
 from .warm_pool import WarmPool
 
@@ -55,7 +57,7 @@ class Manager:
         data = Path(config.DATA_DIR)
         data.mkdir(parents=True, exist_ok=True)
         self._lockfile = _lock_data_dir(data)
-        self.store = Store(data / "jobs.db", synchronous=config.SQLITE_SYNCHRONOUS)
+        self.store = open_store(config, data)
         self.gpu = gpu
         self.fleet = Fleet(config, self.store, gpu=gpu, clock=clock)
         try:
@@ -138,7 +140,28 @@ class Manager:
             gpu=gpu,
             disk=self.disk,
         )
+        self.cluster: Cluster | None = None
+        if isinstance(self.store, PgStore):
+            self.cluster = Cluster(
+                config,
+                self.store,
+                self.pending,
+                self.scheduler,
+                self.jobs,
+                self.registry,
+                self._instance_nodes,
+                clock=clock,
+            )
+            self.api.instances = self.cluster.describe
+        else:
+            self.api.instances = lambda: single_instance(
+                config, self._instance_nodes(), self.api.started_at
+            )
         self._stopped = False
+
+    def _instance_nodes(self) -> list[dict[str, Any]]:
+        keep = ("name", "url", "healthy", "loaded_models", "vram")
+        return [{k: n.get(k) for k in keep} for n in self.fleet.describe()["nodes"]]
 
     def _post(self, event: object) -> None:
         self.scheduler.post(event)  # type: ignore[arg-type]
@@ -168,6 +191,8 @@ class Manager:
             self.store.path,
         )
         self.scheduler.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.downloads.resume()
         if self.warm_pool.models:
             self.warm_pool.start()
@@ -183,6 +208,9 @@ class Manager:
         self.scheduler.stop()
         self.downloads.close()  # those under way start again at the next start
         drained = self.jobs.close(timeout)
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster.leave()
         syslog.info(
             "stopped%s", "" if drained else f"; jobs still running after {timeout}s will rerun"
         )
@@ -213,6 +241,14 @@ class Manager:
             purged = self.store.purge(now - self.config.RESULT_TTL)
             if purged:
                 syslog.info("purged %d finished job(s) older than RESULT_TTL", purged)
+
+
+def open_store(config: Config, data: Path) -> Store:
+    """The job store: PostgreSQL at DATABASE_URL (shared with other instances), else
+    SQLite in ``data``. Raises :class:`~modelmanager.errors.DatabaseUnavailable`."""
+    if config.DATABASE_URL:
+        return PgStore(config.DATABASE_URL, lease_seconds=config.LEASE_SECONDS)
+    return Store(data / "jobs.db", synchronous=config.SQLITE_SYNCHRONOUS)
 
 
 def _lock_data_dir(data: Path) -> IO[str]:

@@ -1,8 +1,9 @@
 """Routes for the fleet: nodes (the Ollama servers driven) and this host's GPUs.
 
 ``GET /api/v1/nodes``, ``POST /api/v1/nodes`` (register: 201), ``DELETE
-/api/v1/nodes/<name>`` (drain, then remove: 202), ``GET /api/v1/gpu/devices``, ``GET
-/api/v1/gpu/driver``. Errors leave in the one error shape, as everywhere.
+/api/v1/nodes/<name>`` (drain, then remove: 202), ``GET /api/v1/instances`` (the Model
+Managers sharing this queue), ``GET /api/v1/gpu/devices``, ``GET /api/v1/gpu/driver``.
+Errors leave in the one error shape, as everywhere.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def register_node_routes(app: Flask, api: Api, body: Callable[[], Any]) -> None:
     @app.delete("/api/v1/nodes/<name>")
     def remove_node(name: str) -> Response:
         return answer(api.remove_node(name), 202)
+
+    @app.get("/api/v1/instances")
+    def list_instances() -> Response:
+        return answer(api.instances())
 
     @app.get("/api/v1/gpu/devices")
     def gpu_devices() -> Response:

@@ -225,6 +225,11 @@ class PendingIndex:
         with self._lock:
             return self._names.get(runner)
 
+    def ids(self) -> set[str]:
+        """The ids of every job indexed (waiting or delayed)."""
+        with self._lock:
+            return set(self._where)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._where)

@@ -434,7 +434,7 @@ class Scheduler:
         return RunnerFacts(
             estimate_bytes=info.estimate_bytes,
             evidence_bytes=info.evidence_bytes,
-            load_seconds=info.learned_load_seconds or self._load_prior(info.estimate_bytes),
+            load_seconds=info.learned_load_seconds or self.load_prior(info.estimate_bytes),
             job_seconds=self.registry.job_seconds(runner),
             slots=self._slots(runner),
             installed=installed,
@@ -485,7 +485,7 @@ class Scheduler:
         return count / (now - since), count
 
     @staticmethod
-    def _load_prior(estimate: int | None) -> float:
+    def load_prior(estimate: int | None) -> float:
         """Load seconds before a model has loaded once: start-up plus 2 GB/s of weights."""
         return 0.3 + (estimate or 0) / 2e9
 

@@ -16,7 +16,9 @@ needs:
   only jobs whose lease expired: those of an instance that died. Result writes stay fenced
   by the attempt number, so a superseded attempt's late answer is dropped.
 - **Wake-ups.** A submit sends ``NOTIFY mm_jobs, 'submit'`` in its transaction; a cancel
-  of a running job sends ``'cancel:<id>'`` after its commit (:data:`CHANNEL`).
+  (or a JOB_TIMEOUT) sends ``'cancel:<id>'`` and a job's end ``'end:<id>'`` after the
+  commit (:data:`CHANNEL`), so that the instance running it stops it and long polls on
+  every instance answer. Job views are not cached (another instance may change a job).
 - **Schema.** Versioned in ``meta``; created or migrated at start under
   ``pg_advisory_lock`` by whichever instance gets there first.
 
@@ -249,6 +251,13 @@ class PgStore(Store):
             " WHERE status IN ('pending','queued') ORDER BY seq"
         )
 
+    def claimable_jobs(self) -> list[tuple[str, str, str, int, float, float, str]]:
+        """As :meth:`waiting_jobs`, each with the model name its client sent last."""
+        return self._read(
+            "SELECT id, runner, priority, seq, submitted_at, not_before, model FROM jobs"
+            " WHERE status IN ('pending','queued') ORDER BY seq"
+        )
+
     def integrity_check(self) -> str:
         self._read("SELECT 1")
         return "ok"
@@ -308,9 +317,41 @@ class PgStore(Store):
 
     def cancel(self, job_id: str, now: float) -> Any:
         old = super().cancel(job_id, now)
-        if old is not None and old.value == "running":
+        if old is not None and not old.terminal:
             self.notify(f"cancel:{job_id}")
         return old
+
+    def job_view(self, job_id: str, render: Any) -> bytes | None:
+        """Rendered afresh on every call: another instance may have changed the job, and
+        this process's view cache would not know."""
+        job = self.get(job_id, payload=False)
+        return None if job is None else render(job)
+
+    def complete(
+        self, job_id: str, attempt: int, result: Any, timings: dict[str, int], now: float
+    ) -> bool:
+        done = super().complete(job_id, attempt, result, timings, now)
+        if done:
+            self.notify(f"end:{job_id}")
+        return done
+
+    def fail(self, job_id: str, attempt: int | None, error: str, code: str, now: float) -> bool:
+        done = super().fail(job_id, attempt, error, code, now)
+        if done:
+            self.notify(f"end:{job_id}")
+        return done
+
+    def expire(self, submitted_before: float, now: float, timeout: float) -> list[str]:
+        expired = super().expire(submitted_before, now, timeout)
+        for job_id in expired:
+            self.notify(f"cancel:{job_id}")  # stops it where it runs, and ends long polls
+        return expired
+
+    def ended_elsewhere(self, job_ids: frozenset[str]) -> None:
+        """Tell this store's change listeners (long polls) that another instance changed
+        these jobs."""
+        for listener in self._views.listeners:
+            listener(job_ids)
 
     def notify(self, payload: str) -> None:
         """Send ``payload`` on :data:`CHANNEL` to every listening instance."""
@@ -356,12 +397,15 @@ class PgStore(Store):
 
     def instances(self) -> list[dict[str, Any]]:
         """Every live instance: id, name, url, started_at, heartbeat_at, lease_expires_at
-        (seconds since the epoch), info (dict) and runners held, oldest first."""
+        (seconds since the epoch), info (dict), runners held and claimed_jobs (queued or
+        running under its lease), oldest first."""
         rows = self._read(
             "SELECT i.id, i.name, i.url, i.started_at, i.heartbeat_at,"
             " i.heartbeat_at + i.lease_seconds, i.info,"
             " COALESCE(array_agg(h.runner ORDER BY h.runner)"
-            " FILTER (WHERE h.runner IS NOT NULL), '{}')"
+            " FILTER (WHERE h.runner IS NOT NULL), '{}'),"
+            " (SELECT COUNT(*) FROM jobs j WHERE j.claimed_by = i.id"
+            "  AND j.status IN ('queued','running'))"
             " FROM instances i LEFT JOIN holders h ON h.instance = i.id"
             f" WHERE i.heartbeat_at + i.lease_seconds > {NOW}"
             " GROUP BY i.id ORDER BY i.started_at, i.id"
@@ -376,6 +420,7 @@ class PgStore(Store):
                 "lease_expires_at": r[5],
                 "info": json.loads(r[6]),
                 "runners": list(r[7]),
+                "claimed_jobs": int(r[8]),
             }
             for r in rows
         ]

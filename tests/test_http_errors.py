@@ -534,6 +534,7 @@ ROUTES = {
     "/api/openapi.json": {"GET"},
     "/api/v1/nodes": {"GET", "POST"},
     "/api/v1/nodes/some-id": {"DELETE"},
+    "/api/v1/instances": {"GET"},
     "/api/v1/gpu/devices": {"GET"},
     "/api/v1/gpu/driver": {"GET"},
     "/api/v1/models/status": {"POST"},

@@ -22,7 +22,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
 from ..waiting import MAX_WAIT_SECONDS
-from . import dashboard, disk, nodes, requests, responses
+from . import dashboard, disk, instances, nodes, requests, responses
 from .fields import Schema
 from .responses import ERROR_CODES
 
@@ -50,6 +50,7 @@ _MODELS: list[Any] = [
     nodes.NodeDraining,
     nodes.GpuDevices,
     nodes.GpuDriver,
+    instances.Instances,
     disk.ModelRequest,
     disk.DeleteRequest,
     disk.ModelStatus,
@@ -376,6 +377,14 @@ def _paths(jobs_query: Schema) -> dict[str, Schema]:
                 "202": _ok("NodeDraining", "Draining."),
                 **_errors(404, 409),
             },
+        }
+    }
+    paths["/api/v1/instances"] = {
+        "get": {
+            "operationId": "listInstances",
+            "summary": "The live Model Managers sharing this queue (DATABASE_URL), with "
+            "their nodes, the models they hold and their leases; with SQLite, this one.",
+            "responses": {"200": _ok("Instances", "Every live instance."), **_errors()},
         }
     }
     paths["/api/v1/gpu/devices"] = {

@@ -1,0 +1,298 @@
+"""One instance among several sharing a queue in PostgreSQL (``DATABASE_URL``).
+
+The :class:`Cluster` keeps this instance's pending index in step with the shared queue
+and keeps its claims alive; everything else (planning, loads, dispatch) is the scheduler
+as with one instance, since a dispatch claims its jobs in the store and a job another
+instance claimed first is skipped there.
+
+Two threads:
+
+- the *listener* holds ``LISTEN mm_jobs``: a submit anywhere marks the queue changed
+  (the worker looks at once), a cancel or JOB_TIMEOUT of a job running here aborts its
+  request at the backend, and a job's end anywhere wakes this instance's long polls.
+  Notifications are a hint: a lost one costs at most one heartbeat.
+- the *worker*, every ``HEARTBEAT_SECONDS`` and whenever the queue changed: renews this
+  instance's row and the leases of its jobs, publishes its nodes and the runners it holds,
+  puts back the jobs of instances whose lease expired (one instance at a time), aborts
+  jobs running here that are no longer ours (cancelled, or taken back after a pause
+  longer than the lease), and syncs the pending index with the store.
+
+Affinity: waiting jobs of a runner another live instance holds (loaded or loading) are
+left to it, unless its queue is long enough that a copy here pays for its load, by the
+planner's own rule for a second backend (``REPLICA_FACTOR`` loads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from config import Config
+
+from .job_runner import JobRunner
+from .logger import get_logger
+from .model_registry import ModelRegistry
+from .models import Priority
+from .pending import PendingIndex
+from .planner import REPLICA_FACTOR
+from .scheduler import Scheduler
+from .store_pg import CHANNEL, PgStore
+
+log = get_logger("CLUSTER")
+
+RECONNECT_MAX = 10.0  # seconds between two tries to listen again, at most
+
+
+class Cluster:
+    """This instance's part in the shared queue; see the module's docstring.
+
+    ``nodes`` returns this instance's nodes for ``GET /api/v1/instances`` (a list of
+    JSON objects). Thread-safe; ``start`` and ``stop`` once each.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: PgStore,
+        pending: PendingIndex,
+        scheduler: Scheduler,
+        jobs: JobRunner,
+        registry: ModelRegistry,
+        nodes: Callable[[], list[dict[str, Any]]],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.pending = pending
+        self.scheduler = scheduler
+        self.jobs = jobs
+        self.registry = registry
+        self.nodes = nodes
+        self.clock = clock
+        self.name = instance_name(config)
+        self.url = instance_url(config)
+        self.started_at = clock()
+        self._stop = threading.Event()
+        self._changed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listen_conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.heartbeat()
+        self.sync()
+        for target, name in ((self._listen, "cluster-listen"), (self._work, "cluster")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "instance %s (%s) joined the shared queue in %s; lease %gs, heartbeat %gs",
+            self.name,
+            self.store.instance,
+            self.store.path,
+            self.config.LEASE_SECONDS,
+            self.config.HEARTBEAT_SECONDS,
+        )
+
+    def stop(self) -> None:
+        """Stop both threads; the instance's row goes once its jobs are back (``leave``)."""
+        self._stop.set()
+        self._changed.set()
+        with self._lock:
+            conn = self._listen_conn
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def leave(self) -> None:
+        try:
+            self.store.leave()
+        except psycopg.Error as exc:
+            log.warning("could not remove this instance's row: %s", exc)
+
+    # -------------------------------------------------------------------- threads
+
+    def _listen(self) -> None:
+        pause = 0.5
+        while not self._stop.is_set():
+            try:
+                conn = psycopg.connect(self.store.url, autocommit=True, connect_timeout=10)
+                with self._lock:
+                    self._listen_conn = conn
+                conn.execute(f"LISTEN {CHANNEL}")
+                self._changed.set()  # anything missed while not listening
+                pause = 0.5
+                while not self._stop.is_set():
+                    for note in conn.notifies(timeout=1.0):
+                        self._notified(note.payload)
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("listening for the shared queue failed (%s); again in %gs", exc, pause)
+                self._stop.wait(pause)
+                pause = min(pause * 2, RECONNECT_MAX)
+            finally:
+                with self._lock:
+                    conn_, self._listen_conn = self._listen_conn, None
+                if conn_ is not None and not conn_.closed:
+                    conn_.close()
+
+    def _notified(self, payload: str) -> None:
+        kind, _, job_id = payload.partition(":")
+        if kind == "submit":
+            self._changed.set()
+        elif kind == "cancel":
+            self.pending.remove(job_id)
+            if self.jobs.abort([job_id]):
+                log.info("job %s cancelled elsewhere: its request here is aborted", job_id)
+            self.store.ended_elsewhere(frozenset((job_id,)))
+        elif kind == "end":
+            self.store.ended_elsewhere(frozenset((job_id,)))
+
+    def _work(self) -> None:
+        due = 0.0
+        while not self._stop.is_set():
+            self._changed.wait(max(0.0, due - time.monotonic()))
+            if self._stop.is_set():
+                return
+            try:
+                if time.monotonic() >= due:
+                    due = time.monotonic() + self.config.HEARTBEAT_SECONDS
+                    self.heartbeat()
+                    self._reap()
+                    self._check_running()
+                self._changed.clear()
+                if self.sync():
+                    self.scheduler.wake()
+            except psycopg.Error as exc:
+                log.warning("the shared queue could not be read (%s); trying again", exc)
+                self._stop.wait(min(1.0, self.config.HEARTBEAT_SECONDS))
+
+    # ---------------------------------------------------------------------- steps
+
+    def heartbeat(self) -> None:
+        snap = self.scheduler.snapshot()
+        runners = [r.runner for r in snap.runners if r.state in ("loading", "ready")]
+        self.store.heartbeat(self.name, self.url, {"nodes": self.nodes()}, runners, self.started_at)
+
+    def _reap(self) -> None:
+        requeued, failed = self.store.reap(self.config.MAX_ATTEMPTS, self.clock())
+        if requeued or failed:
+            log.warning(
+                "an instance stopped renewing its lease: %d job(s) back in the queue, "
+                "%d failed after MAX_ATTEMPTS",
+                requeued,
+                failed,
+            )
+            self._changed.set()
+
+    def _check_running(self) -> None:
+        running = self.jobs.running_ids()
+        if not running:
+            return
+        ours = self.store.claimed_here(running)
+        lost = [job_id for job_id in running if job_id not in ours]
+        # a job that ended meanwhile is not running any more either: abort() skips it
+        if lost and self.jobs.abort(lost):
+            log.info("%d job(s) here are no longer ours (cancelled or taken back)", len(lost))
+
+    def sync(self) -> bool:
+        """Make the pending index hold exactly the shared queue's waiting jobs that this
+        instance should serve. Returns whether it added any."""
+        now = self.clock()
+        present = self.pending.ids()  # before reading: a job added after is committed
+        rows = self.store.claimable_jobs()
+        held = self.store.held_elsewhere()
+        mine = {r.runner for r in self.scheduler.snapshot().runners}
+        counts = Counter(row[1] for row in rows)
+        leave = {
+            runner
+            for runner in counts
+            if runner in held and runner not in mine and not self._copy_pays(runner, counts)
+        }
+        wanted = {row[0] for row in rows if row[1] not in leave}
+        added = 0
+        for job_id, runner, priority, seq, submitted, not_before, model in rows:
+            if job_id in wanted and job_id not in present:
+                self.pending.add(
+                    job_id, runner, Priority(priority), seq, submitted, not_before, now, model
+                )
+                added += 1
+        for job_id in present - wanted:
+            self.pending.remove(job_id)
+        return added > 0
+
+    def _copy_pays(self, runner: str, counts: Counter[str]) -> bool:
+        """Whether a copy of ``runner`` here pays for its load while another instance
+        serves it: its queue takes longer than REPLICA_FACTOR loads (the planner's rule
+        for a second backend)."""
+        info = self.registry.info(runner)
+        load = info.learned_load_seconds or Scheduler.load_prior(info.estimate_bytes)
+        slots = max(1, self.config.OLLAMA_NUM_PARALLEL)
+        queue = counts[runner] * self.registry.job_seconds(runner) / slots
+        return queue > REPLICA_FACTOR * load
+
+    # ------------------------------------------------------------------------ view
+
+    def describe(self) -> dict[str, Any]:
+        """``GET /api/v1/instances``: every live instance, this one marked ``self``."""
+        out = []
+        for row in self.store.instances():
+            out.append(
+                {
+                    "id": row["id"],
+                    "name": row["name"],
+                    "url": row["url"],
+                    "self": row["id"] == self.store.instance,
+                    "started_at": row["started_at"],
+                    "heartbeat_at": row["heartbeat_at"],
+                    "lease_expires_at": row["lease_expires_at"],
+                    "claimed_jobs": row["claimed_jobs"],
+                    "runners": [self.scheduler.label(r) for r in row["runners"]],
+                    "nodes": row["info"].get("nodes", []),
+                }
+            )
+        return {"database": "postgresql", "instances": out}
+
+
+def instance_name(config: Config) -> str:
+    return config.INSTANCE_NAME or f"{socket.gethostname()}:{config.HTTP_PORT}"
+
+
+def instance_url(config: Config) -> str:
+    return config.INSTANCE_URL or f"http://{config.HOST}:{config.HTTP_PORT}"
+
+
+def single_instance(
+    config: Config, nodes: list[dict[str, Any]], started_at: float
+) -> dict[str, Any]:
+    """``GET /api/v1/instances`` with SQLite: this instance alone, holding no leases."""
+    return {
+        "database": "sqlite",
+        "instances": [
+            {
+                "id": "local",
+                "name": instance_name(config),
+                "url": instance_url(config),
+                "self": True,
+                "started_at": started_at,
+                "heartbeat_at": None,
+                "lease_expires_at": None,
+                "claimed_jobs": None,
+                "runners": [],
+                "nodes": nodes,
+            }
+        ],
+    }

@@ -1,0 +1,206 @@
+"""Several Model Managers sharing one queue in a real PostgreSQL (``DATABASE_URL``).
+
+Each instance is a real ``main.py`` process with a simulator of its own (its own host,
+in effect), all on one database (:mod:`tests.pg`). Leases are short so that an instance
+killed with SIGKILL gives its jobs back within about a second.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import ROOT, wait_until
+from tests.pg import fresh_url, pg_server  # noqa: F401 - pg_server is a fixture
+from tests.procs import TERMINAL, ServiceProcess, SimProcess, clean_env
+
+MODELS = ("qwen2.5:0.5b", "llama3.2:1b", "smollm:360m")
+SETTINGS = {"LEASE_SECONDS": 1.5, "HEARTBEAT_SECONDS": 0.2, "MAX_ATTEMPTS": 10}
+
+
+class Cluster:
+    """``cluster(n, *sim_args, **settings)`` starts n instances, each with a simulator of
+    its own, on one fresh database (``url``)."""
+
+    def __init__(self, tmp: Path, url: str) -> None:
+        self.tmp, self.url = tmp, url
+        self.procs: list[Any] = []
+
+    def __call__(self, n: int, *sim_args: str, **settings: Any) -> list[ServiceProcess]:
+        out = []
+        for i in range(n):
+            home = self.tmp / f"host{i}"
+            home.mkdir()
+            sim = SimProcess(home, "--num-parallel", "2", *sim_args)
+            self.procs.append(sim)
+            sim.start()
+            svc = ServiceProcess(
+                home,
+                sim,
+                f"mm{i}",
+                DATABASE_URL=self.url,
+                INSTANCE_NAME=f"host{i}",
+                **{**SETTINGS, **settings},
+            )
+            self.procs.append(svc)
+            out.append(svc.start())
+        return out
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_server: str) -> Iterator[Cluster]:  # noqa: F811
+    """Instances on one database, all killed at teardown."""
+    made = Cluster(tmp_path, fresh_url(pg_server))
+    try:
+        yield made
+    finally:
+        for proc in reversed(made.procs):
+            proc.kill()
+
+
+def rows(url: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(url) as conn:
+        cur = conn.execute("SELECT id, status, result, node, attempts, claimed_by FROM jobs")
+        names = [d.name for d in cur.description or ()]
+        return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+
+
+def generated(svc: ServiceProcess) -> int:
+    """Generate requests the instance's own simulator (its host's Ollama) answered."""
+    return int(svc.sim.stats()["requests_by_endpoint"].get("/api/generate", 0))
+
+
+def finished(svc: ServiceProcess, ids: list[str]) -> dict[str, dict[str, Any]] | None:
+    jobs = {i: svc.job(i) for i in ids}
+    return jobs if all(j["status"] in TERMINAL for j in jobs.values()) else None
+
+
+def test_instances_burst_on_one_is_polled_on_another_and_spread_over_all(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster(2)
+    jobs = [{"model": MODELS[i % 3], "prompt": f"burst {i}"} for i in range(60)]
+    ids = a.submit_batch(jobs)
+    done = wait_until(lambda: finished(b, ids), timeout=60, interval=0.1, what="burst done")
+    assert {j["status"] for j in done.values()} == {"complete"}
+    assert all(j["result"] for j in done.values())
+    # both hosts' simulators ran some of them
+    assert generated(a) > 0 and generated(b) > 0
+    r = b.session.get(f"{b.url}/api/v1/instances", timeout=5)
+    assert r.status_code == 200
+    listed = r.json()
+    assert listed["database"] == "postgresql"
+    assert sorted(i["name"] for i in listed["instances"]) == ["host0", "host1"]
+    assert [i["self"] for i in listed["instances"] if i["name"] == "host1"] == [True]
+    assert all(i["nodes"] and i["lease_expires_at"] for i in listed["instances"])
+
+
+def test_instances_cancel_on_one_stops_a_job_running_on_another(cluster: Cluster) -> None:
+    a, b = cluster(2)
+    a.sim.gate(True)  # a's requests hang until the gate opens: the job stays running
+    b.sim.gate(True)
+    job_id = a.submit(model="qwen2.5:0.5b", prompt="long")
+    wait_until(lambda: b.job(job_id)["status"] == "running", timeout=20, what="running")
+    runner = a if a.sim.stats()["in_flight"] else b
+    other = b if runner is a else a
+    r = other.session.post(f"{other.url}/api/job/{job_id}/cancel", timeout=5)
+    assert r.status_code == 200 and r.json()["was"] == "running"
+    # the instance running it aborts its request at its backend
+    wait_until(lambda: runner.sim.stats()["in_flight"] == 0, timeout=10, what="aborted")
+    assert runner.job(job_id)["status"] == "cancelled"
+
+
+def test_instances_kill_9_five_times_in_500_jobs_loses_nothing(cluster: Cluster) -> None:
+    svcs = cluster(3)
+    rng = random.Random(16)
+    ids: list[str] = []
+    for round_ in range(5):
+        batch = [{"model": rng.choice(MODELS), "prompt": f"k{round_}-{i}"} for i in range(100)]
+        ids += svcs[round_ % 2].submit_batch(batch)
+        victim = svcs[rng.randrange(3)]
+        wait_until(
+            lambda: sum(1 for r in rows(cluster.url).values() if r["status"] == "running"),
+            timeout=20,
+            what="jobs running",
+        )
+        victim.sigkill()
+        victim.start()
+    survivor = svcs[0]
+    done = wait_until(lambda: finished(survivor, ids), timeout=90, interval=0.2, what="done")
+    assert Counter(j["status"] for j in done.values()) == {"complete": 500}
+    stored = rows(cluster.url)
+    assert len(stored) == 500 and {r["status"] for r in stored.values()} == {"complete"}
+    assert all(r["result"] for r in stored.values())  # each one's result, written once
+    # the kills did interrupt work: some jobs ran again on another try
+    retried = sum(1 for r in stored.values() if r["attempts"] > 1)
+    assert retried > 0, Counter(r["attempts"] for r in stored.values())
+
+
+def test_instances_priorities_hold_across_instances(cluster: Cluster) -> None:
+    a, b = cluster(2)
+    for svc in (a, b):
+        svc.sim.gate(True)  # nothing finishes yet: the queue builds up on both
+    low = a.submit_batch(
+        [{"model": "qwen2.5:0.5b", "prompt": f"l{i}", "priority": "low"} for i in range(20)]
+    )
+    wait_until(lambda: any(b.job(i)["status"] == "running" for i in low), timeout=20)
+    high = b.submit_batch(
+        [{"model": "qwen2.5:0.5b", "prompt": f"h{i}", "priority": "high"} for i in range(10)]
+    )
+    for svc in (a, b):
+        svc.sim.gate(False)
+    done = wait_until(lambda: finished(a, low + high), timeout=60, interval=0.1)
+    started = sorted(done.values(), key=lambda j: j["started_at"])
+    # every high job started before the low jobs that were still waiting when it came
+    first_high = min(done[i]["started_at"] for i in high)
+    waiting_lows = [i for i in low if done[i]["started_at"] >= first_high]
+    assert waiting_lows, "no low job was still waiting"
+    last_high = max(done[i]["started_at"] for i in high)
+    assert sum(1 for i in waiting_lows if done[i]["started_at"] < last_high) <= 4, started
+
+
+def test_instances_with_sqlite_lists_this_one_alone(tmp_path: Path) -> None:
+    sim = SimProcess(tmp_path).start()
+    svc = ServiceProcess(tmp_path, sim, INSTANCE_NAME="solo")
+    try:
+        svc.start()
+        r = svc.session.get(f"{svc.url}/api/v1/instances", timeout=5)
+        assert r.status_code == 200
+        [one] = r.json()["instances"]
+        assert r.json()["database"] == "sqlite"
+        assert (one["name"], one["self"], one["lease_expires_at"]) == ("solo", True, None)
+        assert [n["name"] for n in one["nodes"]] == ["local"]
+    finally:
+        svc.kill()
+        sim.kill()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://mm:secret@127.0.0.1:1/db", "cannot connect to the database"),
+        ("mysql://mm@db/x", "DATABASE_URL must be a postgresql:// URL"),
+    ],
+)
+def test_instances_bad_or_unreachable_database_stops_startup_in_one_sentence(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--database-url", url, "--log-file", ""],
+        cwd=tmp_path,
+        env=clean_env({"MM_OLLAMA_BASE_URL": "http://127.0.0.1:1"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr and "secret" not in done.stderr
