@@ -265,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{exc.strerror or exc} (choose another with --http-port or MM_HTTP_PORT)",
             3,
         )
-    manager.start()
+    host, port = bound_address(server)
+    manager.start(http_port=port)
     if config.HOST not in ("127.0.0.1", "localhost", "::1") and not config.API_KEY:
         log.warning(
             "binding %s without an API key: anyone who reaches it can use the GPU; "
             "set MM_API_KEY or --api-key",
             config.HOST,
         )
-    host, port = bound_address(server)
     log.info("HTTP API on http://%s:%s", host, port)
     print(f"Model Manager listening on http://{host}:{port}", flush=True)
 

@@ -121,6 +121,8 @@ class Api:
         self.started_at = clock()
         # GET /api/v1/instances; the Manager sets the shared queue's (modelmanager.cluster)
         self.instances: Callable[[], dict[str, Any]] = self._one_instance
+        # unfinished jobs other instances sharing the queue hold, for QUEUE_MAX_SIZE
+        self.unfinished_elsewhere: Callable[[], int] = lambda: 0
         # jobs of submits between the room check and the queue: concurrent submits share
         # commits, so without counting these they could pass QUEUE_MAX_SIZE together
         self._reserved = 0
@@ -151,6 +153,7 @@ class Api:
         """Count ``n`` jobs against QUEUE_MAX_SIZE until ``_accept`` has queued them."""
         with self._room_lock:
             unfinished = len(self.pending) + self.jobs.in_flight() + self._reserved
+            unfinished += self.unfinished_elsewhere()
             if unfinished + n > self.config.QUEUE_MAX_SIZE:
                 raise QueueFull(
                     f"the queue is full ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is "

@@ -85,8 +85,17 @@ class Cluster:
         self._threads: list[threading.Thread] = []
         self._listen_conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
+        self._replicas: set[str] = set()  # runners held elsewhere whose copy here pays
+        # unfinished jobs of the shared queue that are not this instance's (at the last
+        # sync), counted against QUEUE_MAX_SIZE with this instance's own
+        self.elsewhere = 0
 
     # ------------------------------------------------------------------ lifecycle
+
+    def bound(self, port: int) -> None:
+        """The HTTP API listens on ``port``: the default name and URL say so."""
+        self.name = instance_name(self.config, port)
+        self.url = instance_url(self.config, port)
 
     def start(self) -> None:
         self.heartbeat()
@@ -222,6 +231,7 @@ class Cluster:
             for runner in counts
             if runner in held and runner not in mine and not self._copy_pays(runner, counts)
         }
+        self._replicas = {r for r in counts if r in held and r not in mine and r not in leave}
         wanted = {row[0] for row in rows if row[1] not in leave}
         added = 0
         for job_id, runner, priority, seq, submitted, not_before, model in rows:
@@ -232,7 +242,23 @@ class Cluster:
                 added += 1
         for job_id in present - wanted:
             self.pending.remove(job_id)
+        total = self.store.unfinished_count()
+        self.elsewhere = max(0, total - len(self.pending) - self.jobs.in_flight())
         return added > 0
+
+    def may_load(self, runner: str) -> bool:
+        """Whether this instance may load ``runner`` now (the scheduler asks before every
+        load): yes unless another live instance holds it or took it first, and a copy
+        here does not pay. When not, its waiting jobs are left to that instance."""
+        try:
+            if self.store.take_runner(runner, replica=runner in self._replicas):
+                return True
+        except psycopg.Error as exc:
+            log.warning("could not claim a model group (%s); loading it anyway", exc)
+            return True
+        self.pending.drop_model(runner)
+        self._changed.set()  # the next sync puts them back if a copy here starts to pay
+        return False
 
     def _copy_pays(self, runner: str, counts: Counter[str]) -> bool:
         """Whether a copy of ``runner`` here pays for its load while another instance
@@ -267,16 +293,16 @@ class Cluster:
         return {"database": "postgresql", "instances": out}
 
 
-def instance_name(config: Config) -> str:
-    return config.INSTANCE_NAME or f"{socket.gethostname()}:{config.HTTP_PORT}"
+def instance_name(config: Config, port: int | None = None) -> str:
+    return config.INSTANCE_NAME or f"{socket.gethostname()}:{port or config.HTTP_PORT}"
 
 
-def instance_url(config: Config) -> str:
-    return config.INSTANCE_URL or f"http://{config.HOST}:{config.HTTP_PORT}"
+def instance_url(config: Config, port: int | None = None) -> str:
+    return config.INSTANCE_URL or f"http://{config.HOST}:{port or config.HTTP_PORT}"
 
 
 def single_instance(
-    config: Config, nodes: list[dict[str, Any]], started_at: float
+    config: Config, nodes: list[dict[str, Any]], started_at: float, port: int | None = None
 ) -> dict[str, Any]:
     """``GET /api/v1/instances`` with SQLite: this instance alone, holding no leases."""
     return {
@@ -284,8 +310,8 @@ def single_instance(
         "instances": [
             {
                 "id": "local",
-                "name": instance_name(config),
-                "url": instance_url(config),
+                "name": instance_name(config, port),
+                "url": instance_url(config, port),
                 "self": True,
                 "started_at": started_at,
                 "heartbeat_at": None,

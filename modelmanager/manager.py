@@ -141,6 +141,7 @@ class Manager:
             disk=self.disk,
         )
         self.cluster: Cluster | None = None
+        self._http_port: int | None = None
         if isinstance(self.store, PgStore):
             self.cluster = Cluster(
                 config,
@@ -153,9 +154,11 @@ class Manager:
                 clock=clock,
             )
             self.api.instances = self.cluster.describe
+            self.scheduler.may_load = self.cluster.may_load
+            self.api.unfinished_elsewhere = lambda: self.cluster.elsewhere if self.cluster else 0
         else:
             self.api.instances = lambda: single_instance(
-                config, self._instance_nodes(), self.api.started_at
+                config, self._instance_nodes(), self.api.started_at, self._http_port
             )
         self._stopped = False
 
@@ -172,7 +175,12 @@ class Manager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> Manager:
+    def start(self, http_port: int | None = None) -> Manager:
+        """``http_port``: the port the HTTP API is bound to (names this instance in
+        ``GET /api/v1/instances`` when ``HTTP_PORT`` is 0)."""
+        self._http_port = http_port
+        if http_port is not None and self.cluster is not None:
+            self.cluster.bound(http_port)
         now = self.clock()
         requeued, failed = self.store.recover(self.config.MAX_ATTEMPTS, now)
         if requeued or failed:

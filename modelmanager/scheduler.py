@@ -191,6 +191,9 @@ class Scheduler:
         # modelmanager.downloads.Downloads (or a fake): pulls for AUTO_PULL, and which
         # models are downloading (their jobs wait)
         self.downloads = downloads
+        # with a shared queue (modelmanager.cluster): whether this instance may load a
+        # runner now, or leaves it to another instance; None: always
+        self.may_load: Callable[[str], bool] | None = None
         self.store = store
         self.pending = pending
         self.registry = registry
@@ -605,6 +608,8 @@ class Scheduler:
         key = (action.runner, action.backend)
         if key in self._held:
             return
+        if self.may_load is not None and not self.may_load(action.runner):
+            return  # another instance sharing the queue serves this model
         info = self.registry.info(action.runner)
         size = info.estimate_bytes or 0
         name = self._send_name(action.runner)

@@ -258,6 +258,13 @@ class PgStore(Store):
             " WHERE status IN ('pending','queued') ORDER BY seq"
         )
 
+    def unfinished_count(self) -> int:
+        """Jobs pending, queued or running, on every instance."""
+        rows = self._read(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','queued','running')"
+        )
+        return int(rows[0][0])
+
     def integrity_check(self) -> str:
         self._read("SELECT 1")
         return "ok"
@@ -424,6 +431,28 @@ class PgStore(Store):
             }
             for r in rows
         ]
+
+    def take_runner(self, runner: str, replica: bool) -> bool:
+        """Become a holder of ``runner`` before loading it, unless another live instance
+        holds it and ``replica`` is False. One transaction per runner at a time (an
+        advisory lock on its name), so that of two instances deciding at once to load a
+        model nobody holds, one loads it."""
+        with self._write(durable=False, views=False) as db:
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (runner,))
+            if not replica:
+                rows = db.execute(
+                    "SELECT 1 FROM holders h JOIN instances i ON i.id = h.instance"
+                    " WHERE h.runner = ? AND h.instance <> ?"
+                    f" AND i.heartbeat_at + i.lease_seconds > {NOW} LIMIT 1",
+                    (runner, self.instance),
+                ).fetchall()
+                if rows:
+                    return False
+            db.execute(
+                "INSERT INTO holders (runner, instance) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (runner, self.instance),
+            )
+        return True
 
     def held_elsewhere(self) -> dict[str, int]:
         """{runner: how many other live instances hold it}."""
