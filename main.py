@@ -2,7 +2,8 @@
 
     .venv/bin/python main.py [--host HOST] [--http-port PORT] [--ollama-url URL]
                              [--data-dir DIR] [--log-file FILE] [--vram-budget-mb MB]
-                             [--api-key KEY] [--simulate [--sim-time-scale X]]
+                             [--api-key KEY] [--database-url URL]
+                             [--simulate [--sim-time-scale X]]
 
 ``--simulate`` starts the built-in Ollama simulator (tools/fake_ollama.py) with a 24 GiB
 simulated GPU and uses it as the backend; the GPU monitor reads the simulated GPU through

@@ -17,9 +17,13 @@ Two threads:
   jobs running here that are no longer ours (cancelled, or taken back after a pause
   longer than the lease), and syncs the pending index with the store.
 
-Affinity: waiting jobs of a runner another live instance holds (loaded or loading) are
-left to it, unless its queue is long enough that a copy here pays for its load, by the
-planner's own rule for a second backend (``REPLICA_FACTOR`` loads).
+Affinity: before a load, the scheduler asks :meth:`Cluster.may_load`, which takes the
+runner in the store (``holders``) unless another live instance holds it; and the runners
+other instances hold are left out of this instance's planning (``served_elsewhere``):
+their waiting jobs are left to them, unless this instance has no other waiting group to
+serve and the runner's queue is long enough that a copy here pays for its load, by the
+planner's own rule for a second backend (``REPLICA_FACTOR`` loads, on a backend with room
+to spare after the waiting groups).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from .store_pg import CHANNEL, PgStore
 log = get_logger("CLUSTER")
 
 RECONNECT_MAX = 10.0  # seconds between two tries to listen again, at most
+SEQ_LOOKBACK = 1000  # jobs before the newest seen that a quick look reads again
 
 
 class Cluster:
@@ -81,14 +86,17 @@ class Cluster:
         self.url = instance_url(config)
         self.started_at = clock()
         self._stop = threading.Event()
-        self._changed = threading.Event()
+        self._changed = threading.Event()  # the shared queue changed: look at it
+        self._full = threading.Event()  # ... and look at all of it
         self._threads: list[threading.Thread] = []
         self._listen_conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
-        self._replicas: set[str] = set()  # runners held elsewhere whose copy here pays
+        self._replicas: frozenset[str] = frozenset()  # held elsewhere; a copy here pays
         # unfinished jobs of the shared queue that are not this instance's (at the last
         # sync), counted against QUEUE_MAX_SIZE with this instance's own
         self.elsewhere = 0
+        self._seen = 0  # the highest job seq read so far
+        self._elsewhere: frozenset[str] = frozenset()  # see served_elsewhere()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,7 +149,8 @@ class Cluster:
                 with self._lock:
                     self._listen_conn = conn
                 conn.execute(f"LISTEN {CHANNEL}")
-                self._changed.set()  # anything missed while not listening
+                self._full.set()  # anything missed while not listening
+                self._changed.set()
                 pause = 0.5
                 while not self._stop.is_set():
                     for note in conn.notifies(timeout=1.0):
@@ -160,7 +169,7 @@ class Cluster:
 
     def _notified(self, payload: str) -> None:
         kind, _, job_id = payload.partition(":")
-        if kind == "submit":
+        if kind in ("submit", "held"):
             self._changed.set()
         elif kind == "cancel":
             self.pending.remove(job_id)
@@ -177,13 +186,16 @@ class Cluster:
             if self._stop.is_set():
                 return
             try:
+                full = self._full.is_set()
                 if time.monotonic() >= due:
                     due = time.monotonic() + self.config.HEARTBEAT_SECONDS
                     self.heartbeat()
                     self._reap()
                     self._check_running()
+                    full = True
                 self._changed.clear()
-                if self.sync():
+                self._full.clear()
+                if self.sync(full):
                     self.scheduler.wake()
             except psycopg.Error as exc:
                 log.warning("the shared queue could not be read (%s); trying again", exc)
@@ -194,7 +206,15 @@ class Cluster:
     def heartbeat(self) -> None:
         snap = self.scheduler.snapshot()
         runners = [r.runner for r in snap.runners if r.state in ("loading", "ready")]
-        self.store.heartbeat(self.name, self.url, {"nodes": self.nodes()}, runners, self.started_at)
+        self.store.heartbeat(
+            self.name,
+            self.url,
+            {"nodes": self.nodes()},
+            runners,
+            self.started_at,
+            # a runner taken for a load that the snapshot read above does not show yet
+            grace=2 * self.config.HEARTBEAT_SECONDS + 1.0,
+        )
 
     def _reap(self) -> None:
         requeued, failed = self.store.reap(self.config.MAX_ATTEMPTS, self.clock())
@@ -205,59 +225,68 @@ class Cluster:
                 requeued,
                 failed,
             )
+            self._full.set()
             self._changed.set()
 
     def _check_running(self) -> None:
-        running = self.jobs.running_ids()
-        if not running:
-            return
-        ours = self.store.claimed_here(running)
-        lost = [job_id for job_id in running if job_id not in ours]
-        # a job that ended meanwhile is not running any more either: abort() skips it
+        lost = sorted(self.store.lost_here(self.jobs.running_ids()))
         if lost and self.jobs.abort(lost):
             log.info("%d job(s) here are no longer ours (cancelled or taken back)", len(lost))
 
-    def sync(self) -> bool:
-        """Make the pending index hold exactly the shared queue's waiting jobs that this
-        instance should serve. Returns whether it added any."""
+    def sync(self, full: bool = True) -> bool:
+        """Bring the pending index in step with the shared queue's waiting jobs, and learn
+        which runners other instances serve. ``full``: every waiting job, dropping jobs no
+        longer waiting (claimed elsewhere, ended) and counting the queue for
+        QUEUE_MAX_SIZE; otherwise (after a submit) only the jobs submitted since the last
+        look. Returns whether it added any."""
         now = self.clock()
         present = self.pending.ids()  # before reading: a job added after is committed
-        rows = self.store.claimable_jobs()
+        # sequence numbers are taken at insert, commits may land out of order: look back
+        rows = self.store.claimable_jobs(None if full else self._seen - SEQ_LOOKBACK)
         held = self.store.held_elsewhere()
         mine = {r.runner for r in self.scheduler.snapshot().runners}
-        counts = Counter(row[1] for row in rows)
-        leave = {
-            runner
-            for runner in counts
-            if runner in held and runner not in mine and not self._copy_pays(runner, counts)
-        }
-        self._replicas = {r for r in counts if r in held and r not in mine and r not in leave}
-        wanted = {row[0] for row in rows if row[1] not in leave}
+        if full:
+            counts = Counter(row[1] for row in rows)
+            # as for a second backend, a copy goes only where there is room to spare after
+            # the waiting groups: here, when no waiting group is ours or nobody's
+            busy = any(r in mine or r not in held for r in counts)
+            self._replicas = frozenset(
+                r
+                for r in counts
+                if r in held and r not in mine and not busy and self._copy_pays(r, counts)
+            )
+        self._elsewhere = frozenset(r for r in held if r not in self._replicas)
         added = 0
         for job_id, runner, priority, seq, submitted, not_before, model in rows:
-            if job_id in wanted and job_id not in present:
+            self._seen = max(self._seen, seq)
+            if job_id not in present:
                 self.pending.add(
                     job_id, runner, Priority(priority), seq, submitted, not_before, now, model
                 )
                 added += 1
-        for job_id in present - wanted:
-            self.pending.remove(job_id)
-        total = self.store.unfinished_count()
-        self.elsewhere = max(0, total - len(self.pending) - self.jobs.in_flight())
+        if full:
+            for job_id in present - {row[0] for row in rows}:
+                self.pending.remove(job_id)
+            total = self.store.unfinished_count()
+            self.elsewhere = max(0, total - len(self.pending) - self.jobs.in_flight())
         return added > 0
+
+    def served_elsewhere(self) -> frozenset[str]:
+        """Runners another live instance holds whose jobs this one leaves to it (the
+        scheduler plans no load for them; it still runs their jobs if it holds one)."""
+        return self._elsewhere
 
     def may_load(self, runner: str) -> bool:
         """Whether this instance may load ``runner`` now (the scheduler asks before every
         load): yes unless another live instance holds it or took it first, and a copy
-        here does not pay. When not, its waiting jobs are left to that instance."""
+        here does not pay."""
         try:
             if self.store.take_runner(runner, replica=runner in self._replicas):
                 return True
         except psycopg.Error as exc:
             log.warning("could not claim a model group (%s); loading it anyway", exc)
             return True
-        self.pending.drop_model(runner)
-        self._changed.set()  # the next sync puts them back if a copy here starts to pay
+        self._elsewhere = self._elsewhere | {runner}
         return False
 
     def _copy_pays(self, runner: str, counts: Counter[str]) -> bool:

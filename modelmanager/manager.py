@@ -155,6 +155,7 @@ class Manager:
             )
             self.api.instances = self.cluster.describe
             self.scheduler.may_load = self.cluster.may_load
+            self.scheduler.served_elsewhere = self.cluster.served_elsewhere
             self.api.unfinished_elsewhere = lambda: self.cluster.elsewhere if self.cluster else 0
         else:
             self.api.instances = lambda: single_instance(
@@ -198,9 +199,9 @@ class Manager:
             n,
             self.store.path,
         )
-        self.scheduler.start()
-        if self.cluster is not None:
+        if self.cluster is not None:  # joins before planning: others see what it holds
             self.cluster.start()
+        self.scheduler.start()
         self.downloads.resume()
         if self.warm_pool.models:
             self.warm_pool.start()

@@ -194,6 +194,8 @@ class Scheduler:
         # with a shared queue (modelmanager.cluster): whether this instance may load a
         # runner now, or leaves it to another instance; None: always
         self.may_load: Callable[[str], bool] | None = None
+        # ... and the runners whose waiting jobs another instance serves (not planned here)
+        self.served_elsewhere: Callable[[], frozenset[str]] | None = None
         self.store = store
         self.pending = pending
         self.registry = registry
@@ -296,6 +298,9 @@ class Scheduler:
         self.pending.release_delayed(now)
         demands = self.pending.demand(now)
         held_runners = {r for r, _ in self._held}
+        if self.served_elsewhere is not None:  # left to the instance that holds them
+            hidden = self.served_elsewhere() - held_runners
+            demands = [d for d in demands if d.runner not in hidden]
         pins = self.settings.pinned - held_runners
         if not demands and not self._held and not pins:
             self._refresh(now, IDLE_REFRESH)

@@ -119,6 +119,7 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS holders (
         runner TEXT NOT NULL,
         instance TEXT NOT NULL,
+        taken_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (runner, instance)
     )""",
 )
@@ -251,11 +252,16 @@ class PgStore(Store):
             " WHERE status IN ('pending','queued') ORDER BY seq"
         )
 
-    def claimable_jobs(self) -> list[tuple[str, str, str, int, float, float, str]]:
-        """As :meth:`waiting_jobs`, each with the model name its client sent last."""
+    def claimable_jobs(
+        self, after_seq: int | None = None
+    ) -> list[tuple[str, str, str, int, float, float, str]]:
+        """As :meth:`waiting_jobs` (only those after ``after_seq`` when given), each with
+        the model name its client sent."""
+        after = "" if after_seq is None else " AND seq > ?"
         return self._read(
             "SELECT id, runner, priority, seq, submitted_at, not_before, model FROM jobs"
-            " WHERE status IN ('pending','queued') ORDER BY seq"
+            f" WHERE status IN ('pending','queued'){after} ORDER BY seq",
+            () if after_seq is None else (after_seq,),
         )
 
     def unfinished_count(self) -> int:
@@ -276,7 +282,8 @@ class PgStore(Store):
         becomes a holder of ``runner`` (its load started here)."""
         with self._write(durable=False, touches=()) as db:
             db.execute(
-                "INSERT INTO holders (runner, instance) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                f"INSERT INTO holders (runner, instance, taken_at) VALUES (?, ?, {NOW})"
+                " ON CONFLICT DO NOTHING",
                 (runner, self.instance),
             )
             rows = db.execute(
@@ -367,10 +374,17 @@ class PgStore(Store):
     # -------------------------------------------------------------------- instances
 
     def heartbeat(
-        self, name: str, url: str, info: dict[str, Any], runners: Iterable[str], started_at: float
+        self,
+        name: str,
+        url: str,
+        info: dict[str, Any],
+        runners: Iterable[str],
+        started_at: float,
+        grace: float = 1.0,
     ) -> None:
         """Renew this instance's row (``info``: its nodes, JSON), the runners it holds and
-        the leases of the jobs it claimed."""
+        the leases of the jobs it claimed. A runner taken less than ``grace`` seconds ago
+        stays held even if ``runners`` (read a moment before) does not list it yet."""
         held = sorted(set(runners))
         with self._write(durable=False, views=False) as db:
             db.execute(
@@ -381,12 +395,14 @@ class PgStore(Store):
                 (self.instance, name, url, started_at, self.lease_seconds, json.dumps(info)),
             )
             db.execute(
-                "DELETE FROM holders WHERE instance = ? AND NOT (runner = ANY(?))",
-                (self.instance, held),
+                "DELETE FROM holders WHERE instance = ? AND NOT (runner = ANY(?))"
+                f" AND taken_at < {NOW} - ?",
+                (self.instance, held, grace),
             )
             for runner in held:
                 db.execute(
-                    "INSERT INTO holders (runner, instance) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    f"INSERT INTO holders (runner, instance, taken_at) VALUES (?, ?, {NOW})"
+                    " ON CONFLICT DO NOTHING",
                     (runner, self.instance),
                 )
             db.execute(
@@ -448,10 +464,14 @@ class PgStore(Store):
                 ).fetchall()
                 if rows:
                     return False
-            db.execute(
-                "INSERT INTO holders (runner, instance) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            taken = db.execute(
+                f"INSERT INTO holders (runner, instance, taken_at) VALUES (?, ?, {NOW})"
+                " ON CONFLICT (runner, instance) DO UPDATE SET taken_at = excluded.taken_at"
+                " RETURNING (xmax = 0)",
                 (runner, self.instance),
-            )
+            ).fetchone()[0]
+            if taken:
+                db.execute(f"SELECT pg_notify('{CHANNEL}', 'held')")  # sent at commit
         return True
 
     def held_elsewhere(self) -> dict[str, int]:
@@ -464,13 +484,16 @@ class PgStore(Store):
         )
         return {runner: int(n) for runner, n in rows}
 
-    def claimed_here(self, job_ids: list[str]) -> set[str]:
-        """Those of ``job_ids`` that are still running here (the rest were cancelled,
-        expired or taken back)."""
+    def lost_here(self, job_ids: list[str]) -> set[str]:
+        """Those of ``job_ids`` (running here) that are no longer this instance's to run:
+        cancelled, timed out, or back in the queue or claimed by another instance after
+        this one's lease expired. Jobs that merely ended are not listed."""
         if not job_ids:
             return set()
         rows = self._read(
-            "SELECT id FROM jobs WHERE id = ANY(?) AND status = 'running' AND claimed_by = ?",
+            "SELECT id FROM jobs WHERE id = ANY(?) AND (status = 'cancelled'"
+            " OR (status = 'failed' AND error_code = 'JOB_TIMEOUT')"
+            " OR (status IN ('pending','queued','running') AND claimed_by IS DISTINCT FROM ?))",
             (list(job_ids), self.instance),
         )
         return {r[0] for r in rows}

@@ -87,13 +87,21 @@ def test_instances_burst_on_one_is_polled_on_another_and_spread_over_all(
     cluster: Cluster,
 ) -> None:
     a, b = cluster(2)
-    jobs = [{"model": MODELS[i % 3], "prompt": f"burst {i}"} for i in range(60)]
+    # six models: more than one instance holds at once (3 each), so both must load some
+    models = (*MODELS, "tinyllama:1.1b", "gemma:2b", "qwen2.5:1.5b")
+    jobs = [{"model": models[i % 6], "prompt": f"burst {i}"} for i in range(60)]
     ids = a.submit_batch(jobs)
     done = wait_until(lambda: finished(b, ids), timeout=60, interval=0.1, what="burst done")
     assert {j["status"] for j in done.values()} == {"complete"}
     assert all(j["result"] for j in done.values())
     # both hosts' simulators ran some of them
     assert generated(a) > 0 and generated(b) > 0
+    # a model goes to the instance that claims it first: the models each loaded for the
+    # burst are disjoint (a second copy comes only later, once an instance has no group
+    # of its own left and a copy pays)
+    first = [[e["model"] for e in svc.sim.stats()["load_events"]][:3] for svc in (a, b)]
+    assert not set(first[0]) & set(first[1]), first
+    assert sorted(set(first[0]) | set(first[1])) == sorted(models), first
     r = b.session.get(f"{b.url}/api/v1/instances", timeout=5)
     assert r.status_code == 200
     listed = r.json()
