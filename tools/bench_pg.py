@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -213,7 +214,7 @@ def burst(s: Setup, server: str, args: argparse.Namespace, two_instances: bool) 
         sims = [first, s.sim(nvml_state=first.nvml_state, nvml_index=1)]
         svcs = [s.service(sims)]
     res = run_managed(wl, svcs[0], sims, cap=600)
-    return {"makespan_s": res["makespan_s"], "loads": res["loads"], "ok": res.get("ok")}
+    return {"makespan_s": res["makespan_s"], "loads": res["loads"]}
 
 
 # --------------------------------------------------------------------------- main
@@ -227,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     if not server:
         server, cluster = pg_throwaway.start()
     procs = Procs(tmp)
-    out: dict[str, Any] = {"command": " ".join(["tools/bench_pg.py", *(argv or sys.argv[1:])])}
+    out: dict[str, Any] = {
+        "command": " ".join(["tools/bench_pg.py", *(argv or sys.argv[1:])]),
+        "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start",
+    }
     try:
         rates: dict[str, float] = {}
         for name, n, db in (("sqlite", 1, None), ("pg", 1, server), ("pg_two", 2, server)):
@@ -271,7 +275,7 @@ def report(out: dict[str, Any]) -> str:
     r, lat, sp = out["submits_per_s"], out["dispatch_latency"], out["interleaved"]
     return "\n".join(
         [
-            f"`{out['command']}`",
+            f"`{out['command']}` ({out['machine']})",
             "",
             "| measure | SQLite, 1 instance | PostgreSQL, 1 | PostgreSQL, 2 | ratios |",
             "|---|---|---|---|---|",
