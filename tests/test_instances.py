@@ -66,6 +66,12 @@ def cluster(tmp_path: Path, pg_server: str) -> Iterator[Cluster]:  # noqa: F811
             proc.kill()
 
 
+def instance_id(svc: ServiceProcess) -> str:
+    """The id the instance goes by in the shared queue (a new one at every start)."""
+    r = svc.session.get(f"{svc.url}/api/v1/instances", timeout=5)
+    return str(next(i["id"] for i in r.json()["instances"] if i["self"]))
+
+
 def rows(url: str) -> dict[str, dict[str, Any]]:
     with psycopg.connect(url) as conn:
         cur = conn.execute("SELECT id, status, result, node, attempts, claimed_by FROM jobs")
@@ -133,12 +139,16 @@ def test_instances_kill_9_five_times_in_500_jobs_loses_nothing(cluster: Cluster)
     for round_ in range(5):
         batch = [{"model": rng.choice(MODELS), "prompt": f"k{round_}-{i}"} for i in range(100)]
         ids += svcs[round_ % 2].submit_batch(batch)
-        victim = svcs[rng.randrange(3)]
-        wait_until(
-            lambda: sum(1 for r in rows(cluster.url).values() if r["status"] == "running"),
-            timeout=20,
-            what="jobs running",
-        )
+        by_id = {instance_id(svc): svc for svc in svcs}
+
+        def busy(by_id: dict[str, ServiceProcess] = by_id) -> list[ServiceProcess]:
+            """The instances with a job running right now."""
+            jobs = rows(cluster.url).values()
+            running = {r["claimed_by"] for r in jobs if r["status"] == "running"}
+            return [svc for i, svc in by_id.items() if i in running] if running else []
+
+        # kill one that is running jobs, at a random moment of its work
+        victim = rng.choice(wait_until(busy, timeout=20, what="jobs running"))
         victim.sigkill()
         victim.start()
     survivor = svcs[0]
