@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,3 +223,50 @@ def test_instances_bad_or_unreachable_database_stops_startup_in_one_sentence(
     assert done.returncode == 2, done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr and "secret" not in done.stderr
+
+
+def test_instances_queue_max_size_and_idempotency_keys_hold_across_instances(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster(2, QUEUE_MAX_SIZE=10)
+    for svc in (a, b):
+        svc.sim.gate(True)  # nothing finishes: the jobs stay unfinished
+    a.submit_batch([{"model": "qwen2.5:0.5b", "prompt": f"q{i}"} for i in range(8)])
+    # some of them run (held by the gate) on one instance: b must count those too
+    wait_until(lambda: a.by_status().get("running", 0) >= 2, timeout=20, what="running")
+
+    def heartbeat_of(svc: ServiceProcess) -> float:
+        r = svc.session.get(f"{svc.url}/api/v1/instances", timeout=5)
+        return float(next(i["heartbeat_at"] for i in r.json()["instances"] if i["self"]))
+
+    # b looks at the whole queue right after each heartbeat: once two more heartbeats
+    # are stamped, one such look has ended since the submit
+    stamp = heartbeat_of(b)
+    for _ in range(2):
+        stamp = wait_until(lambda s=stamp: (h := heartbeat_of(b)) > s and h, timeout=10)
+    r = b.session.post(
+        f"{b.url}/api/submit_batch",
+        json={"jobs": [{"model": "qwen2.5:0.5b", "prompt": f"r{i}"} for i in range(3)]},
+        timeout=10,
+    )
+    assert r.status_code == 429, r.text  # 8 unfinished + 3 > 10
+    assert r.json()["error"]["code"] == "QUEUE_FULL"
+    assert len(b.submit_batch([{"model": "qwen2.5:0.5b", "prompt": "fits"}] * 2)) == 2
+
+    # one idempotency key sent to both instances at once makes one job
+    for svc in (a, b):
+        svc.sim.gate(False)
+    a.wait_idle(30)
+    answers: list[str] = []
+    start = threading.Barrier(2)
+
+    def send(svc: ServiceProcess) -> None:
+        start.wait()
+        answers.append(svc.submit(model="qwen2.5:0.5b", prompt="once", idempotency_key="k-1"))
+
+    threads = [threading.Thread(target=send, args=(svc,)) for svc in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(answers) == 2 and answers[0] == answers[1]
