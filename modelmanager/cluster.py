@@ -229,9 +229,21 @@ class Cluster:
             self._changed.set()
 
     def _check_running(self) -> None:
-        lost = sorted(self.store.lost_here(self.jobs.running_ids()))
+        running = self.jobs.running_ids()
+        lost = sorted(self.store.lost_here(running))
         if lost and self.jobs.abort(lost):
             log.info("%d job(s) here are no longer ours (cancelled or taken back)", len(lost))
+        # claimed a while ago but not running here: the database dropped the connection
+        # while the claim or the result was being written (a job about to start is
+        # younger than this)
+        grace = 2 * self.config.HEARTBEAT_SECONDS + 5.0
+        orphans = self.store.release_orphans(running, self.clock() - grace)
+        if orphans:
+            log.warning(
+                "%d job(s) claimed here but not running put back in the queue", len(orphans)
+            )
+            self._full.set()
+            self._changed.set()
 
     def sync(self, full: bool = True) -> bool:
         """Bring the pending index in step with the shared queue's waiting jobs, and learn

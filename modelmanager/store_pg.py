@@ -23,11 +23,13 @@ needs:
   ``pg_advisory_lock`` by whichever instance gets there first.
 
 Thread safety as for the SQLite store: one writer connection behind a lock, one reader
-connection per thread (autocommit).
+connection per thread (autocommit). A connection the server dropped (a restart) is
+replaced before its next use; the statement that found it broken fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
@@ -202,6 +204,15 @@ class PgStore(Store):
                 f"cannot connect to the database {redact(self.url)}: {reason}"
             ) from None
         return _Conn(conn)
+
+    def _usable(self, db: Any) -> Any:
+        """A new connection in place of one that broke (the server restarted or dropped
+        it): the statement that found it broken failed, the next one runs here."""
+        if not (db.conn.broken or db.conn.closed):
+            return db
+        with contextlib.suppress(psycopg.Error):
+            db.close()
+        return self._connect()
 
     def _open(self) -> Any:
         self._writer = db = self._connect()
@@ -497,6 +508,22 @@ class PgStore(Store):
             (list(job_ids), self.instance),
         )
         return {r[0] for r in rows}
+
+    def release_orphans(self, running: list[str], started_before: float) -> list[str]:
+        """Put back in the queue the jobs running under this instance's lease that it does
+        not run (not in ``running``) and that were claimed before ``started_before``
+        (seconds since the epoch, this instance's clock): a claim whose answer was lost,
+        or a result that could not be written, when the database connection dropped.
+        Their attempt stays counted. Returns their ids."""
+        with self._write(durable=False, touches=()) as db:
+            rows = db.execute(
+                "UPDATE jobs SET status = 'pending', claimed_by = NULL, lease_expires_at = NULL"
+                " WHERE claimed_by = ? AND status = 'running' AND NOT (id = ANY(?))"
+                " AND started_at < ? RETURNING id",
+                (self.instance, list(running), started_before),
+            ).fetchall()
+            self._views.drop(r[0] for r in rows)
+        return [r[0] for r in rows]
 
     def reap(self, max_attempts: int, now: float) -> tuple[int, int]:
         """Put back (or fail, once out of attempts) the jobs of instances whose lease

@@ -1004,3 +1004,57 @@ def test_store_pg_bad_url_or_unreachable_database_is_a_clear_error(pg_server: st
         PgStore("postgresql://u:secret@127.0.0.1:1/db")
     with pytest.raises(DatabaseUnavailable, match="nosuchdb"):
         PgStore(f"postgresql://mm@127.0.0.1:{port}/nosuchdb")
+
+
+def test_store_pg_reconnects_after_the_server_dropped_its_connections(
+    pg_url: str,
+    pg_server: str,  # noqa: F811
+) -> None:
+    import psycopg
+
+    from modelmanager.store_pg import PgStore
+
+    store = PgStore(pg_url)
+    try:
+        add(store, make_job("before"))
+        assert store.get("before") is not None  # this thread's reader is connected
+        pids = [store._writer.conn.info.backend_pid, store._reader().conn.info.backend_pid]
+        with psycopg.connect(pg_server, autocommit=True) as admin:  # as a restart would
+            admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (pids,))
+
+        def works() -> bool:
+            try:
+                add(store, make_job(f"after-{len(store.list_jobs())}"))
+                return store.get("before") is not None
+            except psycopg.OperationalError:
+                return False  # the statement that found its connection gone
+
+        wait_until(works, timeout=10)
+        assert store.counts_by_status()["pending"] >= 2
+    finally:
+        store.close()
+
+
+def test_store_pg_release_orphans_puts_back_claimed_jobs_not_running_here(pg_url: str) -> None:
+    from modelmanager.store_pg import PgStore
+
+    here, other = PgStore(pg_url), PgStore(pg_url)
+    try:
+        add(here, *(make_job(n) for n in ("runs", "orphan", "young", "elsewhere")))
+        here.claim(["runs", "orphan"], T0)
+        here.claim(["young"], T0 + 100)
+        other.claim(["elsewhere"], T0)
+        # "runs" is in flight here, "young" was claimed too recently to judge
+        assert here.release_orphans(["runs"], started_before=T0 + 50) == ["orphan"]
+        orphan = here.get("orphan")
+        assert orphan is not None
+        assert (orphan.status, orphan.attempts) == (JobStatus.PENDING, 1)
+        assert {j.id: j.status for j in here.list_jobs()} == {
+            "runs": JobStatus.RUNNING,
+            "orphan": JobStatus.PENDING,
+            "young": JobStatus.RUNNING,
+            "elsewhere": JobStatus.RUNNING,
+        }
+    finally:
+        here.close()
+        other.close()
