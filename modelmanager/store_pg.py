@@ -73,7 +73,8 @@ _SCHEMA = (
         source TEXT NOT NULL DEFAULT 'api',
         node TEXT,
         claimed_by TEXT,
-        lease_expires_at DOUBLE PRECISION
+        lease_expires_at DOUBLE PRECISION,
+        origin TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)",
     "CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model, status)",
@@ -248,10 +249,16 @@ class PgStore(Store):
 
     # ------------------------------------------------------------------ submit / read
 
-    @staticmethod
-    def _insert(db: Any, jobs: list[Job]) -> _Inserted:
+    def _insert(self, db: Any, jobs: list[Job]) -> _Inserted:  # type: ignore[override]
         out = Store._insert(db, jobs)
-        if any(created for _, created in out):
+        created = [job.id for job, new in out if new]
+        if created:
+            # a front door's job is answered, streamed, by the instance its client is
+            # connected to: only that instance runs it while it lives (claimable_jobs)
+            db.execute(
+                "UPDATE jobs SET origin = ? WHERE id = ANY(?) AND source <> 'api'",
+                (self.instance, created),
+            )
             db.execute(f"SELECT pg_notify('{CHANNEL}', 'submit')")  # sent at commit
         return out
 
@@ -267,12 +274,17 @@ class PgStore(Store):
         self, after_seq: int | None = None
     ) -> list[tuple[str, str, str, int, float, float, str]]:
         """As :meth:`waiting_jobs` (only those after ``after_seq`` when given), each with
-        the model name its client sent."""
+        the model name its client sent; without the jobs of a front door (``source`` other
+        than ``api``) accepted by another live instance, which streams their answers."""
         after = "" if after_seq is None else " AND seq > ?"
         return self._read(
             "SELECT id, runner, priority, seq, submitted_at, not_before, model FROM jobs"
-            f" WHERE status IN ('pending','queued'){after} ORDER BY seq",
-            () if after_seq is None else (after_seq,),
+            f" WHERE status IN ('pending','queued'){after}"
+            # a front door's job stays with the instance its client is connected to,
+            # unless that instance is gone
+            " AND (origin IS NULL OR origin = ? OR origin NOT IN (SELECT id FROM instances"
+            f" WHERE heartbeat_at + lease_seconds > {NOW})) ORDER BY seq",
+            (self.instance,) if after_seq is None else (after_seq, self.instance),
         )
 
     def unfinished_count(self) -> int:

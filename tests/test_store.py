@@ -1058,3 +1058,22 @@ def test_store_pg_release_orphans_puts_back_claimed_jobs_not_running_here(pg_url
     finally:
         here.close()
         other.close()
+
+
+def test_store_pg_front_door_jobs_stay_with_their_instance_while_it_lives(pg_url: str) -> None:
+    from modelmanager.store_pg import PgStore
+
+    a, b = PgStore(pg_url, instance="a", lease_seconds=0.3), PgStore(pg_url, instance="b")
+    try:
+        a.heartbeat("a", "http://a", {}, [], T0)
+        streamed = make_job("streamed")
+        streamed.source = "ollama"
+        add(a, streamed, make_job("plain"))
+        assert [r[0] for r in a.claimable_jobs()] == ["streamed", "plain"]
+        assert [r[0] for r in b.claimable_jobs()] == ["plain"]  # a streams it to its client
+        assert [r[0] for r in b.claimable_jobs(0)] == ["plain"]
+        # a stops renewing its lease: the job is anyone's
+        wait_until(lambda: len(b.claimable_jobs()) == 2, timeout=10)
+    finally:
+        a.close()
+        b.close()
