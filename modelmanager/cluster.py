@@ -53,6 +53,7 @@ log = get_logger("CLUSTER")
 
 RECONNECT_MAX = 10.0  # seconds between two tries to listen again, at most
 SEQ_LOOKBACK = 1000  # jobs before the newest seen that a quick look reads again
+FULL_AFTER_END = 0.25  # s: jobs ending anywhere bring a full look at most this often
 
 
 class Cluster:
@@ -96,6 +97,8 @@ class Cluster:
         # sync), counted against QUEUE_MAX_SIZE with this instance's own
         self.elsewhere = 0
         self._seen = 0  # the highest job seq read so far
+        self._ends = False  # jobs ended since the last full look
+        self._full_at = 0.0  # when the last full look started (monotonic)
         self._elsewhere: frozenset[str] = frozenset()  # see served_elsewhere()
 
     # ------------------------------------------------------------------ lifecycle
@@ -178,15 +181,24 @@ class Cluster:
             self.store.ended_elsewhere(frozenset((job_id,)))
         elif kind == "end":
             self.store.ended_elsewhere(frozenset((job_id,)))
+            self._ends = True  # the queue's shape changed: look at all of it soon
+            self._changed.set()
 
     def _work(self) -> None:
         due = 0.0
         while not self._stop.is_set():
-            self._changed.wait(max(0.0, due - time.monotonic()))
+            pause = due - time.monotonic()
+            if self._ends:  # a full look is owed once FULL_AFTER_END has passed
+                pause = min(pause, self._full_at + FULL_AFTER_END - time.monotonic())
+            self._changed.wait(max(0.0, pause))
             if self._stop.is_set():
                 return
             try:
                 full = self._full.is_set()
+                if self._ends and time.monotonic() - self._full_at >= FULL_AFTER_END:
+                    full, self._ends = True, False
+                if full:
+                    self._full_at = time.monotonic()
                 if time.monotonic() >= due:
                     due = time.monotonic() + self.config.HEARTBEAT_SECONDS
                     self.heartbeat()
