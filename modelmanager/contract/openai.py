@@ -1,0 +1,411 @@
+"""The OpenAI-compatible API on the manager's port (``/v1/...``): requests and answers
+as pydantic models, with the field mapping of Ollama's own compatibility layer.
+
+The requests are what Ollama's ``openai/openai.go`` reads (``ChatCompletionRequest``,
+``CompletionRequest``, ``EmbedRequest``), checked strictly but **ignoring unknown
+fields**, as that layer does; ``null`` reads as absent. :func:`chat_payload` and
+:func:`completion_payload` turn a valid request into the Ollama chat or generate fields
+the job carries, as Ollama converts them (``max_tokens`` is ``num_predict``, temperature
+and top_p default to 1.0, ``response_format`` becomes ``format``, ``reasoning_effort``
+becomes ``think``, content parts become messages, tool-call arguments are parsed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any, Literal, Required
+
+from pydantic import Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
+
+from ..errors import InvalidRequest
+from .fields import MAX_GO_INT, MAX_TOP_LOGPROBS, JsonObject, ModelName, Text
+from .ollama import LENIENT, OllamaTool
+from .requests import doc, invalid_request
+
+
+@with_config(LENIENT)
+class OpenAIToolCallFunction(TypedDict, total=False):
+    name: Text
+    arguments: Annotated[Text, doc("The arguments as a JSON object in a string.")]
+
+
+@with_config(LENIENT)
+class OpenAIToolCall(TypedDict, total=False):
+    id: Text
+    index: Annotated[int, Field(ge=0, le=MAX_GO_INT)]
+    type: Text
+    function: OpenAIToolCallFunction
+
+
+@with_config(LENIENT)
+class OpenAIMessage(TypedDict, total=False):
+    """A chat message. `content` is text, a list of parts (`{"type": "text", "text"}`,
+    `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`), or null
+    when the message carries `tool_calls`."""
+
+    role: Required[Text]
+    content: Text | list[JsonObject] | None
+    reasoning: Text
+    tool_calls: list[OpenAIToolCall]
+    name: Text
+    tool_call_id: Text
+
+
+@with_config(LENIENT)
+class OpenAIStreamOptions(TypedDict, total=False):
+    include_usage: bool
+
+
+@with_config(LENIENT)
+class OpenAIJsonSchema(TypedDict, total=False):
+    name: Text
+    schema: JsonObject
+    strict: bool | None
+
+
+@with_config(LENIENT)
+class OpenAIResponseFormat(TypedDict, total=False):
+    """`json_object` asks for JSON, `json_schema` for JSON following `json_schema.schema`."""
+
+    type: Required[Text]
+    json_schema: OpenAIJsonSchema
+
+
+@with_config(LENIENT)
+class OpenAIReasoning(TypedDict, total=False):
+    effort: Text
+
+
+Stop = Annotated[Text | list[Text], doc("One stop sequence or a list of them.")]
+Number = float
+
+
+@with_config(LENIENT)
+class OpenAIChatRequest(TypedDict, total=False):
+    """`POST /v1/chat/completions`. Unknown fields are ignored."""
+
+    model: Required[ModelName]
+    messages: Required[Annotated[list[OpenAIMessage], Field(min_length=1)]]
+    stream: bool | None
+    stream_options: OpenAIStreamOptions | None
+    max_tokens: Annotated[int, doc("Ollama's `num_predict`.")] | None
+    max_completion_tokens: Annotated[int, doc("As `max_tokens`, which wins.")] | None
+    seed: int | None
+    stop: Stop | None
+    temperature: Annotated[Number, doc("Default 1.0.")] | None
+    frequency_penalty: Number | None
+    presence_penalty: Number | None
+    top_p: Annotated[Number, doc("Default 1.0.")] | None
+    response_format: OpenAIResponseFormat | None
+    tools: list[OllamaTool] | None
+    reasoning: OpenAIReasoning | None
+    reasoning_effort: Annotated[Text, doc("`high`, `medium`, `low` or `none`.")] | None
+    logprobs: bool | None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None
+
+
+@with_config(LENIENT)
+class OpenAICompletionRequest(TypedDict, total=False):
+    """`POST /v1/completions`. Unknown fields are ignored."""
+
+    model: Required[ModelName]
+    prompt: Text | None
+    suffix: Text | None
+    stream: bool | None
+    stream_options: OpenAIStreamOptions | None
+    max_tokens: int | None
+    seed: int | None
+    stop: Stop | None
+    temperature: Number | None
+    frequency_penalty: Number | None
+    presence_penalty: Number | None
+    top_p: Number | None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None
+
+
+@with_config(LENIENT)
+class OpenAIEmbeddingRequest(TypedDict, total=False):
+    """`POST /v1/embeddings`. Unknown fields are ignored."""
+
+    model: Required[ModelName]
+    input: Required[Text | Annotated[list[Text], Field(min_length=1)]]
+    dimensions: Annotated[int, Field(ge=0, le=MAX_GO_INT)] | None
+    encoding_format: Literal["float", "base64"] | None
+
+
+ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "chat": TypeAdapter(OpenAIChatRequest),
+    "completions": TypeAdapter(OpenAICompletionRequest),
+    "embeddings": TypeAdapter(OpenAIEmbeddingRequest),
+}
+
+
+def check(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The known fields of ``body`` as sent, without nulls, once valid for ``endpoint``
+    (a key of :data:`ADAPTERS`); else the 400 naming the first bad field. ``model`` is
+    checked by the caller."""
+    rest = {k: v for k, v in body.items() if k != "model" and v is not None}
+    try:
+        known = ADAPTERS[endpoint].validate_python({"model": "m", **rest})
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
+    return {k: rest[k] for k in known if k in rest}
+
+
+# ----------------------------------------------------------------------- conversion
+
+REASONING_EFFORTS = ("high", "medium", "low", "none")
+IMAGE_TYPES = ("jpeg", "jpg", "png", "webp")
+
+
+def _options(req: dict[str, Any], *, completion: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    stop = req.get("stop")
+    if isinstance(stop, str):
+        options["stop"] = [stop]
+    elif isinstance(stop, list):
+        options["stop"] = stop
+    max_tokens = req.get("max_tokens", req.get("max_completion_tokens"))
+    if max_tokens is not None:
+        options["num_predict"] = max_tokens
+    options["temperature"] = req.get("temperature", 1.0)
+    if "seed" in req:
+        options["seed"] = req["seed"]
+    for key in ("frequency_penalty", "presence_penalty"):
+        if key in req or completion:  # a completion always sends them (0 by default)
+            options[key] = req.get(key, 0.0)
+    top_p = req.get("top_p")
+    if completion:  # Ollama reads a completion's top_p 0 as "not given"
+        options["top_p"] = top_p if top_p else 1.0
+    else:
+        options["top_p"] = 1.0 if top_p is None else top_p
+    return options
+
+
+def _arguments(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for call in calls:
+        function = call.get("function") or {}
+        try:
+            arguments = json.loads(function.get("arguments") or "")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise InvalidRequest("invalid tool call arguments", field="messages")
+        converted: dict[str, Any] = {
+            "function": {"name": function.get("name", ""), "arguments": arguments}
+        }
+        if call.get("id"):
+            converted["id"] = call["id"]
+        out.append(converted)
+    return out
+
+
+def _image(url: str) -> str:
+    if url.startswith(("http://", "https://")):
+        raise InvalidRequest(
+            "image URLs are not currently supported, please use base64 encoded data instead",
+            field="messages",
+        )
+    prefixes = ["data:;base64,", *(f"data:image/{t};base64," for t in IMAGE_TYPES)]
+    prefix = next((p for p in prefixes if url.startswith(p)), None)
+    if prefix is None:
+        raise InvalidRequest("invalid image input", field="messages")
+    data = url[len(prefix) :]
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("invalid image input", field="messages") from None
+    return data
+
+
+def _tool_name(messages: list[dict[str, Any]], call_id: str) -> str:
+    for message in reversed(messages):  # the last call with this id wins
+        for call in message.get("tool_calls") or ():
+            if call.get("id") == call_id:
+                return str((call.get("function") or {}).get("name") or "")
+    return ""
+
+
+def _messages(given: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for msg in given:
+        role = msg["role"]
+        tool_name = ""
+        if role.lower() == "tool":
+            tool_name = msg.get("name") or _tool_name(given, msg.get("tool_call_id") or "")
+        content = msg.get("content")
+        extra: dict[str, Any] = {"tool_name": tool_name} if tool_name else {}
+        if msg.get("tool_call_id"):
+            extra["tool_call_id"] = msg["tool_call_id"]
+        if msg.get("reasoning"):
+            extra["thinking"] = msg["reasoning"]
+        if msg.get("tool_calls"):
+            extra["tool_calls"] = _arguments(msg["tool_calls"])
+        if isinstance(content, str):
+            out.append({"role": role, "content": content, **extra})
+        elif isinstance(content, list):
+            for part in content:
+                kind = part.get("type")
+                if kind == "text" and isinstance(part.get("text"), str):
+                    out.append({"role": role, "content": part["text"]})
+                elif kind == "image_url":
+                    url = part.get("image_url")
+                    url = url.get("url") if isinstance(url, dict) else url
+                    if not isinstance(url, str):
+                        raise InvalidRequest("invalid message format", field="messages")
+                    out.append({"role": role, "images": [_image(url)]})
+                else:
+                    raise InvalidRequest("invalid message format", field="messages")
+            if out and msg.get("tool_calls"):
+                out[-1].update(extra)
+        elif msg.get("tool_calls"):  # content may be left out only beside tool calls
+            out.append({"role": role, **extra})
+        else:
+            raise InvalidRequest("invalid message content type: <nil>", field="messages")
+    return out
+
+
+def chat_payload(req: dict[str, Any]) -> dict[str, Any]:
+    """The Ollama chat fields of a valid chat completion request (``check``'s result)."""
+    payload: dict[str, Any] = {
+        "messages": _messages(req["messages"]),
+        "options": _options(req, completion=False),
+    }
+    fmt = req.get("response_format")
+    if fmt is not None:
+        kind = fmt["type"].strip().lower()
+        if kind == "json_object":
+            payload["format"] = "json"
+        elif kind == "json_schema" and "schema" in fmt.get("json_schema", {}):
+            payload["format"] = fmt["json_schema"]["schema"]
+    if req.get("tools"):
+        payload["tools"] = req["tools"]
+    effort = (req.get("reasoning") or {}).get("effort") or req.get("reasoning_effort")
+    if effort:
+        if effort not in REASONING_EFFORTS:
+            raise InvalidRequest(
+                f'invalid reasoning value: \'{effort}\' (must be "high", "medium", '
+                '"low", or "none")',
+                field="reasoning_effort",
+            )
+        payload["think"] = False if effort == "none" else effort
+    if req.get("logprobs"):
+        payload["logprobs"] = True
+        if req.get("top_logprobs"):
+            payload["top_logprobs"] = req["top_logprobs"]
+    return payload
+
+
+def completion_payload(req: dict[str, Any]) -> dict[str, Any]:
+    """The Ollama generate fields of a valid completion request (``check``'s result)."""
+    payload: dict[str, Any] = {
+        "prompt": req.get("prompt", ""),
+        "options": _options(req, completion=True),
+    }
+    if req.get("suffix"):
+        payload["suffix"] = req["suffix"]
+    if req.get("logprobs"):
+        payload["logprobs"] = True
+        payload["top_logprobs"] = req["logprobs"]
+    return payload
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+class OpenAIErrorBody(TypedDict):
+    message: Annotated[str, Field(min_length=1)]
+    type: str
+    """`invalid_request_error` (400), `not_found_error` (404), else `api_error`."""
+    param: Any
+    code: str | None
+
+
+class OpenAIError(TypedDict):
+    """Every error of the OpenAI-compatible API."""
+
+    error: OpenAIErrorBody
+
+
+class OpenAIUsage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class OpenAIChoice(TypedDict, total=False):
+    index: Required[int]
+    message: Required[dict[str, Any]]
+    finish_reason: Required[str | None]
+    """`stop`, `length`, `tool_calls` (or `load`, for an empty conversation)."""
+    logprobs: dict[str, Any]
+
+
+class OpenAIChatCompletion(TypedDict, total=False):
+    """A chat completion (`stream: false`). With `stream: true` the answer is server-sent
+    events, each `data: <chat.completion.chunk>`, then `data: [DONE]`."""
+
+    id: Required[str]
+    """`chatcmpl-` and the job id (see `/api/job/<id>`)."""
+    object: Required[Literal["chat.completion"]]
+    created: Required[int]
+    model: Required[str]
+    system_fingerprint: str
+    choices: Required[list[OpenAIChoice]]
+    usage: OpenAIUsage
+
+
+class OpenAICompletion(TypedDict, total=False):
+    """A text completion (`stream: false`); streamed as server-sent events like chat."""
+
+    id: Required[str]
+    object: Required[Literal["text_completion"]]
+    created: Required[int]
+    model: Required[str]
+    system_fingerprint: str
+    choices: Required[list[dict[str, Any]]]
+    usage: OpenAIUsage
+
+
+class OpenAIEmbedding(TypedDict):
+    object: Literal["embedding"]
+    embedding: list[float] | str
+    """Floats, or with `encoding_format: base64` little-endian float32s in base64."""
+    index: int
+
+
+class OpenAIEmbeddingList(TypedDict):
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: dict[str, int]
+
+
+class OpenAIModel(TypedDict):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(TypedDict):
+    object: Literal["list"]
+    data: list[OpenAIModel]
+
+
+MODELS: list[Any] = [
+    OpenAIChatRequest,
+    OpenAICompletionRequest,
+    OpenAIEmbeddingRequest,
+    OpenAIError,
+    OpenAIChatCompletion,
+    OpenAICompletion,
+    OpenAIEmbeddingList,
+    OpenAIModel,
+    OpenAIModelList,
+]
+"""What the OpenAPI document takes from this module."""

@@ -1,0 +1,441 @@
+"""The OpenAI-compatible API on the manager's port, as Ollama's compatibility layer
+answers it (``openai/openai.go``, ``middleware/openai.go``).
+
+``POST /v1/chat/completions`` and ``/v1/completions`` become chat and generate jobs of the
+shared queue (source ``openai``) and ``/v1/embeddings`` an embed job; ``stream: true``
+answers server-sent events (``data: <chunk>`` ... ``data: [DONE]``) as Ollama produces
+tokens. ``GET /v1/models`` (and ``/v1/models/<model>``) answer from Ollama's ``/api/tags``
+(``/api/show``). Errors are ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
+
+from config import Config
+
+from .. import names
+from ..api import Api
+from ..contract import Submission
+from ..contract import openai as contract
+from ..errors import ApiError, InvalidRequest, QueueFull
+from ..logger import get_logger
+from ..models import JobKind
+from . import ollama
+from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of
+from .shared import Backend, client_priority, parse_json
+
+log = get_logger("API")
+
+SSE = "text/event-stream"
+FINGERPRINT = "fp_ollama"
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return ollama.reply(body, status, headers)
+
+
+def _event(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _unix(created_at: Any) -> int:
+    """Ollama's RFC 3339 ``created_at`` (nanoseconds allowed) as Unix seconds."""
+    if isinstance(created_at, str):
+        text = created_at.replace("Z", "+00:00")
+        head, dot, tail = text.partition(".")
+        if dot:  # at most 6 fraction digits for Python
+            digits = len(tail) - len(tail.lstrip("0123456789"))
+            text = f"{head}.{tail[: min(digits, 6)]}{tail[digits:]}"
+        try:
+            return int(datetime.fromisoformat(text).timestamp())
+        except ValueError:
+            pass
+    return int(time.time())
+
+
+def _usage(final: dict[str, Any]) -> dict[str, int]:
+    prompt = final.get("prompt_eval_count") or 0
+    completion = final.get("eval_count") or 0
+    total = prompt + completion
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    out = []
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") or {}
+        out.append(
+            {
+                "id": call.get("id", ""),
+                "index": function.get("index", 0),
+                "type": "function",
+                "function": {
+                    "name": function.get("name", ""),
+                    "arguments": json.dumps(function.get("arguments"), separators=(",", ":")),
+                },
+            }
+        )
+    return out
+
+
+def _finish(done_reason: Any, tool_calls: bool) -> str | None:
+    if not done_reason:
+        return None
+    return "tool_calls" if tool_calls else str(done_reason)
+
+
+class ChatStream:
+    """Ollama chat chunks as ``chat.completion.chunk`` objects (``ToChunks``)."""
+
+    def __init__(self, job_id: str, include_usage: bool) -> None:
+        self.id = f"chatcmpl-{job_id}"
+        self.include_usage = include_usage
+        self.tool_call_sent = False
+
+    def _chunk(self, chunk: dict[str, Any], delta: dict[str, Any], finish: Any) -> Any:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        if chunk.get("logprobs"):
+            choice["logprobs"] = {"content": chunk["logprobs"]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": chunk.get("model", ""),
+            "system_fingerprint": FINGERPRINT,
+            "choices": [choice],
+        }
+
+    def events(self, chunk: dict[str, Any]) -> Iterator[bytes]:
+        message = chunk.get("message") or {}
+        calls = _tool_calls(message.get("tool_calls"))
+        content, thinking = message.get("content", ""), message.get("thinking", "")
+        finish = _finish(chunk.get("done_reason"), self.tool_call_sent or bool(calls))
+        delta: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            delta["tool_calls"] = calls
+            self.tool_call_sent = True
+        if thinking and (content or calls):  # thinking and an answer: two chunks
+            reasoning = {"role": "assistant", "content": "", "reasoning": thinking}
+            yield _event(self._chunk({**chunk, "logprobs": None}, reasoning, None))
+        elif thinking:
+            delta["reasoning"] = thinking
+        last = self._chunk(chunk, delta, finish)
+        yield _event(last)
+        if chunk.get("done") is True:
+            if self.include_usage:
+                yield _event({**last, "choices": [], "usage": _usage(chunk)})
+            yield b"data: [DONE]\n\n"
+
+
+class CompletionStream:
+    """Ollama generate chunks as streamed ``text_completion`` objects."""
+
+    def __init__(self, job_id: str, include_usage: bool) -> None:
+        self.id = f"cmpl-{job_id}"
+        self.include_usage = include_usage
+
+    def events(self, chunk: dict[str, Any]) -> Iterator[bytes]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "choices": [_text_choice(chunk)],
+            "model": chunk.get("model", ""),
+            "system_fingerprint": FINGERPRINT,
+        }
+        if self.include_usage:
+            out["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        yield _event(out)
+        if chunk.get("done") is True:
+            if self.include_usage:
+                yield _event({**out, "choices": [], "usage": _usage(chunk)})
+            yield b"data: [DONE]\n\n"
+
+
+def _text_choice(chunk: dict[str, Any]) -> dict[str, Any]:
+    choice: dict[str, Any] = {
+        "text": chunk.get("response", ""),
+        "index": 0,
+        "finish_reason": _finish(chunk.get("done_reason"), False),
+    }
+    if chunk.get("logprobs"):
+        choice["logprobs"] = _completion_logprobs(chunk["logprobs"])
+    return choice
+
+
+def _completion_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ollama's per-token logprobs in the completions API's columns."""
+    out: dict[str, list[Any]] = {
+        "tokens": [],
+        "token_logprobs": [],
+        "top_logprobs": [],
+        "text_offset": [],
+    }
+    offset = 0
+    for entry in entries:
+        token = str(entry.get("token", ""))
+        out["tokens"].append(token)
+        out["token_logprobs"].append(entry.get("logprob"))
+        out["top_logprobs"].append(
+            {str(alt.get("token")): alt.get("logprob") for alt in entry.get("top_logprobs") or ()}
+        )
+        out["text_offset"].append(offset)
+        offset += len(token)
+    return out
+
+
+def _chat_completion(job_id: str, final: dict[str, Any]) -> dict[str, Any]:
+    message = final.get("message") or {}
+    calls = _tool_calls(message.get("tool_calls"))
+    out_message: dict[str, Any] = {
+        "role": message.get("role", "assistant"),
+        "content": message.get("content", ""),
+    }
+    if message.get("thinking"):
+        out_message["reasoning"] = message["thinking"]
+    if calls:
+        out_message["tool_calls"] = calls
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": out_message,
+        "finish_reason": _finish(final.get("done_reason"), bool(calls)),
+    }
+    if final.get("logprobs"):
+        choice["logprobs"] = {"content": final["logprobs"]}
+    return {
+        "id": f"chatcmpl-{job_id}",
+        "object": "chat.completion",
+        "created": _unix(final.get("created_at")),
+        "model": final.get("model", ""),
+        "system_fingerprint": FINGERPRINT,
+        "choices": [choice],
+        "usage": _usage(final),
+    }
+
+
+def _completion(job_id: str, final: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{job_id}",
+        "object": "text_completion",
+        "created": _unix(final.get("created_at")),
+        "model": final.get("model", ""),
+        "system_fingerprint": FINGERPRINT,
+        "choices": [_text_choice(final)],
+        "usage": _usage(final),
+    }
+
+
+def _base64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+class OpenAIDoor:
+    def __init__(self, api: Api, config: Config) -> None:
+        self.api = api
+        self.config = config
+        self.backend = Backend(config)
+        self.open = OpenRequests(config.MAX_OPEN_REQUESTS)
+
+    def _submit(self, kind: JobKind, name: str, payload: dict[str, Any], stream: bool) -> Answer:
+        arrived = time.monotonic()
+        priority = priority_of(
+            request.headers, client_priority(self.config), self.config.DEFAULT_PRIORITY
+        )
+        sub = Submission(name, kind, priority, payload, None, None)
+        self.open.enter()
+        try:
+            return open_answer(
+                self.api, sub, "openai", stream=stream, environ=request.environ, arrived=arrived
+            )
+        except BaseException:
+            self.open.leave()
+            raise
+
+    def _done(self, answer: Answer) -> None:
+        if not answer._closed:
+            answer.close()
+            self.open.leave()
+
+    def _run(self, kind: str, name: str, answer: Answer, stream: Any) -> Response:
+        """Collect the answer (``stream`` None), or stream it from its first chunk."""
+        streaming = False
+        try:
+            if stream is None:
+                chunks = answer.collect()
+                if not chunks:
+                    raise JobFailed(500, "the answer ended without a final chunk")
+                final = ollama.join(chunks)
+                if kind == "chat":
+                    return ollama.reply(_chat_completion(answer.job_id, final))
+                if kind == "completions":
+                    return ollama.reply(_completion(answer.job_id, final))
+                return ollama.reply(final)
+            first = answer.next()
+            if first is None:
+                raise JobFailed(500, "the answer ended before its first chunk")
+            response = Response(self._events(first, answer, stream), content_type=SSE)
+            response.call_on_close(lambda: self._done(answer))
+            streaming = True
+            return response
+        except JobFailed as exc:
+            return error(exc.status, ollama.failure_text(kind, name, exc))
+        except ClientGone:
+            return Response(status=499)
+        finally:
+            if not streaming:
+                self._done(answer)
+
+    def _events(self, first: dict[str, Any], answer: Answer, stream: Any) -> Iterator[bytes]:
+        chunk: dict[str, Any] | None = first
+        try:
+            while chunk is not None:
+                yield from stream.events(chunk)
+                chunk = answer.next()
+        except JobFailed as exc:
+            body = {"message": exc.message, "type": "api_error", "param": None, "code": None}
+            yield _event({"error": body})
+        except ClientGone:
+            return
+        finally:
+            self._done(answer)
+
+    # ---------------------------------------------------------------------- routes
+
+    def chat(self) -> Response:
+        body = parse_json(request.get_data(cache=False))
+        if not body.get("messages"):
+            raise InvalidRequest("[] is too short - 'messages'", field="messages")
+        req = contract.check("chat", body)
+        payload = contract.chat_payload(req)
+        name = ollama.model_name("chat", body)
+        answer = self._submit(JobKind.CHAT, name, payload, bool(req.get("stream")))
+        include = bool((req.get("stream_options") or {}).get("include_usage"))
+        stream = ChatStream(answer.job_id, include) if req.get("stream") else None
+        return self._run("chat", name, answer, stream)
+
+    def completions(self) -> Response:
+        body = parse_json(request.get_data(cache=False))
+        req = contract.check("completions", body)
+        payload = contract.completion_payload(req)
+        name = ollama.model_name("generate", body)
+        answer = self._submit(JobKind.GENERATE, name, payload, bool(req.get("stream")))
+        include = bool((req.get("stream_options") or {}).get("include_usage"))
+        stream = CompletionStream(answer.job_id, include) if req.get("stream") else None
+        return self._run("completions", name, answer, stream)
+
+    def embeddings(self) -> Response:
+        body = parse_json(request.get_data(cache=False))
+        fmt = body.get("encoding_format")
+        if isinstance(fmt, str) and fmt and fmt.lower() not in ("float", "base64"):
+            raise InvalidRequest(
+                f"Invalid value for 'encoding_format' = {fmt}. Supported values: "
+                "['float', 'base64'].",
+                field="encoding_format",
+            )
+        if isinstance(fmt, str):
+            body = {**body, "encoding_format": fmt.lower() or None}
+        given = body.get("input")
+        if given is None or given == []:
+            raise InvalidRequest("invalid input", field="input")
+        if given == "":
+            body = {**body, "input": [""]}
+        if (bad := ollama.contract.input_error(body)) is not None:
+            raise bad
+        req = contract.check("embeddings", body)
+        name = ollama.model_name("embed", body)
+        inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
+        payload: dict[str, Any] = {"input": inputs}
+        if req.get("dimensions"):
+            payload["dimensions"] = req["dimensions"]
+        answer = self._submit(JobKind.EMBED, name, payload, False)
+        try:
+            chunks = answer.collect()
+        except JobFailed as exc:
+            return error(exc.status, ollama.failure_text("embed", name, exc))
+        except ClientGone:
+            return Response(status=499)
+        finally:
+            self._done(answer)
+        final = chunks[-1] if chunks else {}
+        as_base64 = req.get("encoding_format") == "base64"
+        vectors = final.get("embeddings") or []
+        data = [
+            {"object": "embedding", "embedding": _base64(v) if as_base64 else v, "index": i}
+            for i, v in enumerate(vectors)
+        ]
+        tokens = final.get("prompt_eval_count") or 0
+        return ollama.reply(
+            {
+                "object": "list",
+                "data": data,
+                "model": name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    def models(self) -> Response:
+        status, doc = self.backend.json("GET", "/api/tags")
+        if status != 200:
+            return error(status, str(doc.get("error") if isinstance(doc, dict) else doc))
+        data = []
+        for entry in doc.get("models") or ():
+            name = str(entry.get("name") or entry.get("model") or "")
+            data.append(_model_entry(name, entry.get("modified_at")))
+        return ollama.reply({"object": "list", "data": data})
+
+    def model(self, model: str) -> Response:
+        status, doc = self.backend.json("POST", "/api/show", {"model": model})
+        if status != 200:
+            return error(status, str(doc.get("error") if isinstance(doc, dict) else doc))
+        return ollama.reply(_model_entry(model, doc.get("modified_at")))
+
+
+def _model_entry(name: str, modified_at: Any) -> dict[str, Any]:
+    try:
+        owner = names.parse(name)[1]
+    except names.InvalidModelName:
+        owner = ""
+    return {"id": name, "object": "model", "created": _unix(modified_at), "owned_by": owner}
+
+
+def blueprint(api: Api, config: Config) -> Blueprint:
+    bp = Blueprint("openai", __name__)
+    door = OpenAIDoor(api, config)
+    bp.add_url_rule("/v1/chat/completions", "openai_chat", door.chat, methods=["POST"])
+    bp.add_url_rule("/v1/completions", "openai_completions", door.completions, methods=["POST"])
+    bp.add_url_rule("/v1/embeddings", "openai_embeddings", door.embeddings, methods=["POST"])
+    bp.add_url_rule("/v1/models", "openai_models", door.models, methods=["GET"])
+    bp.add_url_rule("/v1/models/<path:model>", "openai_model", door.model, methods=["GET"])
+
+    @bp.errorhandler(ApiError)
+    def on_api_error(exc: ApiError) -> Response:
+        if isinstance(exc, QueueFull):
+            return error(503, ollama.BUSY, exc.headers)
+        return error(exc.status, exc.message, exc.headers)
+
+    @bp.errorhandler(JobFailed)
+    def on_failed(exc: JobFailed) -> Response:
+        return error(exc.status, exc.message)
+
+    @bp.errorhandler(HTTPException)
+    def on_http(exc: HTTPException) -> Response:
+        return error(exc.code or 500, exc.description or "bad request")
+
+    @bp.errorhandler(Exception)
+    def on_unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error(500, "internal error; see the service log")
+
+    return bp
