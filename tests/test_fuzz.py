@@ -40,6 +40,7 @@ from modelmanager.contract import (
     FIELDS,
     MAX_JSON_DEPTH,
     MAX_MODEL_NAME,
+    frontdoors,
     openapi,
     validate_model_name,
     validate_submission,
@@ -438,7 +439,7 @@ def test_document_describes_every_route_and_method(sim: Any, make_service: Any) 
     svc: Service = make_service(sim)
     app = create_app(svc.manager.api, svc.manager.config)
     routes = {
-        re.sub(r"<(\w+)>", r"{\1}", rule.rule): {
+        re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule): {
             m.lower() for m in rule.methods or () if m not in ("HEAD", "OPTIONS")
         }
         for rule in app.url_map.iter_rules()
@@ -457,6 +458,7 @@ def test_document_describes_every_route_and_method(sim: Any, make_service: Any) 
 
 
 OPERATIONS = [(m, p) for p, item in openapi_document()["paths"].items() for m in item]
+FRONT_DOORS = set(frontdoors.paths())  # Ollama's API and the OpenAI-compatible API
 
 
 @pytest.fixture
@@ -502,7 +504,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
 
     check()
     # the run reached the answers that matter, not only refusals of malformed input
-    assert seen & {200, 409}, seen
+    if path in FRONT_DOORS:  # a generated model name is not installed: Ollama's 404
+        assert seen & {200, 403, 404}, seen
+    else:
+        assert seen & {200, 409}, seen
     if "{job_id}" in path:
         assert {404, 409} <= seen or {404, 200} <= seen, seen
 

@@ -12,9 +12,18 @@ own objects.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Required
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    with_config,
+)
 from typing_extensions import TypedDict
 
 from ..errors import InvalidRequest
@@ -26,14 +35,23 @@ from .fields import (
     Images,
     JsonObject,
     KeepAlive,
-    ModelName,
     Text,
     Think,
+    _model_name_schema,
+    check_model_name,
 )
 from .requests import Options, doc, invalid_request
 
 # Unknown fields are ignored, as Go's decoder ignores them; known ones are strict.
 LENIENT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+# The job API's model name, documented without its example: a client's name is seldom an
+# installed model, and the answer for one that is depends on the model's capabilities
+ModelName = Annotated[
+    str,
+    PlainValidator(check_model_name),
+    WithJsonSchema({k: v for k, v in _model_name_schema().items() if k != "example"}),
+]
 
 
 @with_config(ConfigDict(strict=True, extra="allow", allow_inf_nan=False))
@@ -170,6 +188,31 @@ ADAPTERS: dict[str, TypeAdapter[Any]] = {
 }
 
 
+_FIELD = re.compile("[a-z_][a-z0-9_]*")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def invalid(exc: ValidationError) -> InvalidRequest:
+    """The 400 of the first error, its path without the union members pydantic names in
+    it (``stop.function-plain[...]`` is ``stop``)."""
+    err = invalid_request(exc)
+    loc = tuple(exc.errors(include_url=False, include_input=False)[0]["loc"])
+    kept = tuple(
+        p for p in loc if isinstance(p, int) or (_FIELD.fullmatch(p) and p not in _TYPE_TAGS)
+    )
+    old, new = _path(loc), _path(kept)
+    if old != new and err.message.startswith(f"'{old}"):
+        err.message = f"'{new}" + err.message[len(old) + 1 :]
+        field = err.details.get("field")
+        if isinstance(field, str) and field.startswith(old):
+            err.details["field"] = new + field[len(old) :]
+    return err
+
+
 def check(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
     """The known fields of ``body`` (an object) as sent, without nulls, once the
     request for ``endpoint`` (a key of :data:`ADAPTERS`) is valid; else the 400 naming
@@ -179,7 +222,7 @@ def check(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
     try:
         known = adapter.validate_python({"model": "m", **rest})
     except ValidationError as exc:
-        raise invalid_request(exc) from None
+        raise invalid(exc) from None
     return {k: rest[k] for k in known if k in rest}
 
 

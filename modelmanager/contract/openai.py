@@ -17,19 +17,36 @@ import binascii
 import json
 from typing import Annotated, Any, Literal, Required
 
-from pydantic import Field, TypeAdapter, ValidationError, with_config
+from pydantic import (
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    with_config,
+)
 from typing_extensions import TypedDict
 
 from ..errors import InvalidRequest
-from .fields import MAX_GO_INT, MAX_TOP_LOGPROBS, JsonObject, ModelName, Text
-from .ollama import LENIENT, OllamaTool
-from .requests import doc, invalid_request
+from .fields import (
+    BASE64_PATTERN,
+    MAX_GO_INT,
+    MAX_IMAGE_CHARS,
+    MAX_TOP_LOGPROBS,
+    JsonObject,
+    Text,
+    fail,
+)
+from .ollama import LENIENT, ModelName, OllamaTool, invalid
+from .requests import doc
 
 
 @with_config(LENIENT)
 class OpenAIToolCallFunction(TypedDict, total=False):
     name: Text
-    arguments: Annotated[Text, doc("The arguments as a JSON object in a string.")]
+    arguments: Annotated[
+        Text, doc("The arguments as a JSON object in a string (anything else: none).")
+    ]
 
 
 @with_config(LENIENT)
@@ -40,14 +57,66 @@ class OpenAIToolCall(TypedDict, total=False):
     function: OpenAIToolCallFunction
 
 
+IMAGE_TYPES = ("jpeg", "jpg", "png", "webp")
+_DATA_URL = f"^data:(?:image/(?:{'|'.join(IMAGE_TYPES)}))?;base64,{BASE64_PATTERN[1:]}"
+
+
+def _data_url(value: Any) -> str:
+    if not isinstance(value, str):
+        fail("must be a string")
+    if len(value) > MAX_IMAGE_CHARS + 32:
+        fail("is too large an image")
+    if value.startswith(("http://", "https://")):
+        fail("is a URL: image URLs are not supported, send base64 data instead")
+    prefix, sep, data = value.partition(";base64,")
+    if not sep or prefix not in ("data:", *(f"data:image/{t}" for t in IMAGE_TYPES)):
+        fail("must be a data URL: data:image/png;base64,...")
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        fail("is not valid base64")
+    return value
+
+
+DataUrl = Annotated[
+    str,
+    PlainValidator(_data_url),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _DATA_URL,
+            "description": "A base64 data URL (`data:image/png;base64,...`); image URLs "
+            "are not supported.",
+        }
+    ),
+]
+
+
+@with_config(LENIENT)
+class OpenAITextPart(TypedDict):
+    type: Literal["text"]
+    text: Text
+
+
+@with_config(LENIENT)
+class OpenAIImageUrl(TypedDict):
+    url: DataUrl
+
+
+@with_config(LENIENT)
+class OpenAIImagePart(TypedDict):
+    type: Literal["image_url"]
+    image_url: DataUrl | OpenAIImageUrl
+
+
 @with_config(LENIENT)
 class OpenAIMessage(TypedDict, total=False):
     """A chat message. `content` is text, a list of parts (`{"type": "text", "text"}`,
     `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`), or null
-    when the message carries `tool_calls`."""
+    (or left out) when the message carries `tool_calls`; otherwise null reads as empty."""
 
     role: Required[Text]
-    content: Text | list[JsonObject] | None
+    content: Text | list[OpenAITextPart | OpenAIImagePart] | None
     reasoning: Text
     tool_calls: list[OpenAIToolCall]
     name: Text
@@ -74,13 +143,25 @@ class OpenAIResponseFormat(TypedDict, total=False):
     json_schema: OpenAIJsonSchema
 
 
+Stop = Annotated[Text | list[Text], doc("One stop sequence or a list of them.")]
+REASONING_EFFORTS = ("high", "medium", "low", "none")
+Effort = Annotated[
+    Literal["high", "medium", "low", "none"] | None,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": [*REASONING_EFFORTS, None],
+            "nullable": True,
+            "description": "How hard a thinking model thinks; `none`: not at all.",
+        }
+    ),
+]
+Number = float
+
+
 @with_config(LENIENT)
 class OpenAIReasoning(TypedDict, total=False):
-    effort: Text
-
-
-Stop = Annotated[Text | list[Text], doc("One stop sequence or a list of them.")]
-Number = float
+    effort: Effort
 
 
 @with_config(LENIENT)
@@ -102,7 +183,7 @@ class OpenAIChatRequest(TypedDict, total=False):
     response_format: OpenAIResponseFormat | None
     tools: list[OllamaTool] | None
     reasoning: OpenAIReasoning | None
-    reasoning_effort: Annotated[Text, doc("`high`, `medium`, `low` or `none`.")] | None
+    reasoning_effort: Effort
     logprobs: bool | None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None
 
@@ -133,7 +214,10 @@ class OpenAIEmbeddingRequest(TypedDict, total=False):
     model: Required[ModelName]
     input: Required[Text | Annotated[list[Text], Field(min_length=1)]]
     dimensions: Annotated[int, Field(ge=0, le=MAX_GO_INT)] | None
-    encoding_format: Literal["float", "base64"] | None
+    encoding_format: Annotated[
+        Literal["float", "base64"] | None,
+        WithJsonSchema({"type": "string", "enum": ["float", "base64", None], "nullable": True}),
+    ]
 
 
 ADAPTERS: dict[str, TypeAdapter[Any]] = {
@@ -148,17 +232,29 @@ def check(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
     (a key of :data:`ADAPTERS`); else the 400 naming the first bad field. ``model`` is
     checked by the caller."""
     rest = {k: v for k, v in body.items() if k != "model" and v is not None}
+    if endpoint == "chat":
+        reasoning = rest.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+        for given in (effort, rest.get("reasoning_effort")):
+            if given is not None and given not in REASONING_EFFORTS:
+                raise InvalidRequest(  # Ollama's own text
+                    f'invalid reasoning value: \'{given}\' (must be "high", "medium", '
+                    '"low", or "none")',
+                    field="reasoning_effort",
+                )
     try:
         known = ADAPTERS[endpoint].validate_python({"model": "m", **rest})
     except ValidationError as exc:
-        raise invalid_request(exc) from None
+        loc = exc.errors(include_url=False, include_input=False)[0]["loc"]
+        if len(loc) > 3 and loc[0] == "messages" and loc[2] == "content":
+            # Ollama's one sentence for any bad content part
+            field = f"messages[{loc[1]}].content"
+            raise InvalidRequest("invalid message format", field=field) from None
+        raise invalid(exc) from None
     return {k: rest[k] for k in known if k in rest}
 
 
 # ----------------------------------------------------------------------- conversion
-
-REASONING_EFFORTS = ("high", "medium", "low", "none")
-IMAGE_TYPES = ("jpeg", "jpg", "png", "webp")
 
 
 def _options(req: dict[str, Any], *, completion: bool) -> dict[str, Any]:
@@ -190,11 +286,14 @@ def _arguments(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for call in calls:
         function = call.get("function") or {}
         try:
-            arguments = json.loads(function.get("arguments") or "")
+            arguments = json.loads(function.get("arguments") or "{}")
         except ValueError:
             arguments = None
         if not isinstance(arguments, dict):
-            raise InvalidRequest("invalid tool call arguments", field="messages")
+            # Ollama refuses the request ("invalid tool call arguments"); OpenAI takes any
+            # text. A call sent back with arguments that are no JSON object (a model's
+            # malformed call) goes to Ollama with none, so the conversation can go on.
+            arguments = {}
         converted: dict[str, Any] = {
             "function": {"name": function.get("name", ""), "arguments": arguments}
         }
@@ -262,10 +361,10 @@ def _messages(given: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     raise InvalidRequest("invalid message format", field="messages")
             if out and msg.get("tool_calls"):
                 out[-1].update(extra)
-        elif msg.get("tool_calls"):  # content may be left out only beside tool calls
-            out.append({"role": role, **extra})
-        else:
-            raise InvalidRequest("invalid message content type: <nil>", field="messages")
+        else:  # left out or null: beside tool calls (Ollama refuses it without; we read "")
+            out.append(
+                {"role": role, **extra} if "tool_calls" in msg else {"role": role, "content": ""}
+            )
     return out
 
 
@@ -285,13 +384,7 @@ def chat_payload(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("tools"):
         payload["tools"] = req["tools"]
     effort = (req.get("reasoning") or {}).get("effort") or req.get("reasoning_effort")
-    if effort:
-        if effort not in REASONING_EFFORTS:
-            raise InvalidRequest(
-                f'invalid reasoning value: \'{effort}\' (must be "high", "medium", '
-                '"low", or "none")',
-                field="reasoning_effort",
-            )
+    if effort:  # a known value: check() refused others
         payload["think"] = False if effort == "none" else effort
     if req.get("logprobs"):
         payload["logprobs"] = True

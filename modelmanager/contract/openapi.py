@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
-from . import requests, responses
+from . import frontdoors, ollama, openai, requests, responses
 from .fields import Schema
 from .responses import ERROR_CODES
 
@@ -44,6 +44,8 @@ _MODELS: list[Any] = [
     responses.Health,
     responses.Models,
     responses.Stats,
+    *ollama.MODELS,  # the front doors: Ollama's API and the OpenAI-compatible API
+    *openai.MODELS,
 ]
 _ERROR_TEXT = {
     400: "Invalid request: bad JSON, a bad query parameter, or a field that fails "
@@ -286,10 +288,10 @@ def _document() -> dict[str, Any]:
             '`{"error": {"code", "message", "details"}}` with the status listed per '
             "operation; a wrong method answers 405 and an unknown path 404 in the same shape.",
         },
-        "paths": _paths(jobs_query),
+        "paths": {**_paths(jobs_query), **frontdoors.paths()},
         "components": {
             "schemas": schemas,
-            "responses": _error_responses(),
+            "responses": {**_error_responses(), **frontdoors.responses()},
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

@@ -396,6 +396,10 @@ class OpenAIDoor:
         return ollama.reply({"object": "list", "data": data})
 
     def model(self, model: str) -> Response:
+        try:
+            names.parse(model)
+        except names.InvalidModelName:  # no such model could exist
+            return error(404, ollama.not_found("show", model))
         status, doc = self.backend.json("POST", "/api/show", {"model": model})
         if status != 200:
             return error(status, str(doc.get("error") if isinstance(doc, dict) else doc))
