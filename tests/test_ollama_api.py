@@ -491,3 +491,32 @@ def test_full_queue_answers_ollamas_503(sim: Any, make_service: Any) -> None:
 def test_wrong_method_is_405(svc: Service) -> None:
     r = requests.get(f"{svc.url}/api/generate", timeout=10)
     assert r.status_code == 405 and "POST" in r.headers["Allow"]
+
+
+def test_ollama_host_in_the_environment_points_the_client_here(
+    sim: Any, svc: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", svc.url)
+    c = ollama.Client()
+    _CLIENTS.append(c)
+    assert c.generate(model=TEXT, prompt="via OLLAMA_HOST").done
+    assert jobs(svc)[0]["source"] == "ollama"
+
+
+def test_durations_include_the_wait_in_the_managers_queue(sim: Any, make_service: Any) -> None:
+    svc: Service = make_service(sim, MAX_CONCURRENT_PER_MODEL=1, DISPATCH_AHEAD=0)
+    c = client(svc)
+    c.generate(model=TEXT, prompt="")
+    sim.set_gate(True)
+    holder = threading.Thread(target=lambda: c.generate(model=TEXT, prompt="held"))
+    holder.start()
+    wait_until(lambda: any(j["status"] == "running" for j in jobs(svc)), what="running")
+    out: list[Any] = []
+    waiter = threading.Thread(target=lambda: out.append(c.generate(model=TEXT, prompt="w")))
+    waiter.start()
+    wait_until(lambda: len(jobs(svc)) == 3, what="queued behind")
+    time.sleep(0.5)  # the time it waits in the manager's queue, measured below
+    sim.set_gate(False)
+    holder.join(30)
+    waiter.join(30)
+    assert out[0].load_duration >= 0.4e9 and out[0].total_duration >= out[0].load_duration

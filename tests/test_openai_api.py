@@ -364,3 +364,34 @@ def test_two_doors_share_the_queue(svc: Service) -> None:
     o.close()
     assert len(out) == 2
     assert sorted(j["source"] for j in jobs(svc)) == ["ollama", "openai"]
+
+
+def test_lenient_where_the_openai_api_is(sim: Any, svc: Service) -> None:
+    """max_completion_tokens, a message without content, tool-call arguments that are no
+    JSON object, and a model id that cannot be a name."""
+    body = {
+        "model": TEXT,
+        "max_completion_tokens": 4,
+        "messages": [
+            {"role": "system"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": "{oops"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "done"},
+            {"role": "user", "content": [{"type": "text", "text": "and now?"}]},
+        ],
+    }
+    r = requests.post(f"{svc.url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 4
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    r = requests.get(f"{svc.url}/v1/models/a..b", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
