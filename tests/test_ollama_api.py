@@ -520,3 +520,19 @@ def test_durations_include_the_wait_in_the_managers_queue(sim: Any, make_service
     holder.join(30)
     waiter.join(30)
     assert out[0].load_duration >= 0.4e9 and out[0].total_duration >= out[0].load_duration
+
+
+def test_beyond_max_open_requests_the_answer_is_503(sim: Any, make_service: Any) -> None:
+    svc: Service = make_service(sim, MAX_OPEN_REQUESTS=1)
+    client(svc).generate(model=TEXT, prompt="")
+    sim.set_gate(True)
+    holder = threading.Thread(target=lambda: client(svc).generate(model=TEXT, prompt="held"))
+    holder.start()
+    wait_until(lambda: any(j["status"] == "running" for j in jobs(svc)), what="running")
+    with pytest.raises(ollama.ResponseError) as err:
+        client(svc).chat(model=TEXT, messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 503 and "server busy" in err.value.error
+    assert requests.get(f"{svc.url}/api/tags", timeout=10).status_code == 200  # not counted
+    sim.set_gate(False)
+    holder.join(30)
+    assert client(svc).generate(model=TEXT, prompt="again").done  # the slot came back

@@ -33,7 +33,7 @@ from ..events import KeepAliveSet
 from ..logger import get_logger
 from ..models import JobKind
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of, with_wait
-from .shared import Backend, client_priority, parse_json
+from .shared import Backend, KeyPriorities, parse_json
 
 log = get_logger("API")
 
@@ -146,6 +146,7 @@ class OllamaDoor:
         self.api = api
         self.config = config
         self.backend = Backend(config)
+        self.key_priority = KeyPriorities(config)
         self.open = OpenRequests(config.MAX_OPEN_REQUESTS)
 
     # ------------------------------------------------------------------- inference
@@ -157,7 +158,7 @@ class OllamaDoor:
             raise bad
         name = model_name(kind, body)
         fields = contract.check(kind, body)
-        priority = priority_of(request.headers, client_priority(self.config), self._default)
+        priority = priority_of(request.headers, self.key_priority(), self._default)
         keep_alive = fields.pop("keep_alive", None)
         seconds = keep_alive_seconds(keep_alive) if keep_alive is not None else None
         stream = fields.pop("stream", True) is not False

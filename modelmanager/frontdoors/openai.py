@@ -32,7 +32,7 @@ from ..logger import get_logger
 from ..models import JobKind
 from . import ollama
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of
-from .shared import Backend, client_priority, parse_json
+from .shared import Backend, KeyPriorities, parse_json
 
 log = get_logger("API")
 
@@ -246,13 +246,12 @@ class OpenAIDoor:
         self.api = api
         self.config = config
         self.backend = Backend(config)
+        self.key_priority = KeyPriorities(config)
         self.open = OpenRequests(config.MAX_OPEN_REQUESTS)
 
     def _submit(self, kind: JobKind, name: str, payload: dict[str, Any], stream: bool) -> Answer:
         arrived = time.monotonic()
-        priority = priority_of(
-            request.headers, client_priority(self.config), self.config.DEFAULT_PRIORITY
-        )
+        priority = priority_of(request.headers, self.key_priority(), self.config.DEFAULT_PRIORITY)
         sub = Submission(name, kind, priority, payload, None, None)
         self.open.enter()
         try:

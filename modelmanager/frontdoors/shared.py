@@ -43,13 +43,15 @@ def _finite(text: str) -> float:
     return value
 
 
-def client_priority(config: Config) -> str | None:
-    """The default priority of the API key the request carries (None: none set)."""
-    given = request.headers.get("Authorization", "")
-    if not given.startswith("Bearer "):
-        return None
-    # the key was checked (in constant time) before the request got here
-    return config.api_keys.get(given[7:])
+class KeyPriorities:
+    """The default priority of the API key a request carries (None: none set)."""
+
+    def __init__(self, config: Config) -> None:
+        self._by_header = {f"Bearer {key}": p for key, p in config.api_keys.items()}
+
+    def __call__(self) -> str | None:
+        # the key was checked (in constant time) before the request got here
+        return self._by_header.get(request.headers.get("Authorization", ""))
 
 
 class Backend:
