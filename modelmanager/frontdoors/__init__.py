@@ -8,7 +8,7 @@ is relayed as Ollama produces it.
 * :mod:`.relay` -- a request's job followed from submit to its last chunk;
 * :mod:`.ollama` -- ``/api/generate``, ``/api/chat``, ``/api/embed``, ``/api/tags``, ...;
 * :mod:`.openai` -- ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
-  ``/v1/models``;
+  ``/v1/models``; :mod:`.openai_answers` -- Ollama's answers in OpenAI's shapes;
 * :mod:`.shared` -- request bodies, key priorities, Ollama's own answers passed through.
 """
 
