@@ -536,3 +536,15 @@ def test_beyond_max_open_requests_the_answer_is_503(sim: Any, make_service: Any)
     sim.set_gate(False)
     holder.join(30)
     assert client(svc).generate(model=TEXT, prompt="again").done  # the slot came back
+
+
+def test_a_chunked_body_takes_flasks_route_to_the_same_answer(svc: Service) -> None:
+    body = json.dumps({"model": TEXT, "prompt": "Say hello", "stream": False}).encode()
+    chunked = requests.post(
+        f"{svc.url}/api/generate", data=iter([body[:10], body[10:]]), timeout=30
+    )
+    sized = requests.post(f"{svc.url}/api/generate", data=body, timeout=30)
+    assert chunked.status_code == sized.status_code == 200
+    assert chunked.json()["response"] == sized.json()["response"]
+    bad = requests.post(f"{svc.url}/api/generate", data=iter([b"{"]), timeout=30)
+    assert bad.status_code == 400 and isinstance(bad.json()["error"], str)

@@ -23,6 +23,14 @@ from . import ollama, openai
 
 
 def register_front_doors(app: Flask, api: Api, config: Config) -> None:
-    """Add both front doors' routes to ``app`` (nothing else happens until a request)."""
-    app.register_blueprint(ollama.blueprint(api, config))
+    """Add both front doors' routes to ``app`` (nothing else happens until a request),
+    with the WSGI fast path of Ollama's inference routes in front of Flask."""
+    from ..http_api import MAX_BODY_BYTES, key_accepted  # (it imports this module)
+
+    door = ollama.OllamaDoor(api, config)
+    app.register_blueprint(ollama.blueprint(door))
     app.register_blueprint(openai.blueprint(api, config))
+    expected = tuple(f"Bearer {key}".encode() for key in config.api_keys)
+    app.wsgi_app = ollama.FastPath(  # type: ignore[method-assign]
+        app.wsgi_app, door, expected, key_accepted, MAX_BODY_BYTES
+    )

@@ -51,7 +51,8 @@ class OpenAIDoor:
 
     def _submit(self, kind: JobKind, name: str, payload: dict[str, Any], stream: bool) -> Answer:
         arrived = time.monotonic()
-        priority = priority_of(request.headers, self.key_priority(), self.config.DEFAULT_PRIORITY)
+        key = self.key_priority(request.headers.get("Authorization", ""))
+        priority = priority_of(request.headers, key, self.config.DEFAULT_PRIORITY)
         sub = Submission(name, kind, priority, payload, None, None)
         self.open.enter()
         try:

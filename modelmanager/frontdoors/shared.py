@@ -8,7 +8,6 @@ import math
 from typing import Any
 
 import requests
-from flask import request
 
 from config import Config
 
@@ -49,9 +48,10 @@ class KeyPriorities:
     def __init__(self, config: Config) -> None:
         self._by_header = {f"Bearer {key}": p for key, p in config.api_keys.items()}
 
-    def __call__(self) -> str | None:
-        # the key was checked (in constant time) before the request got here
-        return self._by_header.get(request.headers.get("Authorization", ""))
+    def __call__(self, authorization: str) -> str | None:
+        """The priority of the key in this ``Authorization`` header, which was checked
+        (in constant time) before the request got here."""
+        return self._by_header.get(authorization)
 
 
 class Backend:
