@@ -58,7 +58,22 @@ def build_server(app: Any, config: Config) -> Any:
     for listener in list(listeners.values()):
         if isinstance(listener, BaseWSGIServer):
             listener.channel_class = _Channel
+    if not isinstance(server, MultiSocketServer):  # whose close() already does this
+        _stop_threads_on_close(server)
     return server
+
+
+def _stop_threads_on_close(server: Any) -> None:
+    """A single-listener waitress server leaves its thread pool running after ``close()``;
+    with a thread per waiting Ollama/OpenAI client (MAX_OPEN_REQUESTS) that is too many
+    to leave behind, so close stops idle threads too (a busy one ends with its request)."""
+    close = server.close
+
+    def close_and_stop_threads() -> None:
+        close()
+        server.task_dispatcher.shutdown(timeout=2)
+
+    server.close = close_and_stop_threads
 
 
 def bound_address(server: Any) -> tuple[str, int]:

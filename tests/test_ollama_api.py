@@ -548,3 +548,44 @@ def test_a_chunked_body_takes_flasks_route_to_the_same_answer(svc: Service) -> N
     assert chunked.json()["response"] == sized.json()["response"]
     bad = requests.post(f"{svc.url}/api/generate", data=iter([b"{"]), timeout=30)
     assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
+
+
+def test_a_stopping_service_sends_waiting_clients_away(sim: Any, make_service: Any) -> None:
+    svc: Service = make_service(sim, MAX_CONCURRENT_PER_MODEL=1, DISPATCH_AHEAD=0)
+    c = client(svc)
+    c.generate(model=TEXT, prompt="")
+    sim.set_gate(True)
+    holder = threading.Thread(target=lambda: c.generate(model=TEXT, prompt="held"))
+    holder.start()
+    wait_until(lambda: any(j["status"] == "running" for j in jobs(svc)), what="running")
+    out: list[BaseException] = []
+
+    def wait_in_queue() -> None:
+        try:
+            client(svc).generate(model=TEXT, prompt="queued")
+        except BaseException as exc:
+            out.append(exc)
+
+    waiter = threading.Thread(target=wait_in_queue)
+    waiter.start()
+    wait_until(lambda: len(jobs(svc)) == 3, what="queued")
+    svc.manager.api.accepting = False  # what a SIGTERM does first
+    waiter.join(10)
+    assert isinstance(out[0], ollama.ResponseError) and out[0].status_code == 503
+    assert "stopping" in out[0].error
+    assert jobs(svc)[0]["status"] == "cancelled"  # it will not run after a restart
+    sim.set_gate(False)
+    holder.join(30)
+
+
+def test_closing_the_server_stops_its_threads() -> None:
+    from config import Config
+    from modelmanager.http_api import create_app
+    from modelmanager.server import build_server
+
+    config = Config.load(environ={}, overrides={"HTTP_PORT": 0})
+    before = threading.active_count()
+    server = build_server(create_app(None, config), config)  # type: ignore[arg-type]
+    assert threading.active_count() >= before + config.HTTP_THREADS + config.MAX_OPEN_REQUESTS
+    server.close()
+    wait_until(lambda: threading.active_count() <= before, what="threads stopped")

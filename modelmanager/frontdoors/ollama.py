@@ -242,7 +242,7 @@ class OllamaDoor:
                 self._done(answer)
 
     def _done(self, answer: Answer) -> None:
-        if not answer._closed:
+        if not answer.closed:
             answer.close()
             self.open.leave()
 

@@ -64,7 +64,7 @@ class OpenAIDoor:
             raise
 
     def _done(self, answer: Answer) -> None:
-        if not answer._closed:
+        if not answer.closed:
             answer.close()
             self.open.leave()
 

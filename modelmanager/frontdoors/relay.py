@@ -98,6 +98,8 @@ class Answer:
                 if self._disconnected():
                     raise ClientGone(f"the client of job {self.job_id} went away")
                 self._check_store()
+                if not self.api.accepting:
+                    self._check_stopping()
                 wait = min(wait * 2, POLL_MAX)
                 continue
             if isinstance(item, Ended):
@@ -161,6 +163,16 @@ class Answer:
         if job.get("status") in ("failed", "cancelled"):
             self.ended = True
             raise failure(job.get("error"), job.get("error_code"), job.get("status"))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_stopping(self) -> None:
+        """The service is stopping: a job that has not started will not start now, so its
+        client is told to come back (503) rather than kept waiting until the exit."""
+        if self._job().get("status") in ("pending", "queued"):
+            raise JobFailed(503, "the service is stopping; send the request again shortly")
 
     def close(self) -> None:
         """Cancel the job unless it ended (the client went away, or the answer broke
