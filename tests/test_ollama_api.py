@@ -589,3 +589,30 @@ def test_closing_the_server_stops_its_threads() -> None:
     assert threading.active_count() >= before + config.HTTP_THREADS + config.MAX_OPEN_REQUESTS
     server.close()
     wait_until(lambda: threading.active_count() <= before, what="threads stopped")
+
+
+@pytest.mark.parametrize(
+    ("environ", "text"),
+    [
+        ({"MM_DEFAULT_PRIORITY": "urgent"}, "DEFAULT_PRIORITY must be high, normal or low"),
+        ({"MM_API_KEYS": "short"}, "at least 16 characters"),
+        ({"MM_API_KEYS": f"{KEY}:soon"}, "must be high, normal or low"),
+        ({"MM_MAX_OPEN_REQUESTS": "0"}, "MAX_OPEN_REQUESTS must be at least 1"),
+    ],
+)
+def test_front_door_settings_are_checked_at_startup(environ: dict[str, str], text: str) -> None:
+    from config import Config
+    from modelmanager.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        Config.load(environ=environ)
+    assert text in str(err.value) and "soon" not in str(err.value)
+
+
+def test_api_keys_parse_with_their_priorities() -> None:
+    from config import Config
+
+    config = Config.load(
+        environ={"MM_API_KEY": KEY, "MM_API_KEYS": f" {LOW_KEY}:LOW , {'h' * 20}:high,{'n' * 16}"}
+    )
+    assert config.api_keys == {KEY: None, LOW_KEY: "low", "h" * 20: "high", "n" * 16: None}
