@@ -584,11 +584,11 @@ def test_closing_the_server_stops_its_threads() -> None:
     from modelmanager.server import build_server
 
     config = Config.load(environ={}, overrides={"HTTP_PORT": 0})
-    before = threading.active_count()
     server = build_server(create_app(None, config), config)  # type: ignore[arg-type]
-    assert threading.active_count() >= before + config.HTTP_THREADS + config.MAX_OPEN_REQUESTS
+    pool = server.task_dispatcher
+    assert len(pool.threads) == config.HTTP_THREADS + config.MAX_OPEN_REQUESTS
     server.close()
-    wait_until(lambda: threading.active_count() <= before, what="threads stopped")
+    wait_until(lambda: not pool.threads, what="threads stopped")
 
 
 @pytest.mark.parametrize(
