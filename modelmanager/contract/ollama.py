@@ -37,9 +37,9 @@ from .fields import (
     KeepAlive,
     Text,
     Think,
-    _model_name_schema,
     check_model_name,
 )
+from .fields import ModelName as JobModelName
 from .requests import Options, doc, invalid_request
 
 # Unknown fields are ignored, as Go's decoder ignores them; known ones are strict.
@@ -50,7 +50,9 @@ LENIENT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 ModelName = Annotated[
     str,
     PlainValidator(check_model_name),
-    WithJsonSchema({k: v for k, v in _model_name_schema().items() if k != "example"}),
+    WithJsonSchema(
+        {k: v for k, v in TypeAdapter(JobModelName).json_schema().items() if k != "example"}
+    ),
 ]
 
 

@@ -286,7 +286,9 @@ def _document() -> dict[str, Any]:
             "version": __version__,
             "description": "A VRAM-aware scheduler in front of Ollama. Every error answers "
             '`{"error": {"code", "message", "details"}}` with the status listed per '
-            "operation; a wrong method answers 405 and an unknown path 404 in the same shape.",
+            "operation; a wrong method answers 405 and an unknown path 404 in the same shape. "
+            "Ollama's API and the OpenAI-compatible API (tags `Ollama`, `OpenAI`) answer "
+            "errors in their own shapes.",
         },
         "paths": {**_paths(jobs_query), **frontdoors.paths()},
         "components": {
