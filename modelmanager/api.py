@@ -33,6 +33,7 @@ from .resource_monitor import NvmlGpuSource
 from .runners import runner_of
 from .scheduler import Scheduler
 from .store import Store
+from .streams import Subscription
 from .waiting import JobWaiters, WaitOutcome
 
 log = get_logger("API")
@@ -158,7 +159,7 @@ class Api:
                 )
             self._reserved += n
 
-    def _new_job(self, sub: Submission, now: float) -> Job:
+    def _new_job(self, sub: Submission, now: float, source: str) -> Job:
         return Job(
             id=str(uuid.uuid4()),
             model=sub.model,
@@ -169,14 +170,27 @@ class Api:
             metadata=sub.metadata,
             submitted_at=now,
             idempotency_key=sub.idempotency_key,
+            source=source,
         )
 
-    def _accept(self, subs: list[Submission]) -> list[Job]:
+    def _accept(
+        self,
+        subs: list[Submission],
+        *,
+        source: str = "api",
+        on_created: Callable[[Job], None] | None = None,
+    ) -> list[Job]:
+        """Store and queue ``subs``. ``on_created`` sees each new job before it is stored,
+        so before the scheduler can start it (a front door subscribes to its answer)."""
         self._check_accepting()
         self._reserve_room(len(subs))
         try:
             now = self._clock()
-            stored = self.store.insert_jobs([self._new_job(s, now) for s in subs])
+            jobs = [self._new_job(s, now, source) for s in subs]
+            if on_created is not None:
+                for job in jobs:
+                    on_created(job)
+            stored = self.store.insert_jobs(jobs)
             for job, created in stored:
                 if created:
                     self.pending.add(
@@ -194,6 +208,31 @@ class Api:
             "job %s accepted: %s %s (%s)", job.id, job.kind.value, job.model, job.priority.value
         )
         return {"job_id": job.id, "status": "submitted"}
+
+    def submit_streamed(self, sub: Submission, source: str) -> tuple[Job, Subscription]:
+        """Accept one job from a front door (``source``: ``ollama``, ``openai``), subscribed
+        to its answer (:mod:`modelmanager.streams`) before the scheduler can start it. The
+        caller closes the subscription."""
+        subs: list[Subscription] = []
+
+        def subscribe(job: Job) -> None:
+            subs.append(self.jobs.streams.subscribe(job.id))
+
+        try:
+            job = self._accept([sub], source=source, on_created=subscribe)[0]
+        except BaseException:
+            for s in subs:
+                s.close()
+            raise
+        log.info(
+            "job %s accepted: %s %s (%s, %s)",
+            job.id,
+            job.kind.value,
+            job.model,
+            job.priority.value,
+            source,
+        )
+        return job, subs[0]
 
     def submit_batch(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):

@@ -28,6 +28,7 @@ from .errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from .frontdoors import register_front_doors
 from .logger import get_logger
 from .models_api import register_model_routes
 from .nodes_api import register_node_routes
@@ -103,7 +104,7 @@ class FastPaths:
     and methods, chunked or oversized bodies, a wrong API key, odd ids -- goes to Flask.
     """
 
-    def __init__(self, flask_wsgi: Any, api: Api, expected_auth: bytes | None) -> None:
+    def __init__(self, flask_wsgi: Any, api: Api, expected_auth: tuple[bytes, ...]) -> None:
         self.flask_wsgi = flask_wsgi
         self.api = api
         self.expected = expected_auth
@@ -111,7 +112,7 @@ class FastPaths:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         method = environ.get("REQUEST_METHOD")
         path: str = environ.get("PATH_INFO", "")
-        if self.expected is not None and not hmac.compare_digest(
+        if self.expected and not key_accepted(
             environ.get("HTTP_AUTHORIZATION", "").encode(), self.expected
         ):
             return self.flask_wsgi(environ, start_response)  # Flask answers the 401
@@ -154,19 +155,28 @@ def _send(
     return [body]
 
 
+def key_accepted(given: bytes, expected: tuple[bytes, ...]) -> bool:
+    """Whether ``given`` (an Authorization header) is one of ``expected``, each compared
+    in constant time, all of them every time."""
+    found = False
+    for candidate in expected:
+        found |= hmac.compare_digest(given, candidate)
+    return found
+
+
 def create_app(api: Api, config: Config) -> Flask:
     app = Flask("modelmanager", static_folder=None)  # an API: no static files
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    expected = f"Bearer {config.API_KEY}".encode() if config.API_KEY else None
+    expected = tuple(f"Bearer {key}".encode() for key in config.api_keys)
 
     @app.before_request
     def authenticate() -> None:
-        """With API_KEY set, every endpoint but health and ``/`` (Ollama's "is running",
-        or the dashboard's page, which holds no data) needs the bearer token."""
-        if expected is None or request.path in ("/api/health", "/"):
+        """With API keys set, every endpoint but health and ``/`` (Ollama's "is running",
+        or the dashboard's page, which holds no data) needs a bearer token."""
+        if not expected or request.path in ("/api/health", "/"):
             return
         given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not key_accepted(given, expected):
             raise Unauthorized(
                 "missing or wrong API key; send 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": 'Bearer realm="modelmanager"'},
@@ -226,6 +236,7 @@ def create_app(api: Api, config: Config) -> Flask:
 
     metrics.register(app, api)  # GET /metrics
     dashboard.register(app, api)  # GET /, GET /api/dashboard
+    register_front_doors(app, api, config)  # Ollama's and OpenAI's APIs
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:

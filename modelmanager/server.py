@@ -25,8 +25,12 @@ from config import Config
 
 from .http_api import MAX_BODY_BYTES, payload_too_large
 
-CONNECTION_LIMIT = 200
+CONNECTION_LIMIT = 200  # beyond the MAX_OPEN_REQUESTS that Ollama/OpenAI API clients hold
 CHANNEL_TIMEOUT = 60  # seconds a connection may stay silent
+# A channel keeps reading while its request runs, so that a client closing its connection
+# is seen at once (environ["waitress.client_disconnected"]) even when nothing is written:
+# a front door waiting for a model then cancels the client's job.
+REQUEST_LOOKAHEAD = 1
 DRAIN_LIMIT = 4 * MAX_BODY_BYTES  # most bytes of a refused body read before answering
 
 
@@ -40,8 +44,11 @@ def build_server(app: Any, config: Config) -> Any:
         app,
         host=config.HOST,  # always explicit: waitress would bind every interface
         port=config.HTTP_PORT,
-        threads=config.HTTP_THREADS,
-        connection_limit=CONNECTION_LIMIT,
+        # Ollama/OpenAI API requests hold a thread while they wait or stream: up to
+        # MAX_OPEN_REQUESTS of them, and HTTP_THREADS are left for everything else
+        threads=config.HTTP_THREADS + config.MAX_OPEN_REQUESTS,
+        connection_limit=CONNECTION_LIMIT + config.MAX_OPEN_REQUESTS,
+        channel_request_lookahead=REQUEST_LOOKAHEAD,
         channel_timeout=CHANNEL_TIMEOUT,
         max_request_body_size=MAX_BODY_BYTES + 1,  # waitress refuses at >=
         ident="modelmanager",
@@ -51,7 +58,22 @@ def build_server(app: Any, config: Config) -> Any:
     for listener in list(listeners.values()):
         if isinstance(listener, BaseWSGIServer):
             listener.channel_class = _Channel
+    if not isinstance(server, MultiSocketServer):  # whose close() already does this
+        _stop_threads_on_close(server)
     return server
+
+
+def _stop_threads_on_close(server: Any) -> None:
+    """A single-listener waitress server leaves its thread pool running after ``close()``;
+    with a thread per waiting Ollama/OpenAI client (MAX_OPEN_REQUESTS) that is too many
+    to leave behind, so close stops idle threads too (a busy one ends with its request)."""
+    close = server.close
+
+    def close_and_stop_threads() -> None:
+        close()
+        server.task_dispatcher.shutdown(timeout=2)
+
+    server.close = close_and_stop_threads
 
 
 def bound_address(server: Any) -> tuple[str, int]:

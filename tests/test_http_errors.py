@@ -510,8 +510,8 @@ def test_cancel_or_retry_in_the_wrong_state_is_409(svc: Service) -> None:
         "/api/job/a%2Fb",
         "/api/job/x/y/z",
         "/api/jobs/",
-        "/api/pull",
-        "/api/create",
+        "/api/generate/",
+        "/v1",
         "/%00",
     ],
 )
@@ -548,11 +548,13 @@ ROUTES = {
 
 
 def test_routes_table_covers_the_app(svc: Service) -> None:
-    """ROUTES (used below) lists every route the app has, with its methods."""
+    """ROUTES (used below) lists every route of the job API, with its methods (the front
+    doors' Ollama and OpenAI routes answer in their own shapes: tests/test_*_api.py)."""
     app = create_app(svc.manager.api, svc.manager.config)
     rules: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint != "static":  # Flask's own, for a folder the package does not have
+        if rule.endpoint != "static" and rule.endpoint.split(".")[0] not in ("ollama", "openai"):
+            # (static: Flask's own, for a folder the package does not have)
             methods = set(rule.methods or ()) - {"HEAD", "OPTIONS"}
             rules.setdefault(re.sub(r"<\w+>", "some-id", rule.rule), set()).update(methods)
     assert rules == ROUTES

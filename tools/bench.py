@@ -15,7 +15,9 @@ thread at its arrival time (no retries); **managed**, the same jobs submitted to
 Model Manager (``main.py``, default settings, reading the simulated GPU through fake
 NVML) and polled to completion. Both are subprocesses. Workloads, job counts and the
 lower bounds are described in ``tools/bench_workloads.py``; what is measured in
-``tools/bench_run.py``; workload 6 (the service alone) in ``tools/bench_service.py``.
+``tools/bench_run.py``; workload 6 (the service alone) in ``tools/bench_service.py``;
+``front`` (streamed generation through the manager's Ollama API against the simulator
+directly) in ``tools/bench_front.py``.
 
 ``fleet`` runs the interleaved and mixed bursts once more, managed, on two backends (two
 such simulators, one GPU each, sharing one fake-NVML state file as two Ollamas pinned to
@@ -44,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import Config
+from tools.bench_front import measure_front
 from tools.bench_procs import Procs, Service, Sim, fake_nvml_lib, pct, rnd
 from tools.bench_report import render, targets
 from tools.bench_run import run_direct, run_managed
@@ -61,6 +64,7 @@ WORKLOADS = (
     "stream",
     "stream_pressure",
     "fleet",
+    "front",
 )
 FLEET = ("interleaved", "mixed")  # the bursts run again on two backends (``fleet``)
 VRAM_MB = 8192
@@ -338,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                 vram_mb=VRAM_MB,
             )
             _progress("service: done")
+        if "front" in args.only:
+            report["front"] = measure_front(
+                procs, vram_mb=VRAM_MB, time_scale=args.time_scale, pairs=20 if args.quick else 100
+            )
+            _progress("front: done")
         report["targets"] = targets(report)
         report["elapsed_s"] = rnd(time.monotonic() - started, 1)
     except KeyboardInterrupt:

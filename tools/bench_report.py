@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tools.bench_front import render_front
+
 # (key, text, limit): each checked by `targets` below
 TARGETS = (
     ("interleaved_makespan", "interleaved: managed makespan <= 1.2x lower bound", 1.2),
@@ -30,6 +32,8 @@ TARGETS = (
     ),
     ("fleet_interleaved", "interleaved on two backends: makespan <= 0.6x on one", 0.6),
     ("fleet_mixed", "mixed burst on two backends: makespan <= 0.6x on one", 0.6),
+    ("front_ttft", "Ollama API: added time to first token, p50 <= 5 ms", 5.0),
+    ("front_throughput", "Ollama API: streamed tokens/s >= 0.95x direct", 0.95),
 )
 
 
@@ -78,6 +82,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         "service_batch": (_get(s, "batch", "jobs_per_s"), True),
         "service_tick": (_get(s, "tick", "tick_p95_ms"), False),
         "service_rss": (_get(s, "rss_pending_mb"), False),
+        "front_ttft": (_get(report, "front", "added_ttft_ms", "p50"), False),
+        "front_throughput": (_get(report, "front", "throughput_managed_over_direct"), True),
     }
     out = []
     for key, text, limit in TARGETS:
@@ -238,6 +244,8 @@ def render(report: dict[str, Any]) -> str:
             "loss, not only a crash).",
             "",
         ]
+    if report.get("front"):
+        lines += render_front(report["front"])
     lines += ["| target | measured | met |", "|---|---|---|"]
     for t in report.get("targets", []):
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]

@@ -1,0 +1,85 @@
+"""What both front doors share: the request body, the key's default priority, and
+Ollama's own answers for what is not a job (tags, show, ps, version)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import requests
+
+from config import Config
+
+from ..errors import InvalidRequest
+
+INFO_TIMEOUT = (5.0, 30.0)  # s: connect, read (tags, show, ps, version)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or a 400 saying what is wrong."""
+    if not raw:
+        raise InvalidRequest("missing request body")
+    try:
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"invalid JSON in the request body: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+class KeyPriorities:
+    """The default priority of the API key a request carries (None: none set)."""
+
+    def __init__(self, config: Config) -> None:
+        self._by_header = {f"Bearer {key}": p for key, p in config.api_keys.items()}
+
+    def __call__(self, authorization: str) -> str | None:
+        """The priority of the key in this ``Authorization`` header, which was checked
+        (in constant time) before the request got here."""
+        return self._by_header.get(authorization)
+
+
+class Backend:
+    """Ollama's own answers, passed through: status, body and content type unchanged.
+    A connection per call (these are rare): nothing to close when the app goes.
+    Thread-safe."""
+
+    def __init__(self, config: Config) -> None:
+        self.base_url = config.OLLAMA_BASE_URL.rstrip("/")
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes, str]:
+        """``(status, body, content type)`` of Ollama's answer; a 503 in Ollama's error
+        shape when it cannot be reached."""
+        try:
+            with requests.Session() as session:
+                session.trust_env = False  # Ollama is a local backend: no proxy settings
+                resp = session.request(
+                    method, self.base_url + path, json=body, timeout=INFO_TIMEOUT
+                )
+        except requests.RequestException as exc:
+            text = json.dumps({"error": f"cannot reach Ollama at {self.base_url}: {exc}"})
+            return 503, text.encode(), "application/json; charset=utf-8"
+        return resp.status_code, resp.content, resp.headers.get("Content-Type", "")
+
+    def json(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """``(status, decoded body)``; a body that is not JSON reads as ``{"error": text}``."""
+        status, content, _ = self.call(method, path, body)
+        try:
+            return status, json.loads(content)
+        except ValueError:
+            return status, {"error": content.decode(errors="replace").strip() or "no answer"}
