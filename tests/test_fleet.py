@@ -395,3 +395,39 @@ def test_a_host_name_of_this_machine_counts_as_local() -> None:
     assert is_local(f"http://{socket.gethostname()}:11434")
     assert is_local("http://127.0.0.1:11434") and is_local("http://[::1]:11434")
     assert not is_local("http://10.255.255.1:11434")
+
+
+# --------------------------------------------------------------- Ollama clients, fleet
+
+
+def test_ollama_clients_see_every_nodes_models(make_sim: Any, make_service: Any) -> None:
+    """Through the manager's Ollama API, ``list`` and ``ps`` cover every node and ``show``
+    finds a model installed on one node only."""
+    import ollama
+
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    only_on_b = "gemma:2b"
+    requests.delete(f"{a.url}/api/delete", json={"model": only_on_b}, timeout=10)
+    svc = _fleet(make_service, a, b)
+    client = ollama.Client(host=svc.url)
+    try:
+        _list_show_ps(svc, client, only_on_b)
+    finally:
+        client.close()
+
+
+def _list_show_ps(svc: Service, client: Any, only_on_b: str) -> None:
+    listed = [m.model for m in client.list().models]
+    assert only_on_b in listed and len(listed) == len(set(listed))  # each name once
+    assert client.show(only_on_b).details is not None
+    # a model loaded on each node: ps lists both
+    ids = [svc.submit(model=m, prompt=f"p{i}") for i in range(8) for m in SMALL[:2]]
+    by_node: dict[str, set[str]] = {}
+    for job in svc.wait_done(ids).values():
+        by_node.setdefault(job["node"], set()).add(job["model"])
+    loaded = {m.model for m in client.ps().models}
+    expected = {m for ms in by_node.values() for m in ms}
+    assert len(by_node) == 2  # both nodes ran jobs
+    assert expected <= loaded or wait_until(
+        lambda: expected <= {m.model for m in client.ps().models}, timeout=10
+    )

@@ -34,7 +34,7 @@ from ..events import KeepAliveSet
 from ..logger import get_logger
 from ..models import JobKind
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of, with_wait
-from .shared import Backend, KeyPriorities, parse_json
+from .shared import Backend, KeyPriorities, node_urls, parse_json
 
 log = get_logger("API")
 
@@ -146,7 +146,7 @@ class OllamaDoor:
     def __init__(self, api: Api, config: Config) -> None:
         self.api = api
         self.config = config
-        self.backend = Backend(config)
+        self.backend = Backend(config, node_urls(api, config))
         self.key_priority = KeyPriorities(config)
         self.open = OpenRequests(config.MAX_OPEN_REQUESTS)
 

@@ -30,7 +30,7 @@ from ..models import JobKind
 from . import ollama
 from . import openai_answers as answers
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of
-from .shared import Backend, KeyPriorities, parse_json
+from .shared import Backend, KeyPriorities, node_urls, parse_json
 
 log = get_logger("API")
 
@@ -45,7 +45,7 @@ class OpenAIDoor:
     def __init__(self, api: Api, config: Config) -> None:
         self.api = api
         self.config = config
-        self.backend = Backend(config)
+        self.backend = Backend(config, node_urls(api, config))
         self.key_priority = KeyPriorities(config)
         self.open = OpenRequests(config.MAX_OPEN_REQUESTS)
 

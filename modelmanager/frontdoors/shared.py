@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -54,25 +55,56 @@ class KeyPriorities:
         return self._by_header.get(authorization)
 
 
+def node_urls(api: Any, config: Config) -> Callable[[], list[str]]:
+    """The base URLs of the nodes the manager drives now (registered ones included), read
+    at each call; ``OLLAMA_BASE_URL`` where the API has no fleet."""
+    default = config.OLLAMA_BASE_URL.rstrip("/")
+
+    def urls() -> list[str]:
+        fleet = getattr(api, "fleet", None)
+        if fleet is None:
+            return [default]
+        return [backend.client.base_url for backend in fleet.backends().values()]
+
+    return urls
+
+
 class Backend:
     """Ollama's own answers, passed through: status, body and content type unchanged.
-    A connection per call (these are rare): nothing to close when the app goes.
-    Thread-safe."""
+    With several nodes (a fleet), ``/api/tags`` and ``/api/ps`` list the models of every
+    node that answers (each name once, the first node's entry), and other requests are
+    answered by the first node that answers 200 (else the first answer that is not a 503;
+    else a 503). A connection per call (these are rare): nothing to close when the app
+    goes. Thread-safe."""
 
-    def __init__(self, config: Config) -> None:
-        self.base_url = config.OLLAMA_BASE_URL.rstrip("/")
+    MERGED = ("/api/tags", "/api/ps")  # answers that list models: one list for the fleet
+
+    def __init__(self, config: Config, urls: Callable[[], list[str]] | None = None) -> None:
+        default = config.OLLAMA_BASE_URL.rstrip("/")
+        self._urls = urls or (lambda: [default])
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes, str]:
         """``(status, body, content type)`` of Ollama's answer; a 503 in Ollama's error
-        shape when it cannot be reached."""
+        shape when no node can be reached."""
+        answers = [self._one(url, method, path, body) for url in self._urls() or [""]]
+        ok = [a for a in answers if a[0] == 200]
+        if path in self.MERGED and len(ok) > 1:
+            return 200, _merged(ok), "application/json; charset=utf-8"
+        for answer in ok or [a for a in answers if a[0] != 503] or answers:
+            return answer
+        raise AssertionError("unreachable: at least one answer")
+
+    @staticmethod
+    def _one(url: str, method: str, path: str, body: Any) -> tuple[int, bytes, str]:
+        if not url:
+            text = json.dumps({"error": "no Ollama server is configured or registered"})
+            return 503, text.encode(), "application/json; charset=utf-8"
         try:
             with requests.Session() as session:
                 session.trust_env = False  # Ollama is a local backend: no proxy settings
-                resp = session.request(
-                    method, self.base_url + path, json=body, timeout=INFO_TIMEOUT
-                )
+                resp = session.request(method, url + path, json=body, timeout=INFO_TIMEOUT)
         except requests.RequestException as exc:
-            text = json.dumps({"error": f"cannot reach Ollama at {self.base_url}: {exc}"})
+            text = json.dumps({"error": f"cannot reach Ollama at {url}: {exc}"})
             return 503, text.encode(), "application/json; charset=utf-8"
         return resp.status_code, resp.content, resp.headers.get("Content-Type", "")
 
@@ -83,3 +115,24 @@ class Backend:
             return status, json.loads(content)
         except ValueError:
             return status, {"error": content.decode(errors="replace").strip() or "no answer"}
+
+
+def _merged(answers: list[tuple[int, bytes, str]]) -> bytes:
+    """One ``{"models": [...]}`` from several nodes' answers, each model name once."""
+    seen: set[str] = set()
+    models: list[Any] = []
+    for _, content, _ in answers:
+        try:
+            entries = json.loads(content).get("models") or []
+        except (ValueError, AttributeError):
+            continue
+        for entry in entries:
+            name = (
+                str(entry.get("name") or entry.get("model") or "")
+                if isinstance(entry, dict)
+                else ""
+            )
+            if name not in seen:
+                seen.add(name)
+                models.append(entry)
+    return json.dumps({"models": models}).encode()
