@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from waitress import create_server
+from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, MultiSocketServer
@@ -64,14 +64,17 @@ def build_server(app: Any, config: Config) -> Any:
 
 
 def _stop_threads_on_close(server: Any) -> None:
-    """A single-listener waitress server leaves its thread pool running after ``close()``;
-    with a thread per waiting Ollama/OpenAI client (MAX_OPEN_REQUESTS) that is too many
-    to leave behind, so close stops idle threads too (a busy one ends with its request)."""
+    """A single-listener waitress server leaves its thread pool running after ``close()``,
+    and its open connections too (a keep-alive client's socket stays open, unowned, until
+    the client goes). With a thread per waiting Ollama/OpenAI client (MAX_OPEN_REQUESTS)
+    that is too much to leave behind, so close also closes every connection and stops the
+    idle threads (a busy one ends with its request), as ``MultiSocketServer.close`` does."""
     close = server.close
 
     def close_and_stop_threads() -> None:
         close()
         server.task_dispatcher.shutdown(timeout=2)
+        wasyncore.close_all(server._map)
 
     server.close = close_and_stop_threads
 

@@ -594,6 +594,35 @@ def test_closing_the_server_stops_its_threads() -> None:
     wait_until(lambda: not pool.threads, what="threads stopped")
 
 
+def test_closing_the_server_closes_its_open_connections() -> None:
+    """A keep-alive client's connection ends when the server closes (it was left open,
+    owned by nobody, until the client went)."""
+    import http.client
+
+    from config import Config
+    from modelmanager.server import bound_address, build_server
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    config = Config.load(environ={}, overrides={"HTTP_PORT": 0})
+    server = build_server(app, config)
+    runner = threading.Thread(target=server.run, daemon=True)
+    runner.start()
+    conn = http.client.HTTPConnection(*bound_address(server), timeout=10)
+    try:
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"ok"  # the connection stays open (keep-alive)
+        server.close()
+        assert conn.sock is not None
+        assert conn.sock.recv(1) == b""  # closed by the server: end of stream
+    finally:
+        conn.close()
+    runner.join(10)
+    assert not runner.is_alive()
+
+
 @pytest.mark.parametrize(
     ("environ", "text"),
     [
