@@ -19,6 +19,9 @@ lower bounds are described in ``tools/bench_workloads.py``; what is measured in
 ``front`` (streamed generation through the manager's Ollama API against the simulator
 directly) in ``tools/bench_front.py``.
 
+``door`` sends the interleaved and mixed bursts through the manager's Ollama API with the
+official ``ollama`` client (``tools/bench_door.py``) and compares them with the job API.
+
 ``fleet`` runs the interleaved and mixed bursts once more, managed, on two backends (two
 such simulators, one GPU each, sharing one fake-NVML state file as two Ollamas pinned to
 one GPU each on one host), and reports the makespan on two over the makespan on one.
@@ -46,6 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import Config
+from tools.bench_door import compare_door
 from tools.bench_front import measure_front
 from tools.bench_procs import Procs, Service, Sim, fake_nvml_lib, pct, rnd
 from tools.bench_report import render, targets
@@ -65,6 +69,7 @@ WORKLOADS = (
     "stream_pressure",
     "fleet",
     "front",
+    "door",
 )
 FLEET = ("interleaved", "mixed")  # the bursts run again on two backends (``fleet``)
 VRAM_MB = 8192
@@ -328,6 +333,15 @@ def main(argv: list[str] | None = None) -> int:
                 done = report["workloads"].get(wl.key, {}).get("managed")
                 one = None if done is None or done["errors"].get("not run (--modes)") else done
                 report["fleet"][wl.key] = run_fleet(procs, wl, one, args)
+        if "door" in args.only:
+            report["door"] = {}
+            for wl in (w for w in workloads if w.key in FLEET):
+                done = report["workloads"].get(wl.key, {}).get("managed")
+                one = None if done is None or done["errors"].get("not run (--modes)") else done
+                report["door"][wl.key] = compare_door(
+                    procs, wl, one, lambda: _sim(procs, args), args.managed_cap
+                )
+                _progress(f"{wl.key} through the Ollama API: done")
         for done in report["workloads"].values():
             for mode in ("direct", "managed"):
                 done[mode].pop("_latency_by_job", None)

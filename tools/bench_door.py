@@ -1,0 +1,115 @@
+"""``door``: a burst sent through the manager's Ollama API by the official ``ollama``
+client, unchanged, against the same burst through the job API in the same run.
+
+Each job is one blocking ``Client.generate`` (or ``embed``) call from its own client
+thread at the job's arrival time, with its priority in the ``X-Priority`` header: what a
+program written for Ollama does once ``OLLAMA_HOST`` points at the manager. The service
+runs with ``MAX_OPEN_REQUESTS`` above the burst, so every request is held open while it
+waits. Latencies run from the arrival time to the answer, as in ``direct`` mode.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
+
+from tools.bench_procs import BenchError, Service, Sim
+from tools.bench_run import MAX_CLIENT_THREADS, Outcome, run_managed, summarize
+from tools.bench_workloads import BenchJob, Workload
+
+
+def run_door(wl: Workload, sim: Sim, procs: Any, cap: float) -> dict[str, Any]:
+    """``wl`` through the Ollama API of a service on ``sim`` (figures as ``summarize``)."""
+    try:
+        import httpx
+        import ollama
+    except ImportError as exc:  # a development requirement
+        raise BenchError(f"'door' needs {exc.name}: pip install -r requirements-dev.txt") from None
+    svc = Service(procs, sim, MAX_OPEN_REQUESTS=len(wl.jobs) + 16)
+    clients: list[Any] = []
+    lock = threading.Lock()
+    local = threading.local()
+
+    def client(priority: str) -> Any:
+        mine: dict[str, Any] = local.__dict__.setdefault("clients", {})
+        if priority not in mine:
+            made = ollama.Client(host=svc.url, headers={"X-Priority": priority}, timeout=cap)
+            mine[priority] = made
+            with lock:
+                clients.append(made)
+        return mine[priority]
+
+    def call(job: BenchJob) -> None:
+        c = client(job.priority)
+        if job.kind == "embed":
+            c.embed(model=job.model, input=job.inputs if job.extra_inputs else job.text)
+        else:
+            options = {"num_predict": job.num_predict} if job.num_predict is not None else None
+            c.generate(model=job.model, prompt=job.text, options=options)
+
+    try:
+        if wl.warm_model:
+            client("normal").generate(model=wl.warm_model, prompt="warm up")
+            sim.control("reset", {})
+        out = {j.idx: Outcome(j) for j in wl.jobs}
+        t0 = time.monotonic() + 0.05
+        t0_wall = time.time() + 0.05
+
+        def send(job: BenchJob) -> None:
+            rec = out[job.idx]
+            rec.sent = time.monotonic()
+            try:
+                call(job)
+                rec.ok = True
+            except (ollama.ResponseError, httpx.HTTPError) as exc:
+                rec.ok, rec.error = False, f"{type(exc).__name__}: {exc}"
+            rec.end = time.monotonic()
+            rec.latency = rec.end - (t0 + job.at)
+
+        with ThreadPoolExecutor(min(len(wl.jobs), MAX_CLIENT_THREADS)) as pool:
+            futures = []
+            for job in wl.jobs:
+                time.sleep(max(0.0, t0 + job.at - time.monotonic()))  # the arrival time
+                futures.append(pool.submit(send, job))
+            wait(futures, timeout=cap)
+        return summarize(wl, list(out.values()), t0, t0_wall, cap, sim.stats(), direct=True)
+    finally:
+        for made in clients:
+            made.close()
+        svc.stop()
+
+
+def compare_door(
+    procs: Any, wl: Workload, job_api: dict[str, Any] | None, sim: Any, cap: float
+) -> dict[str, Any]:
+    """``wl`` through the Ollama API against the job API (``job_api``: the managed figures
+    of this run, or None to measure them here). ``sim``: makes a fresh simulator."""
+    if job_api is None:
+        first = sim()
+        try:
+            svc = Service(procs, first)
+            try:
+                job_api = run_managed(wl, svc, first, cap)
+            finally:
+                svc.stop()
+        finally:
+            first.stop()
+    second = sim()
+    try:
+        door = run_door(wl, second, procs, cap)
+    finally:
+        second.stop()
+    for r in (job_api, door):
+        r.pop("_latency_by_job", None)
+    span1, span2 = job_api["makespan_s"], door["makespan_s"]
+    return {
+        "title": wl.title,
+        "jobs": len(wl.jobs),
+        "models": len(wl.models),
+        "job_api": job_api,
+        "ollama_api": door,
+        "makespan_ollama_over_job_api": round(span2 / span1, 3) if span1 and span2 else None,
+        "loads": {"job_api": job_api["loads"], "ollama_api": door["loads"]},
+    }
