@@ -342,7 +342,12 @@ class _Pass:
         need = f.estimate_bytes
         measured = f.evidence_bytes if f.evidence_bytes is not None else need
         known = any(room.view.total_bytes > 0 for room in self.usable)
-        if known and measured > capacity:
+        # Only a size measured at a load can rule a model out: an estimate from the disk
+        # size is rough (it may fit after all), and Ollama runs a model larger than the
+        # GPU partly on the CPU when nothing else is loaded (server/sched.go), so such a
+        # model is tried alone. A measured size within the margin of the GPU loaded
+        # before, so it is tried alone too.
+        if known and f.measured and measured > capacity + margin:
             self.plan.actions.append(
                 Fail(
                     runner,
@@ -353,7 +358,7 @@ class _Pass:
             )
             return
         if known and need > capacity:
-            need = max(capacity, 0)  # failures raised it past the GPU: try it alone
+            need = max(capacity, 0)  # estimated or raised past the GPU: try it alone
         self.fit(group, need, others)
 
     def missing(self, group: Demand) -> None:

@@ -434,6 +434,7 @@ class Scheduler:
         return RunnerFacts(
             estimate_bytes=info.estimate_bytes,
             evidence_bytes=info.evidence_bytes,
+            measured=info.learned_vram_bytes is not None,
             load_seconds=info.learned_load_seconds or self._load_prior(info.estimate_bytes),
             job_seconds=self.registry.job_seconds(runner),
             slots=self._slots(runner),
