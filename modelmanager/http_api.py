@@ -192,6 +192,12 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.get("/api/job/<job_id>")
     def get_job(job_id: str) -> Response:
+        unknown = sorted(set(request.args) - {"wait"})
+        if unknown:  # a misspelt ?wait would otherwise answer at once, silently
+            raise InvalidRequest(
+                f"unknown query parameter(s): {', '.join(unknown)} (only 'wait' is known)",
+                field=unknown[0],
+            )
         if "wait" not in request.args:
             return _json(api.get(job_id))
         try:
