@@ -148,13 +148,25 @@ class Api:
 
     def _reserve_room(self, n: int) -> None:
         """Count ``n`` jobs against QUEUE_MAX_SIZE until ``_accept`` has queued them."""
+        limit = self.config.QUEUE_MAX_SIZE
+        if n > limit:  # never fits, however long the client waits
+            raise InvalidRequest(
+                f"a batch of {n} jobs is more than the whole queue holds (QUEUE_MAX_SIZE is "
+                f"{limit}); send it in parts of at most {limit}",
+                field="jobs",
+            )
         with self._room_lock:
             unfinished = len(self.pending) + self.jobs.in_flight() + self._reserved
-            if unfinished + n > self.config.QUEUE_MAX_SIZE:
+            if unfinished + n > limit:
+                what = (
+                    "the queue is full"
+                    if n == 1 or unfinished >= limit
+                    else (f"the queue has room for {limit - unfinished} more job(s), not {n}")
+                )
                 raise QueueFull(
-                    f"the queue is full ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is "
-                    f"{self.config.QUEUE_MAX_SIZE}); retry later",
-                    details={"unfinished": unfinished, "max": self.config.QUEUE_MAX_SIZE},
+                    f"{what} ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is {limit}); "
+                    "retry later",
+                    details={"unfinished": unfinished, "max": limit},
                     headers={"Retry-After": "5"},
                 )
             self._reserved += n

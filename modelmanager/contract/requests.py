@@ -349,6 +349,7 @@ _PHRASES = {
     "less_than_equal": "must be at most {le}",
     "literal_error": "must be {expected}",
     "enum": "must be {expected}",
+    "string_pattern_mismatch": "is not in the expected form",
 }
 
 
@@ -422,6 +423,11 @@ def parse_jobs_query(args: Mapping[str, list[str]]) -> JobsQuery:
         if not (limit.isascii() and limit.isdigit() and len(limit) <= 6):
             raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_LIST}", field="limit")
         values["limit"] = int(limit)
+    cursor = values.get("cursor")
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
+        raise InvalidRequest(
+            "'cursor' must be the next_cursor of an earlier page, as it was given", field="cursor"
+        )
     try:
         return JobsQuery.model_validate(values)
     except ValidationError as exc:
