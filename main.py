@@ -142,7 +142,13 @@ def start_simulator(config: Config, time_scale: float) -> tuple[Any, Any]:
     state = data / "sim-gpu.state"
     models = data / "sim-models"  # its models directory: sparse files, next to no disk
     sim = FakeOllama(
-        vram_mb=SIM_VRAM_MB, time_scale=time_scale, nvml_state=str(state), models_dir=models
+        vram_mb=SIM_VRAM_MB,
+        time_scale=time_scale,
+        nvml_state=str(state),
+        models_dir=models,
+        # keep_alive in real seconds, as the manager sends it: scaled, a faster simulator
+        # would drop idle models before the manager unloads them
+        scale_keep_alive=False,
     ).start()
     config.OLLAMA_BASE_URL = sim.url
     if not config.OLLAMA_MODELS_DIR:

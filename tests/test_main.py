@@ -93,6 +93,11 @@ def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None
             timeout=30,
         )
         assert body["result"]
+        # the simulator keeps the model for the manager's keep_alive in real seconds (at
+        # 0.02 a scaled one would drop it within seconds, behind the manager's back)
+        [loaded] = requests.get(f"{url}/api/ps", timeout=5).json()["models"]
+        expires = datetime.fromisoformat(loaded["expires_at"].replace("Z", "+00:00"))
+        assert expires.timestamp() - time.time() > 60, loaded["expires_at"]
         stats = requests.get(f"{url}/api/stats", timeout=5).json()
         assert stats["resources"]["vram"]["total"] == 24576 * 1024 * 1024
         # the counters are this run's: they say since when
