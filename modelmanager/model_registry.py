@@ -40,8 +40,8 @@ from typing import Any
 from .errors import OllamaError
 from .logger import get_logger
 from .models import GIB, MIB, LoadedModel
-from .names import InvalidModelName, model_key
-from .runners import model_of, options_of
+from .names import InvalidModelName, display_name, model_key
+from .runners import describe, model_of, options_of
 from .store import Store
 
 log = get_logger("REGISTRY")
@@ -240,6 +240,17 @@ class ModelRegistry:
         name = tag.get("name") or tag.get("model")
         return str(name) if name else None
 
+    def shown(self, runner: str) -> str:
+        """How logs name a runner: the model as Ollama stores it (else its shortest
+        spelling, ``qwen2.5:1.5b``), with the runner's options."""
+        name = self.stored_name(runner)
+        if not name:
+            try:
+                name = display_name(model_of(runner))
+            except InvalidModelName:
+                name = model_of(runner)
+        return describe(name, runner)
+
     def digest(self, model: str) -> str | None:
         """The model's digest as ``/api/tags`` lists it (names that are copies of one
         another share it, and with it one runner in Ollama), if known."""
@@ -386,10 +397,16 @@ class ModelRegistry:
         if vram:
             source = "nvml delta" if vram == nvml_delta_bytes else "api/ps"
             log.info(
-                "learned %s: %d MB VRAM (%s), load %.2fs", runner, vram // MIB, source, load_seconds
+                "learned %s: %d MB VRAM (%s), load %.2fs",
+                self.shown(runner),
+                vram // MIB,
+                source,
+                load_seconds,
             )
         else:
-            log.info("learned %s: load %.2fs (no VRAM figure to trust)", runner, load_seconds)
+            log.info(
+                "learned %s: load %.2fs (no VRAM figure to trust)", self.shown(runner), load_seconds
+            )
         return vram
 
     def learn_job(self, model: str, seconds: float) -> None:
@@ -436,11 +453,16 @@ class ModelRegistry:
         with self._lock:
             self._raised[runner] = grown
         if grown > info.estimate_bytes:
-            log.info("raised VRAM estimate of %s to %d MB after %s", runner, grown // MIB, why)
+            log.info(
+                "raised VRAM estimate of %s to %d MB after %s",
+                self.shown(runner),
+                grown // MIB,
+                why,
+            )
         else:
             log.info(
                 "VRAM estimate of %s stays at %d MB after %s (at its cap of %gx what was measured)",
-                runner,
+                self.shown(runner),
                 grown // MIB,
                 why,
                 RAISE_CAP,
