@@ -85,8 +85,10 @@ def registry(store: Store, tags: FakeTags, clock: Clock | None = None) -> ModelR
         ("library/llama3.2", "registry.ollama.ai/library/llama3.2:latest"),
         ("registry.ollama.ai/library/LLAMA3.2", "registry.ollama.ai/library/llama3.2:latest"),
         ("hf.co/Org/Model:Q4_K_M", "hf.co/org/model:q4_k_m"),
-        # not Ollama's grammar (a port in the host): kept as spelled, lower-cased
-        ("registry.local:5000/team/model", "registry.local:5000/team/model"),
+        # a port in the host is Ollama's grammar too; the tag is filled in
+        ("Registry.Local:5000/team/Model", "registry.local:5000/team/model:latest"),
+        # not Ollama's grammar: kept as spelled, lower-cased
+        ("Bad Name!", "bad name!"),
     ],
 )
 def test_registry_normalize_gives_the_model_identity(given: str, expected: str) -> None:

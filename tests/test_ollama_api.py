@@ -202,7 +202,7 @@ def test_streams_ndjson_by_default(svc: Service) -> None:
         ("/api/generate", {"prompt": "x"}, 404, "model '' not found"),
         ("/api/chat", {"model": "", "messages": []}, 400, "model is required"),
         ("/api/embeddings", {"prompt": "x"}, 400, "model is required"),
-        ("/api/generate", {"model": "a..b", "prompt": "x"}, 400, "invalid model name"),
+        ("/api/generate", {"model": "-a", "prompt": "x"}, 400, "invalid model name"),
         ("/api/generate", {"model": TEXT, "prompt": 5}, 400, "'prompt' must be a string"),
         ("/api/chat", {"model": TEXT, "messages": "hi"}, 400, "'messages' must be a list"),
         ("/api/embed", {"model": EMBEDDER, "input": [1, 2]}, 400, "invalid input type"),
