@@ -171,7 +171,6 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("model with a scheme in upper case", job(model="HTTP://evil/x"), "model"),
     ("priority unknown", job(priority="urgent"), "priority"),
     ("priority a number", job(priority=0), "priority"),
-    ("priority null", job(priority=None), "priority"),
     ("priority a list", job(priority=["high"]), "priority"),
     ("kind unknown", job(kind="pull"), "kind"),
     ("kind an object", job(kind={}), "kind"),
