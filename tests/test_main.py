@@ -79,8 +79,12 @@ def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None
                 return False
 
         wait_until(healthy, timeout=30, interval=0.05)
-        health = requests.get(f"{url}/api/health", timeout=5).json()
-        assert health["backend"]["up"] is True
+        # the simulator is reached at the scheduler's first probe, just after start
+        wait_until(
+            lambda: requests.get(f"{url}/api/health", timeout=5).json()["backend"]["up"],
+            timeout=30,
+            what="the simulator reachable",
+        )
         job = requests.post(
             f"{url}/api/submit", json={"model": "llama3.2:1b", "prompt": "hi"}, timeout=5
         ).json()["job_id"]
