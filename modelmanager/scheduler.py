@@ -77,6 +77,7 @@ PROBE_MAX = 30.0  # ... up to this
 WAIT_RELOG = 5.0  # seconds before a waiting runner's changed reason is logged again
 ARRIVAL_WINDOW = 10.0  # seconds of arrivals an arrival rate is measured over
 ARRIVAL_MIN_WINDOW = 2.0  # a runner ready for less than this has no arrival rate yet
+ARRIVAL_QUIET = 2.0  # no new job for this long: the jobs that came were a batch, not a stream
 RECENT_EVENTS = 100  # loads, unloads and evictions kept for the dashboard
 
 _WAIT_TEXT = {
@@ -476,12 +477,15 @@ class Scheduler:
         """New jobs for a ready runner since it loaded, over the last ARRIVAL_WINDOW
         seconds: (per second, how many). Jobs already waiting when it loaded are its
         backlog, not a stream. The rate is 0 until it has been ready ARRIVAL_MIN_WINDOW
-        seconds."""
+        seconds, and once no job has come for ARRIVAL_QUIET seconds: a batch submitted
+        at once is a backlog to finish, not a stream that keeps the runner busy."""
         if h.state is not RunnerState.READY:
             return 0.0, 0
         since = max(now - ARRIVAL_WINDOW, h.loaded_at)
         count = self.pending.arrivals_since(h.runner, since)
         if now - since < ARRIVAL_MIN_WINDOW:
+            return 0.0, count
+        if count and not self.pending.arrivals_since(h.runner, now - ARRIVAL_QUIET):
             return 0.0, count
         return count / (now - since), count
 

@@ -572,3 +572,27 @@ def test_a_pinned_model_is_loaded_with_no_job_and_ollama_told_to_keep_it(world: 
     world.loaded(K(MID), 1.6, MID)
     world.tick(10_000)  # long past MODEL_KEEP_ALIVE
     assert K(MID) not in world.ports.unloads and world.state(K(MID)) == "ready"
+
+
+def test_a_batch_that_came_at_once_is_a_backlog_not_a_stream(world: World) -> None:
+    """Jobs submitted in one batch after their model loaded, then nothing: once no job
+    has come for ARRIVAL_QUIET seconds the runner has no arrival rate, so the planner
+    sees a finite queue to finish, not one fed for ever (which any higher-priority job
+    would outrank at any cost)."""
+    world.submit(SMALL, 1, Priority.LOW)
+    world.tick()
+    world.loaded(K(SMALL), 0.5, SMALL)
+    world.tick(0.1)
+    [held] = world.scheduler._held.values()
+    world.clock.now += 0.1
+    world.submit(SMALL, 50, Priority.LOW)  # one batch, after the load
+    world.tick(1.95)  # ready for ARRIVAL_MIN_WINDOW, the batch still recent
+    rate, count = world.scheduler._arrivals(held, world.clock.now)
+    assert count == 50 and rate > 10
+    world.tick(1.0)  # nothing new for ARRIVAL_QUIET
+    rate, count = world.scheduler._arrivals(held, world.clock.now)
+    assert count == 50 and rate == 0.0
+    world.submit(SMALL, 1, Priority.LOW)  # a stream goes on: a rate again
+    world.tick(0.1)
+    rate, _ = world.scheduler._arrivals(held, world.clock.now)
+    assert rate > 10
