@@ -628,9 +628,14 @@ def test_plan_tries_a_model_estimated_larger_than_the_gpu_alone(size: float) -> 
     assert after.loads == ["big"]
 
 
-@pytest.mark.parametrize(("need_gb", "failed"), [(7, False), (7 + 1 / 1024, True)])
-def test_plan_too_large_boundary_is_total_minus_margin(need_gb: float, failed: bool) -> None:
-    result = run([want("m")], [], {"m": need_gb}, total=8, free=2)
+@pytest.mark.parametrize(("need_gb", "failed"), [(7, False), (8, False), (8 + 1 / 1024, True)])
+def test_plan_too_large_boundary_is_the_whole_gpu_for_a_measured_size(
+    need_gb: float, failed: bool
+) -> None:
+    """A size measured at a load fails the model only beyond the whole GPU: within the
+    safety margin it loaded before, so it is tried alone."""
+    measured = RunnerFacts(estimate_bytes=gb(need_gb), evidence_bytes=gb(need_gb), measured=True)
+    result = run([want("m")], [], total=8, free=2, known={"m": measured})
     assert bool(result.fails) is failed
     assert result.loads == []
 
