@@ -175,9 +175,16 @@ class OllamaEmbeddingsRequest(_Request, total=False):
 
 @with_config(LENIENT)
 class OllamaShowRequest(TypedDict, total=False):
-    """`POST /api/show`, passed to Ollama as sent."""
+    """`POST /api/show`, passed to Ollama with `model` set. Ollama's older `name` field is
+    read when `model` is absent or empty, as Ollama reads it (`api/types.go`
+    `ShowRequest.Name`, "Deprecated: set the model name with Model instead";
+    `server/routes.go` `ShowHandler`). Unknown fields (`system`, `template`, `options`)
+    are passed on."""
 
     model: Required[ModelName]
+    name: Annotated[
+        Text | None, doc("Deprecated: the model's name, read when `model` is absent or empty.")
+    ]
     verbose: bool | None
 
 

@@ -30,7 +30,7 @@ from ..models import JobKind
 from . import ollama
 from . import openai_answers as answers
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of
-from .shared import Backend, KeyPriorities, node_urls, parse_json
+from .shared import Backend, KeyPriorities, node_urls, parse_json, retry_headers
 
 log = get_logger("API")
 
@@ -192,7 +192,8 @@ class OpenAIDoor:
     def models(self) -> Response:
         status, doc = self.backend.json("GET", "/api/tags")
         if status != 200:
-            return error(status, str(doc.get("error") if isinstance(doc, dict) else doc))
+            text = str(doc.get("error") if isinstance(doc, dict) else doc)
+            return error(status, text, retry_headers(status))
         data = []
         for entry in doc.get("models") or ():
             name = str(entry.get("name") or entry.get("model") or "")
@@ -206,7 +207,8 @@ class OpenAIDoor:
             return error(404, ollama.not_found("show", model))
         status, doc = self.backend.json("POST", "/api/show", {"model": model})
         if status != 200:
-            return error(status, str(doc.get("error") if isinstance(doc, dict) else doc))
+            text = str(doc.get("error") if isinstance(doc, dict) else doc)
+            return error(status, text, retry_headers(status))
         return ollama.reply(answers.model_entry(model, doc.get("modified_at")))
 
 

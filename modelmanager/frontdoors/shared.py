@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -15,6 +16,7 @@ from config import Config
 from ..errors import InvalidRequest
 
 INFO_TIMEOUT = (5.0, 30.0)  # s: connect, read (tags, show, ps, version)
+RETRY_AFTER = "5"  # s: sent with a 503 when Ollama cannot be reached
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -85,7 +87,9 @@ class Backend:
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes, str]:
         """``(status, body, content type)`` of Ollama's answer; a 503 in Ollama's error
-        shape when no node can be reached."""
+        shape when no node can be reached, whose text says why in a few words:
+        ``{"error": "cannot reach Ollama at http://host:11434: connection refused"}``
+        (or ``timed out``, ...). Callers add :func:`retry_headers`."""
         answers = [self._one(url, method, path, body) for url in self._urls() or [""]]
         ok = [a for a in answers if a[0] == 200]
         if path in self.MERGED and len(ok) > 1:
@@ -104,7 +108,7 @@ class Backend:
                 session.trust_env = False  # Ollama is a local backend: no proxy settings
                 resp = session.request(method, url + path, json=body, timeout=INFO_TIMEOUT)
         except requests.RequestException as exc:
-            text = json.dumps({"error": f"cannot reach Ollama at {url}: {exc}"})
+            text = json.dumps({"error": f"cannot reach Ollama at {url}: {unreachable(exc)}"})
             return 503, text.encode(), "application/json; charset=utf-8"
         return resp.status_code, resp.content, resp.headers.get("Content-Type", "")
 
@@ -115,6 +119,51 @@ class Backend:
             return status, json.loads(content)
         except ValueError:
             return status, {"error": content.decode(errors="replace").strip() or "no answer"}
+
+
+def retry_headers(status: int) -> dict[str, str] | None:
+    """``Retry-After`` (seconds) for a 503 (Ollama unreachable, or Ollama's own busy
+    answer), as the manager's other 503s carry it; None for any other status."""
+    return {"Retry-After": RETRY_AFTER} if status == 503 else None
+
+
+def unreachable(exc: requests.RequestException) -> str:
+    """Why ``exc`` got no answer, in a few words (``"connection refused"``, ``"timed
+    out"``, ...), not urllib3's ``HTTPConnectionPool(host=...): Max retries exceeded ...``
+    text, which names the pool and the retry policy rather than the cause."""
+    if isinstance(exc, requests.Timeout):  # ConnectTimeout is a ConnectionError too
+        return "timed out"
+    for cause in _causes(exc):
+        if isinstance(cause, TimeoutError | socket.timeout):
+            return "timed out"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, ConnectionResetError | ConnectionAbortedError):
+            return "the connection was closed before an answer"
+        if isinstance(cause, socket.gaierror):
+            return "its host name cannot be resolved"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+        return "the URL is not valid"
+    if isinstance(exc, requests.ConnectionError):
+        return "the connection failed"
+    return "no valid answer came"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (``args``, urllib3's ``reason``, ``__cause__``,
+    ``__context__``), breadth first, each once, at most 32."""
+    queue: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while queue and len(seen) < 32:
+        item = queue.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        wrapped = [*item.args, getattr(item, "reason", None), item.__cause__, item.__context__]
+        queue.extend(w for w in wrapped if isinstance(w, BaseException))
 
 
 def _merged(answers: list[tuple[int, bytes, str]]) -> bytes:
