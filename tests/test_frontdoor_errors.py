@@ -136,3 +136,196 @@ def test_unreachable_names_the_cause_in_a_few_words() -> None:
     )
     assert unreachable(requests.ReadTimeout("read timed out")) == "timed out"
     assert unreachable(requests.exceptions.InvalidURL("x")) == "the URL is not valid"
+
+
+# ------------------------------------------------------------- each door's shape
+
+OVERSIZED = 33 * 1024 * 1024  # bytes: over MAX_BODY_BYTES (32 MiB)
+
+
+@pytest.fixture
+def svc(sim: Any, make_service: Any) -> Service:
+    service: Service = make_service(sim)
+    return service
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/embed", "/api/show"])
+def test_oversized_body_on_ollamas_paths_is_a_413_in_ollamas_shape(
+    svc: Service, path: str, chunked: bool
+) -> None:
+    data = b'{"model": "m", "prompt": "' + b"x" * OVERSIZED + b'"}'
+    step = 1 << 20
+    body: Any = (data[i : i + step] for i in range(0, len(data), step)) if chunked else data
+    r = requests.post(svc.url + path, data=body, timeout=120)
+    assert r.status_code == 413, r.text[:300]
+    assert set(r.json()) == {"error"} and isinstance(r.json()["error"], str)
+    assert str(32 * 1024 * 1024) in r.json()["error"]
+
+
+def test_oversized_prompt_through_the_ollama_client_raises_a_text_error(svc: Service) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama_client(svc.url).generate(model=TEXT, prompt="x" * OVERSIZED)
+    assert err.value.status_code == 413
+    assert isinstance(err.value.error, str) and "larger than" in err.value.error
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
+def test_oversized_body_under_v1_is_a_413_in_openais_shape(
+    svc: Service, path: str, chunked: bool
+) -> None:
+    data = b'{"model": "m", "input": "' + b"x" * OVERSIZED + b'"}'
+    step = 1 << 20
+    body: Any = (data[i : i + step] for i in range(0, len(data), step)) if chunked else data
+    r = requests.post(svc.url + path, data=body, timeout=120)
+    error = assert_openai_error(r, 413)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_oversized_message_through_the_openai_client(svc: Service) -> None:
+    with pytest.raises(openai.APIStatusError) as err:
+        openai_client(svc.url).chat.completions.create(
+            model=TEXT, messages=[{"role": "user", "content": "x" * OVERSIZED}]
+        )
+    assert err.value.status_code == 413
+    assert isinstance(err.value.body, dict) and "larger than" in err.value.body["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/api/generate", "POST"),
+        ("GET", "/api/chat", "POST"),
+        ("PUT", "/api/embed", "POST"),
+        ("GET", "/api/show", "POST"),
+        ("POST", "/api/tags", "GET"),
+        ("DELETE", "/api/ps", "GET"),
+        ("GET", "/api/pull", "POST"),
+        ("POST", "/api/delete", "DELETE"),
+    ],
+)
+def test_wrong_method_on_ollamas_paths_is_gins_405(
+    svc: Service, method: str, path: str, allowed: str
+) -> None:
+    """Ollama's router (Gin, ``HandleMethodNotAllowed = true``) answers a wrong method with
+    its own plain-text 405; the ollama client reads it as the error's text."""
+    r = requests.request(method, svc.url + path, timeout=10)
+    assert r.status_code == 405, r.text
+    assert r.text == "405 method not allowed"
+    assert r.headers["Content-Type"].startswith("text/plain")
+    assert allowed in {m.strip() for m in r.headers["Allow"].split(",")}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/chat/completions", "POST"),
+        ("PUT", "/v1/completions", "POST"),
+        ("GET", "/v1/embeddings", "POST"),
+        ("POST", "/v1/models", "GET"),
+        ("DELETE", "/v1/models/qwen2.5:0.5b", "GET"),
+    ],
+)
+def test_wrong_method_under_v1_is_a_405_in_openais_shape(
+    svc: Service, method: str, path: str, allowed: str
+) -> None:
+    r = requests.request(method, svc.url + path, timeout=10)
+    error = assert_openai_error(r, 405)
+    assert error["type"] == "invalid_request_error" and method in error["message"]
+    assert allowed in {m.strip() for m in r.headers["Allow"].split(",")}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(
+    "path", ["/v1/responses", "/v1/messages", "/v1/audio/transcriptions", "/v1/nope", "/v1/"]
+)
+def test_unknown_paths_under_v1_are_a_404_in_openais_shape(
+    svc: Service, method: str, path: str
+) -> None:
+    r = requests.request(method, svc.url + path, json={"model": TEXT}, timeout=10)
+    error = assert_openai_error(r, 404)
+    assert f"{method} {path}" in error["message"]
+    assert "/v1/chat/completions" in error["message"]  # what is served instead
+
+
+def test_the_openai_client_on_an_unserved_endpoint(svc: Service) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        openai_client(svc.url).responses.create(model=TEXT, input="Hi")
+    assert isinstance(err.value.body, dict) and "/v1/responses" in err.value.body["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("HEAD", "/api/blobs/sha256:" + "0" * 64),
+        ("POST", "/api/blobs/sha256:" + "0" * 64),
+        ("GET", "/api/status"),
+        ("POST", "/api/me"),
+        ("POST", "/api/experimental/web_search"),
+    ],
+)
+def test_ollamas_paths_the_door_does_not_serve_are_a_404_in_ollamas_shape(
+    svc: Service, method: str, path: str
+) -> None:
+    r = requests.request(method, svc.url + path, timeout=10)
+    assert r.status_code == 404
+    if method != "HEAD":
+        assert set(r.json()) == {"error"} and path in r.json()["error"]
+
+
+def test_job_api_paths_keep_the_job_api_shape(svc: Service) -> None:
+    r = requests.get(f"{svc.url}/api/submit", timeout=10)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+    r = requests.get(f"{svc.url}/api/v1/nope", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    r = requests.post(f"{svc.url}/api/submit", data=b"x" * OVERSIZED, timeout=120)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+# -------------------------------------------------------------------- API keys
+
+
+@pytest.fixture
+def keyed(sim: Any, make_service: Any) -> Service:
+    service: Service = make_service(sim, API_KEY=KEY)
+    return service
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/qwen2.5:0.5b"),
+        ("POST", "/v1/responses"),  # no such route: the key is checked first
+    ],
+)
+def test_wrong_key_under_v1_is_openais_401(keyed: Service, method: str, path: str) -> None:
+    r = requests.request(
+        method, keyed.url + path, json={}, headers={"Authorization": "Bearer no"}, timeout=10
+    )
+    error = assert_openai_error(r, 401)
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
+
+
+def test_the_openai_client_with_a_wrong_key(keyed: Service) -> None:
+    with pytest.raises(openai.AuthenticationError) as err:
+        openai_client(keyed.url, key="wrong").models.list()
+    assert err.value.code == "invalid_api_key"
+    openai_client(keyed.url, key=KEY).models.list()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/api/generate"), ("POST", "/api/show"), ("GET", "/api/tags"), ("GET", "/api/ps")],
+)
+def test_wrong_key_on_ollamas_paths_is_a_text_error(keyed: Service, method: str, path: str) -> None:
+    r = requests.request(method, keyed.url + path, json={"model": TEXT}, timeout=10)
+    assert r.status_code == 401
+    assert set(r.json()) == {"error"} and isinstance(r.json()["error"], str)
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama_client(keyed.url).ps()
+    assert err.value.status_code == 401 and "API key" in err.value.error
+    r = requests.get(f"{keyed.url}/api/jobs", timeout=10)  # the job API's own shape
+    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"

@@ -33,6 +33,7 @@ from ..errors import ApiError, InvalidRequest, QueueFull
 from ..events import KeepAliveSet
 from ..logger import get_logger
 from ..models import JobKind
+from .errors import http_error
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of, with_wait
 from .shared import Backend, KeyPriorities, node_urls, parse_json, retry_headers
 
@@ -344,6 +345,7 @@ def management(path: str, action: str) -> Callable[[], Response]:
 
 
 INFERENCE = {f"/api/{kind}": kind for kind in ("generate", "chat", "embed", "embeddings")}
+PASSTHROUGH = ("/api/tags", "/api/ps", "/api/version")  # GET, Ollama's answer as it comes
 
 
 class FastPath:
@@ -396,7 +398,7 @@ def blueprint(door: OllamaDoor) -> Blueprint:
             methods=["POST"],
         )
     bp.add_url_rule("/api/show", "ollama_show", door.show, methods=["POST"])
-    for path in ("/api/tags", "/api/ps", "/api/version"):
+    for path in PASSTHROUGH:
         bp.add_url_rule(
             path,
             f"ollama_{path.rsplit('/', 1)[-1]}",
@@ -416,7 +418,7 @@ def blueprint(door: OllamaDoor) -> Blueprint:
 
     @bp.errorhandler(HTTPException)
     def on_http(exc: HTTPException) -> Response:
-        return error(exc.code or 500, exc.description or "bad request")
+        return http_error(exc)
 
     @bp.errorhandler(Exception)
     def on_unexpected(exc: Exception) -> Response:

@@ -29,6 +29,7 @@ from ..logger import get_logger
 from ..models import JobKind
 from . import ollama
 from . import openai_answers as answers
+from .errors import http_error, openai_error_body
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of
 from .shared import Backend, KeyPriorities, node_urls, parse_json, retry_headers
 
@@ -36,9 +37,8 @@ log = get_logger("API")
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return ollama.reply(body, status, headers)
+    """An error in OpenAI's shape (:func:`.errors.openai_error_body`)."""
+    return ollama.reply(openai_error_body(status, message), status, headers)
 
 
 class OpenAIDoor:
@@ -233,7 +233,7 @@ def blueprint(api: Api, config: Config) -> Blueprint:
 
     @bp.errorhandler(HTTPException)
     def on_http(exc: HTTPException) -> Response:
-        return error(exc.code or 500, exc.description or "bad request")
+        return http_error(exc)
 
     @bp.errorhandler(Exception)
     def on_unexpected(exc: Exception) -> Response:
