@@ -329,3 +329,61 @@ def test_wrong_key_on_ollamas_paths_is_a_text_error(keyed: Service, method: str,
     assert err.value.status_code == 401 and "API key" in err.value.error
     r = requests.get(f"{keyed.url}/api/jobs", timeout=10)  # the job API's own shape
     assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+# ------------------------------------------------------------ Ollama's own limits
+
+BIG = 2 * 1024 * 1024  # characters: over the job API's 1 MiB per text field
+
+
+def test_a_prompt_over_1_mib_is_taken_as_ollama_takes_it(sim: Any, svc: Service) -> None:
+    c = ollama_client(svc.url)
+    answer = c.generate(model=TEXT, prompt="word " * (BIG // 5))
+    assert answer.done and answer.response
+    chat = c.chat(model=TEXT, messages=[{"role": "user", "content": "é" * BIG}])
+    assert chat.done and chat.message.content
+    embedded = c.embed(model="nomic-embed-text", input=["x" * BIG, "y"])
+    assert len(embedded.embeddings) == 2
+    reply = openai_client(svc.url).chat.completions.create(
+        model=TEXT, messages=[{"role": "user", "content": "z" * BIG}]
+    )
+    assert reply.choices[0].message.content
+
+
+@pytest.mark.parametrize("num_ctx", [131073, 262144, 1 << 20])
+def test_long_contexts_are_not_refused(sim: Any, svc: Service, num_ctx: int) -> None:
+    """Ollama caps no ``num_ctx`` (the runner clamps it to the model's training context);
+    the door takes up to 1,048,576 tokens, and the VRAM estimate clamps it the same way."""
+    answer = ollama_client(svc.url).generate(model=TEXT, prompt="hi", options={"num_ctx": num_ctx})
+    assert answer.done and answer.response
+
+
+def test_num_ctx_past_the_doors_cap_is_a_400_naming_it(svc: Service) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama_client(svc.url).generate(model=TEXT, prompt="hi", options={"num_ctx": 1 << 40})
+    assert err.value.status_code == 400
+    assert "num_ctx" in err.value.error and "1048576" in err.value.error
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"caf\xe9 au lait", "caf\ufffd au lait"),  # Latin-1, not UTF-8
+        (b"\xff\xfe", "\ufffd\ufffd"),
+        (b"\\ud800 alone", "\ufffd alone"),  # a lone surrogate, escaped
+        (b"pair \\ud83d\\ude00 kept", "pair \U0001f600 kept"),
+        (b"nul \\u0000 kept", "nul \x00 kept"),
+    ],
+)
+def test_text_is_read_as_gos_decoder_reads_it(
+    sim: Any, svc: Service, raw: bytes, expected: str
+) -> None:
+    """Go's ``encoding/json`` replaces invalid UTF-8 and lone surrogates with U+FFFD and
+    keeps NUL: such a prompt runs, and what reaches Ollama is what Go would have read."""
+    data = b'{"model": "' + TEXT.encode() + b'", "stream": false, "prompt": "' + raw + b'"}'
+    r = requests.post(f"{svc.url}/api/generate", data=data, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] is True
+    (job,) = requests.get(f"{svc.url}/api/jobs", timeout=10).json()["jobs"]
+    stored = svc.manager.store.get(job["job_id"])  # what was sent on to Ollama
+    assert stored is not None and stored.payload["prompt"] == expected

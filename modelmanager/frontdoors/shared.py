@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,18 +21,54 @@ RETRY_AFTER = "5"  # s: sent with a 503 when Ollama cannot be reached
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
-    """A request body that must be a JSON object, or a 400 saying what is wrong."""
+    """A request body that must be a JSON object, or a 400 saying what is wrong.
+
+    Text is read as Go's ``encoding/json`` reads it for Ollama (``Unmarshal``: "invalid
+    UTF-8 or invalid UTF-16 surrogate pairs are not treated as an error. Instead, they
+    are replaced by the Unicode replacement character U+FFFD"): bytes that are not UTF-8,
+    and lone surrogates written as ``\\ud800`` escapes, become U+FFFD instead of a 400.
+    NUL characters (``\\u0000``) are kept, as Go keeps them."""
     if not raw:
         raise InvalidRequest("missing request body")
+    text = raw.decode("utf-8", errors="replace")
     try:
-        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        body = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"invalid JSON in the request body: {exc}") from None
     except RecursionError:
         raise InvalidRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text):  # (rare: only then can a string hold one)
+        replaced = _without_surrogates(body)
+        assert isinstance(replaced, dict)
+        return replaced
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    """``value`` with each lone surrogate in its strings (keys included) replaced by
+    U+FFFD; a valid pair was already joined into one character by the decoder. Walks the
+    body without recursion, so that any depth the decoder accepted is fine."""
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        holder, at = stack.pop()
+        item = holder[at]
+        if isinstance(item, str):
+            holder[at] = _SURROGATE.sub("\ufffd", item)
+        elif isinstance(item, list):
+            stack.extend((item, i) for i in range(len(item)))
+        elif isinstance(item, dict):
+            fixed = {_SURROGATE.sub("\ufffd", k): v for k, v in item.items()}
+            item.clear()
+            item.update(fixed)
+            stack.extend((item, k) for k in item)
+    return root[0]
 
 
 def _no_constant(name: str) -> Any:
