@@ -2,8 +2,9 @@
 
 ``create_app(api, config)`` registers routes and error handlers only: no thread, no
 database, no GPU at import or creation. Every error leaves as
-``{"error": {"code", "message", "details"}}`` with its status; nothing a client sends can
-produce a 500 or a stack trace.
+``{"error": {"code", "message", "details"}}`` with its status -- except on the front
+doors' paths (Ollama's API, ``/v1/...``), which answer in their own API's shape
+(:mod:`.frontdoors.errors`); nothing a client sends can produce a 500 or a stack trace.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from .errors import (
     Unauthorized,
 )
 from .frontdoors import register_front_doors
+from .frontdoors.errors import as_response, door_error, door_of
+from .frontdoors.errors import http_error as door_http_error
 from .logger import get_logger
 from .models_api import register_model_routes
 from .nodes_api import register_node_routes
@@ -246,11 +249,18 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
+        # a front door's path that no route took (the 401 of a path under /v1/ that
+        # does not exist) answers in its door's shape
+        door = door_error(request.method, request.path, exc.status, exc.message, exc.headers)
+        if door is not None:
+            return as_response(door)
         return _json(exc.to_json(), exc.status, exc.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
+        if door_of(request.path) is not None:  # routing's 404/405 on a front door's path
+            return door_http_error(exc)
         err: ApiError
         if code == 404:
             err = NotFound(f"no such endpoint: {request.method} {request.path}")

@@ -3,7 +3,8 @@
 waitress refuses a body over its limit by itself: a plain-text "Request Entity Too
 Large", then it closes the connection with the rest of the body unread, which a client
 still sending sees as a connection reset, not as an answer. Here an oversized body,
-declared or chunked, gets the API's JSON ``PAYLOAD_TOO_LARGE`` 413 instead, sent after the
+declared or chunked, gets the API's JSON ``PAYLOAD_TOO_LARGE`` 413 instead (in the front
+door's own error shape on Ollama's and OpenAI's paths), sent after the
 rest of the body has been read and dropped (counted, never stored), so that a client that
 reads only after sending receives it. The reading is bounded: a body declared larger than
 :data:`DRAIN_LIMIT` is answered at once, and one sent chunked is cut off there. This
@@ -23,6 +24,7 @@ from waitress.utilities import RequestEntityTooLarge
 
 from config import Config
 
+from .frontdoors.errors import door_error
 from .http_api import MAX_BODY_BYTES, payload_too_large
 
 CONNECTION_LIMIT = 200  # beyond the MAX_OPEN_REQUESTS that Ollama/OpenAI API clients hold
@@ -89,11 +91,24 @@ def bound_address(server: Any) -> tuple[str, int]:
 
 
 class _TooLarge(RequestEntityTooLarge):
-    """waitress's 413, answered in the API's error shape."""
+    """waitress's 413, answered in the error shape of the API whose path it is: the job
+    API's ``PAYLOAD_TOO_LARGE``, or a front door's own (:func:`door_error`:
+    ``{"error": "..."}`` on Ollama's paths, ``{"error": {"message", "type", ...}}`` under
+    ``/v1/``). The parser has read the request line when it refuses, so the path is
+    known."""
+
+    method = ""
+    path = ""
 
     def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
-        body = json.dumps(payload_too_large().to_json(), separators=(",", ":")).encode()
-        return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+        err = payload_too_large()
+        door = door_error(self.method, self.path, err.status, err.message)
+        if door is not None:
+            _, body, content_type, _ = door
+        else:
+            body = json.dumps(err.to_json(), separators=(",", ":")).encode()
+            content_type = "application/json"
+        return f"{self.code} {self.reason}", [("Content-Type", content_type)], body
 
 
 class _Discard:
@@ -127,6 +142,8 @@ class _Parser(HTTPRequestParser):
         consumed = int(super().received(data))
         if isinstance(self.error, RequestEntityTooLarge) and not isinstance(self.error, _TooLarge):
             self.error = _TooLarge(self.error.body)
+            self.error.method = getattr(self, "command", "") or ""
+            self.error.path = getattr(self, "path", "") or ""
             self._start_draining()
         return consumed
 

@@ -648,3 +648,34 @@ def test_api_keys_parse_with_their_priorities() -> None:
         environ={"MM_API_KEY": KEY, "MM_API_KEYS": f" {LOW_KEY}:LOW , {'h' * 20}:high,{'n' * 16}"}
     )
     assert config.api_keys == {KEY: None, LOW_KEY: "low", "h" * 20: "high", "n" * 16: None}
+
+
+# ------------------------------------------------- Ollama's older field names
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        ({"name": TEXT}, 200, None),
+        ({"model": "", "name": TEXT}, 200, None),
+        ({"model": None, "name": TEXT, "verbose": False}, 200, None),
+        ({"model": TEXT, "name": "nope"}, 200, None),  # model wins, as in Ollama
+        ({"name": "nope"}, 404, "model 'nope' not found"),
+        ({"name": ""}, 400, "model is required"),
+        ({}, 400, "model is required"),
+        ({"name": 5}, 400, "name"),
+    ],
+)
+def test_show_reads_ollamas_older_name_field(
+    svc: Service, body: dict[str, Any], status: int, text: str | None
+) -> None:
+    """``api/types.go`` ShowRequest keeps the deprecated ``Name``; ``ShowHandler`` reads it
+    when ``Model`` is empty. Older clients (and scripts) still send it."""
+    r = requests.post(f"{svc.url}/api/show", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    if text is None:
+        by_model = client(svc).show(TEXT)
+        assert r.json()["model_info"] == by_model.modelinfo
+        assert r.json()["details"]["family"] == by_model.details.family
+    else:
+        assert set(r.json()) == {"error"} and text in r.json()["error"]

@@ -35,9 +35,9 @@ from .fields import (
     Images,
     JsonObject,
     KeepAlive,
-    Text,
     Think,
     check_model_name,
+    fail,
 )
 from .fields import ModelName as JobModelName
 from .requests import Options, doc, invalid_request
@@ -56,10 +56,42 @@ ModelName = Annotated[
 ]
 
 
+# The front doors take what Ollama takes (a drop-in client must not meet limits Ollama
+# lacks); the job API keeps its own, tighter ones (contract.fields).
+MAX_DOOR_NUM_CTX = 1 << 20  # tokens: 1,048,576, past today's longest-context models
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        fail("must be a string")
+    return value
+
+
+# Any string, as Go's decoder reads it: no length of its own (the request body's limit,
+# MAX_BODY_BYTES, bounds it), NUL kept; invalid UTF-8 and lone surrogates were already
+# replaced by U+FFFD when the body was read (frontdoors.shared.parse_json).
+Text = Annotated[
+    str,
+    PlainValidator(lambda v: _text(v)),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "Any text, as Ollama takes it: no length limit of its own (the "
+            "request body is at most 32 MiB); invalid UTF-8 and lone surrogates read as "
+            "U+FFFD.",
+        }
+    ),
+]
+
+
 @with_config(ConfigDict(strict=True, extra="allow", allow_inf_nan=False))
 class OllamaOptions(Options, total=False):
     """Ollama's runtime options: the known ones are checked, other keys are passed on
-    (Ollama ignores keys it does not know)."""
+    (Ollama ignores keys it does not know). ``num_ctx`` may go up to
+    :data:`MAX_DOOR_NUM_CTX` (Ollama has no cap; the runner clamps it to the model's
+    training context, and so does the manager's VRAM estimate)."""
+
+    num_ctx: Annotated[int, Field(ge=1, le=MAX_DOOR_NUM_CTX)]
 
 
 @with_config(LENIENT)
@@ -175,9 +207,16 @@ class OllamaEmbeddingsRequest(_Request, total=False):
 
 @with_config(LENIENT)
 class OllamaShowRequest(TypedDict, total=False):
-    """`POST /api/show`, passed to Ollama as sent."""
+    """`POST /api/show`, passed to Ollama with `model` set. Ollama's older `name` field is
+    read when `model` is absent or empty, as Ollama reads it (`api/types.go`
+    `ShowRequest.Name`, "Deprecated: set the model name with Model instead";
+    `server/routes.go` `ShowHandler`). Unknown fields (`system`, `template`, `options`)
+    are passed on."""
 
     model: Required[ModelName]
+    name: Annotated[
+        Text | None, doc("Deprecated: the model's name, read when `model` is absent or empty.")
+    ]
     verbose: bool | None
 
 

@@ -33,10 +33,9 @@ from .fields import (
     MAX_IMAGE_CHARS,
     MAX_TOP_LOGPROBS,
     JsonObject,
-    Text,
     fail,
 )
-from .ollama import LENIENT, ModelName, OllamaTool, invalid
+from .ollama import LENIENT, ModelName, OllamaTool, Text, invalid
 from .requests import doc
 
 

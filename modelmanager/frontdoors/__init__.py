@@ -9,7 +9,9 @@ is relayed as Ollama produces it.
 * :mod:`.ollama` -- ``/api/generate``, ``/api/chat``, ``/api/embed``, ``/api/tags``, ...;
 * :mod:`.openai` -- ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
   ``/v1/models``; :mod:`.openai_answers` -- Ollama's answers in OpenAI's shapes;
-* :mod:`.shared` -- request bodies, key priorities, Ollama's own answers passed through.
+* :mod:`.shared` -- request bodies, key priorities, Ollama's own answers passed through;
+* :mod:`.errors` -- errors on the doors' paths in each API's own shape, for the layers in
+  front of the doors' routes (waitress's 413, Flask's routing, the API key check).
 """
 
 from __future__ import annotations

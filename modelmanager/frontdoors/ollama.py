@@ -33,8 +33,9 @@ from ..errors import ApiError, InvalidRequest, QueueFull
 from ..events import KeepAliveSet
 from ..logger import get_logger
 from ..models import JobKind
+from .errors import http_error
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of, with_wait
-from .shared import Backend, KeyPriorities, node_urls, parse_json
+from .shared import Backend, KeyPriorities, node_urls, parse_json, retry_headers
 
 log = get_logger("API")
 
@@ -90,6 +91,16 @@ def model_name(kind: str, body: dict[str, Any]) -> str:
     except names.InvalidModelName:
         raise InvalidRequest("invalid model name", field="model") from None
     return name
+
+
+def with_model_from_name(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with ``model`` taken from Ollama's deprecated ``name`` field where
+    ``model`` is absent or empty and ``name`` is a non-empty string (``api/types.go``:
+    ShowRequest, DeleteRequest, PullRequest, PushRequest and CreateRequest carry
+    ``Name``; of these the door serves show, and refuses the others whatever they name)."""
+    if body.get("model") in (None, "") and isinstance(body.get("name"), str) and body["name"]:
+        return {**body, "model": body["name"]}
+    return body
 
 
 def failure_text(kind: str, name: str, exc: JobFailed) -> str:
@@ -291,13 +302,21 @@ class OllamaDoor:
     # --------------------------------------------------------------------- passthrough
 
     def passthrough(self, method: str, path: str, body: Any = None) -> Response:
+        """Ollama's answer as it came (a 503 with ``Retry-After`` when no node answers)."""
         status, content, content_type = self.backend.call(method, path, body)
-        return Response(content, status=status, content_type=content_type or JSON)
+        return Response(
+            content, status=status, content_type=content_type or JSON, headers=retry_headers(status)
+        )
 
     def show(self) -> Response:
+        """``POST /api/show``: Ollama's answer for ``model``, or for the older ``name``
+        when ``model`` is absent or empty (``server/routes.go`` ``ShowHandler``: Model,
+        else Name, else 400 "model is required"); forwarded with ``model`` set, which
+        every Ollama that has the field reads."""
         body = parse_json(request.get_data(cache=False))
+        contract.check("show", body)  # the fields' types first, as Go's decoder reads them
+        body = with_model_from_name(body)
         model_name("show", body)
-        contract.check("show", body)
         return self.passthrough("POST", "/api/show", body)
 
 
@@ -326,6 +345,7 @@ def management(path: str, action: str) -> Callable[[], Response]:
 
 
 INFERENCE = {f"/api/{kind}": kind for kind in ("generate", "chat", "embed", "embeddings")}
+PASSTHROUGH = ("/api/tags", "/api/ps", "/api/version")  # GET, Ollama's answer as it comes
 
 
 class FastPath:
@@ -378,7 +398,7 @@ def blueprint(door: OllamaDoor) -> Blueprint:
             methods=["POST"],
         )
     bp.add_url_rule("/api/show", "ollama_show", door.show, methods=["POST"])
-    for path in ("/api/tags", "/api/ps", "/api/version"):
+    for path in PASSTHROUGH:
         bp.add_url_rule(
             path,
             f"ollama_{path.rsplit('/', 1)[-1]}",
@@ -398,7 +418,7 @@ def blueprint(door: OllamaDoor) -> Blueprint:
 
     @bp.errorhandler(HTTPException)
     def on_http(exc: HTTPException) -> Response:
-        return error(exc.code or 500, exc.description or "bad request")
+        return http_error(exc)
 
     @bp.errorhandler(Exception)
     def on_unexpected(exc: Exception) -> Response:

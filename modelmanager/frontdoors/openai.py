@@ -29,16 +29,16 @@ from ..logger import get_logger
 from ..models import JobKind
 from . import ollama
 from . import openai_answers as answers
+from .errors import http_error, openai_error_body
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of
-from .shared import Backend, KeyPriorities, node_urls, parse_json
+from .shared import Backend, KeyPriorities, node_urls, parse_json, retry_headers
 
 log = get_logger("API")
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return ollama.reply(body, status, headers)
+    """An error in OpenAI's shape (:func:`.errors.openai_error_body`)."""
+    return ollama.reply(openai_error_body(status, message), status, headers)
 
 
 class OpenAIDoor:
@@ -192,7 +192,8 @@ class OpenAIDoor:
     def models(self) -> Response:
         status, doc = self.backend.json("GET", "/api/tags")
         if status != 200:
-            return error(status, str(doc.get("error") if isinstance(doc, dict) else doc))
+            text = str(doc.get("error") if isinstance(doc, dict) else doc)
+            return error(status, text, retry_headers(status))
         data = []
         for entry in doc.get("models") or ():
             name = str(entry.get("name") or entry.get("model") or "")
@@ -206,7 +207,8 @@ class OpenAIDoor:
             return error(404, ollama.not_found("show", model))
         status, doc = self.backend.json("POST", "/api/show", {"model": model})
         if status != 200:
-            return error(status, str(doc.get("error") if isinstance(doc, dict) else doc))
+            text = str(doc.get("error") if isinstance(doc, dict) else doc)
+            return error(status, text, retry_headers(status))
         return ollama.reply(answers.model_entry(model, doc.get("modified_at")))
 
 
@@ -231,7 +233,7 @@ def blueprint(api: Api, config: Config) -> Blueprint:
 
     @bp.errorhandler(HTTPException)
     def on_http(exc: HTTPException) -> Response:
-        return error(exc.code or 500, exc.description or "bad request")
+        return http_error(exc)
 
     @bp.errorhandler(Exception)
     def on_unexpected(exc: Exception) -> Response:
