@@ -221,14 +221,17 @@ class Api:
         )
         return {"job_id": job.id, "status": "submitted"}
 
-    def submit_streamed(self, sub: Submission, source: str) -> tuple[Job, Subscription]:
+    def submit_streamed(
+        self, sub: Submission, source: str, *, live: bool = False
+    ) -> tuple[Job, Subscription]:
         """Accept one job from a front door (``source``: ``ollama``, ``openai``), subscribed
-        to its answer (:mod:`modelmanager.streams`) before the scheduler can start it. The
-        caller closes the subscription."""
+        to its answer (:mod:`modelmanager.streams`) before the scheduler can start it;
+        ``live``: the chunks go on to the client as they come. The caller closes the
+        subscription."""
         subs: list[Subscription] = []
 
         def subscribe(job: Job) -> None:
-            subs.append(self.jobs.streams.subscribe(job.id))
+            subs.append(self.jobs.streams.subscribe(job.id, live))
 
         try:
             job = self._accept([sub], source=source, on_created=subscribe)[0]

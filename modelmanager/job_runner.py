@@ -71,6 +71,7 @@ class JobRunner:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._calls: dict[str, Call] = {}  # job id -> its request in flight
+        self._delivered: set[str] = set()  # jobs whose chunks reached a client live
         self._nodes: dict[str, str] = {}  # job id -> the backend it runs on
         self._expected = 0  # taken from the queue, about to start (counted as in flight)
         self._closed = False
@@ -165,6 +166,7 @@ class JobRunner:
             with self._lock:
                 self._calls.pop(job.id, None)
                 self._nodes.pop(job.id, None)
+            self._delivered.discard(job.id)
             ended = ended or JobEnded(job, backend.name, JobOutcome.ABORTED)
             if self.streams.watched(job.id):
                 self.streams.end(job.id, self._ended(job, ended))
@@ -183,9 +185,12 @@ class JobRunner:
         relay = None
         if self.streams.watched(job.id):
             job_id, publish = job.id, self.streams.publish
+            delivered = self._delivered if self.streams.live(job.id) else None
 
             def relay(chunk: dict[str, Any]) -> None:
                 publish(job_id, chunk)
+                if delivered is not None:
+                    delivered.add(job_id)  # (set.add: atomic)
 
         keep_alive = -1 if job.runner in self.pinned else self.keep_alive
         if job.kind is JobKind.EMBED and backend.features.has(Feature.EMBED) is not False:
@@ -234,7 +239,8 @@ class JobRunner:
             self._rng.random(),
         )
         decision = after_job_error(
-            transient=exc.transient,
+            # a client already has part of this attempt's answer: not run again
+            transient=exc.transient and job.id not in self._delivered,
             reached=not (isinstance(exc, BackendUnavailable) and not exc.reached),
             aborted=isinstance(exc, RequestAborted),
             out_of_memory=isinstance(exc, OutOfMemory),

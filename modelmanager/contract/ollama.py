@@ -58,7 +58,6 @@ ModelName = Annotated[
 
 # The front doors take what Ollama takes (a drop-in client must not meet limits Ollama
 # lacks); the job API keeps its own, tighter ones (contract.fields).
-MAX_DOOR_NUM_CTX = 1 << 20  # tokens: 1,048,576, past today's longest-context models
 
 
 def _text(value: Any) -> str:
@@ -87,11 +86,9 @@ Text = Annotated[
 @with_config(ConfigDict(strict=True, extra="allow", allow_inf_nan=False))
 class OllamaOptions(Options, total=False):
     """Ollama's runtime options: the known ones are checked, other keys are passed on
-    (Ollama ignores keys it does not know). ``num_ctx`` may go up to
-    :data:`MAX_DOOR_NUM_CTX` (Ollama has no cap; the runner clamps it to the model's
-    training context, and so does the manager's VRAM estimate)."""
-
-    num_ctx: Annotated[int, Field(ge=1, le=MAX_DOOR_NUM_CTX)]
+    (Ollama ignores keys it does not know). ``num_ctx`` goes up to ``MAX_NUM_CTX``, as
+    in the job API (Ollama has no cap; the runner clamps it to the model's training
+    context, and so does the manager's VRAM estimate)."""
 
 
 @with_config(LENIENT)

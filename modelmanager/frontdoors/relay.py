@@ -5,10 +5,10 @@ request into a job of the shared queue (:meth:`Api.submit_streamed`, subscribed 
 answer before the scheduler can start it) and reads the answer through an
 :class:`Answer`: the objects Ollama streams for the job, in order, as they arrive. An
 attempt that fails before any of its chunks reached the client is retried by the job
-runner as any job is, invisibly; one that fails after is reported (the caller writes an
-in-band error, as Ollama does) and the job is cancelled, so that it is not run again
-behind the client's back. A client that goes away cancels its job, which aborts its
-request to Ollama (:meth:`Api.cancel`).
+runner as any job is, invisibly; one that fails after is not retried (the job runner
+fails the job, :meth:`StreamHub.live`) and is reported (the caller writes an in-band
+error, as Ollama does), so that it is not run again behind the client's back. A client
+that goes away cancels its job, which aborts its request to Ollama (:meth:`Api.cancel`).
 
 Thread safety: an :class:`Answer` is used by the one HTTP thread serving its request.
 """
@@ -210,7 +210,7 @@ def open_answer(
     arrived: float,
 ) -> Answer:
     """Submit ``sub`` as a job of the front door ``source`` and follow its answer."""
-    job, subscription = api.submit_streamed(sub, source)
+    job, subscription = api.submit_streamed(sub, source, live=stream)
     probe = environ.get("waitress.client_disconnected")
     return Answer(
         api,
