@@ -10,7 +10,6 @@ waits. Latencies run from the arrival time to the answer, as in ``direct`` mode.
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
@@ -28,18 +27,16 @@ def run_door(wl: Workload, sim: Sim, procs: Any, cap: float) -> dict[str, Any]:
     except ImportError as exc:  # a development requirement
         raise BenchError(f"'door' needs {exc.name}: pip install -r requirements-dev.txt") from None
     svc = Service(procs, sim, MAX_OPEN_REQUESTS=len(wl.jobs) + 16)
-    clients: list[Any] = []
-    lock = threading.Lock()
-    local = threading.local()
+    # one client per priority, made before the start and shared by the client threads
+    # (httpx clients are thread-safe), without httpx's default cap of 100 connections
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    clients = {
+        prio: ollama.Client(host=svc.url, headers={"X-Priority": prio}, timeout=cap, limits=limits)
+        for prio in ("high", "normal", "low")
+    }
 
     def client(priority: str) -> Any:
-        mine: dict[str, Any] = local.__dict__.setdefault("clients", {})
-        if priority not in mine:
-            made = ollama.Client(host=svc.url, headers={"X-Priority": priority}, timeout=cap)
-            mine[priority] = made
-            with lock:
-                clients.append(made)
-        return mine[priority]
+        return clients[priority]
 
     def call(job: BenchJob) -> None:
         c = client(job.priority)
@@ -76,7 +73,7 @@ def run_door(wl: Workload, sim: Sim, procs: Any, cap: float) -> dict[str, Any]:
             wait(futures, timeout=cap)
         return summarize(wl, list(out.values()), t0, t0_wall, cap, sim.stats(), direct=True)
     finally:
-        for made in clients:
+        for made in clients.values():
             made.close()
         svc.stop()
 
