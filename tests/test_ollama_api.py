@@ -290,6 +290,17 @@ def test_api_keys_guard_the_doors_and_set_default_priorities(sim: Any, make_serv
     assert [j["priority"] for j in reversed(listed)] == ["high", "low", "normal"]
 
 
+def test_the_ollama_client_sends_the_key_from_ollama_api_key(
+    sim: Any, make_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the README says: OLLAMA_HOST and OLLAMA_API_KEY, no code changed."""
+    svc: Service = make_service(sim, API_KEY=KEY)
+    monkeypatch.setenv("OLLAMA_HOST", svc.url)
+    monkeypatch.setenv("OLLAMA_API_KEY", KEY)
+    with ollama.Client() as c:
+        assert c.generate(model=TEXT, prompt="x").done
+
+
 # ------------------------------------------------------------- load and unload
 
 
