@@ -33,7 +33,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from .errors import OllamaError
 from .logger import get_logger
 from .models import GIB, MIB, LoadedModel
 from .names import InvalidModelName, display_name, model_key
-from .runners import describe, model_of, options_of
+from .runners import canonical, describe, model_of, model_runner_defaults, options_of
 from .store import Store
 
 log = get_logger("REGISTRY")
@@ -169,6 +169,7 @@ class ModelRegistry:
         self._per_backend: dict[str, dict[str, dict[str, Any]]] = {}
         self._tags_at = -1e18
         self._kv: dict[str, tuple[int, int]] = {}  # model -> (KV bytes per token, max ctx)
+        self._show_cache: dict[str, dict[str, Any]] = {}  # model -> its /api/show
         self._show_failed_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ Ollama's list
@@ -268,6 +269,49 @@ class ModelRegistry:
         digest = self.digest(runner)
         return bool(digest and loaded.digest and _same_digest(digest, loaded.digest))
 
+    def identity(self, model: str, prefer: Iterable[str] = ()) -> str:
+        """The identity of the weights ``model`` names: names Ollama resolves to one blob
+        (the same digest in ``/api/tags``: ``ollama cp`` copies) are one runner in Ollama,
+        whose scheduler keys runners by the model's blob path (``server/sched.go``
+        ``schedulerModelKey``). Of the names sharing the digest, the first of ``prefer``
+        (model identities: the runners already held, so a new copy never re-keys a
+        loaded runner), else the smallest identity; ``model``'s own identity while its
+        digest is unknown."""
+        key = model_of(normalize(model))
+        with self._lock:
+            installed = self._installed or {}
+            digest = _digest_of(installed.get(key))
+            if digest is None:
+                return key
+            for other in prefer:
+                if _same_digest(digest, _digest_of(installed.get(other)) or ""):
+                    return other
+            twins = [
+                k for k, tag in installed.items() if _same_digest(digest, _digest_of(tag) or "")
+            ]
+        return min(twins, default=key)
+
+    def canonical(self, runner: str, prefer: Iterable[str] = ()) -> str:
+        """``runner`` (a runner key) as the runner Ollama would really use: the weights'
+        :meth:`identity`, and runner options equal to the model's own or Ollama's
+        defaults left out (:func:`modelmanager.runners.canonical`; the model's parameters
+        are asked of ``/api/show`` once, only for a runner that sets options)."""
+        identity = self.identity(model_of(runner), prefer)
+        if not options_of(runner):
+            return identity
+        return canonical(runner, identity, self.model_defaults(identity))
+
+    def model_defaults(self, model: str) -> dict[str, Any] | None:
+        """The model's runner defaults (its Modelfile's runner options, and ``num_ctx``:
+        its own else :data:`DEFAULT_NUM_CTX`), from ``/api/show``; None while unknown."""
+        shown = self._shown(model_of(normalize(model)))
+        if shown is None:
+            return None
+        parameters = shown.get("parameters")
+        return model_runner_defaults(
+            parameters if isinstance(parameters, str) else None, DEFAULT_NUM_CTX
+        )
+
     # ---------------------------------------------------------------------- lookups
 
     def info(self, runner: str) -> ModelInfo:
@@ -334,24 +378,38 @@ class ModelRegistry:
         """(KV-cache bytes per token of context, training context) from ``/api/show``."""
         with self._lock:
             known = self._kv.get(model)
-            failed_at = self._show_failed_at.get(model)
         if known is not None:
             return known
         fallback = (FALLBACK_KV_PER_TOKEN, 1 << 30)
-        if self._show is None or (
-            failed_at is not None and self._clock() - failed_at < SHOW_RETRY_SECONDS
-        ):
-            return fallback
-        try:
-            shown = self._show(self.stored_name(model) or model)
-        except OllamaError:
-            with self._lock:
-                self._show_failed_at[model] = self._clock()
+        shown = self._shown(model)
+        if shown is None:
             return fallback
         figures = kv_figures(shown.get("model_info") or {}) or fallback
         with self._lock:
             self._kv[model] = figures
         return figures
+
+    def _shown(self, model: str) -> dict[str, Any] | None:
+        """``/api/show`` of ``model`` (an identity), asked once and kept; None when there
+        is no ``show`` or it failed less than SHOW_RETRY_SECONDS ago."""
+        with self._lock:
+            known = self._show_cache.get(model)
+            failed_at = self._show_failed_at.get(model)
+        if known is not None:
+            return known
+        if self._show is None or (
+            failed_at is not None and self._clock() - failed_at < SHOW_RETRY_SECONDS
+        ):
+            return None
+        try:
+            shown = self._show(self.stored_name(model) or model)
+        except OllamaError:
+            with self._lock:
+                self._show_failed_at[model] = self._clock()
+            return None
+        with self._lock:
+            self._show_cache[model] = shown
+        return shown
 
     def estimate(self, runner: str) -> int | None:
         return self.info(runner).estimate_bytes
@@ -413,7 +471,7 @@ class ModelRegistry:
         """Record how long a finished job ran on its slot (load time excluded)."""
         if seconds <= 0:
             return
-        name = model_of(normalize(model))
+        name = self.identity(model)  # copies share their jobs' timing
         with self._lock:
             old = self._job_seconds.get(name)
             self._job_seconds[name] = (
@@ -422,7 +480,7 @@ class ModelRegistry:
 
     def job_seconds(self, model: str) -> float:
         """Expected seconds of one job of ``model`` on a runner slot (see the module doc)."""
-        name = model_of(normalize(model))
+        name = self.identity(model)  # copies share their jobs' timing
         with self._lock:
             known = self._job_seconds.get(name)
             learned = dict(self._job_seconds)
@@ -468,6 +526,11 @@ class ModelRegistry:
                 RAISE_CAP,
             )
         return grown
+
+
+def _digest_of(tag: dict[str, Any] | None) -> str | None:
+    digest = tag.get("digest") if tag is not None else None
+    return digest if isinstance(digest, str) and digest else None
 
 
 def _same_digest(a: str, b: str) -> bool:
