@@ -572,3 +572,50 @@ def test_a_pinned_model_is_loaded_with_no_job_and_ollama_told_to_keep_it(world: 
     world.loaded(K(MID), 1.6, MID)
     world.tick(10_000)  # long past MODEL_KEEP_ALIVE
     assert K(MID) not in world.ports.unloads and world.state(K(MID)) == "ready"
+
+
+# ------------------------------------------------------------------ runner option keys
+
+
+@pytest.mark.parametrize(
+    ("options", "defaults", "expected"),
+    [
+        ({"main_gpu": 0}, None, {}),
+        ({"num_gpu": -1, "num_batch": 512, "num_thread": 0}, None, {}),
+        ({"use_mlock": False, "numa": False, "low_vram": False}, None, {}),
+        ({"num_ctx": 4096}, None, {"num_ctx": 4096}),  # unknown model: kept
+        ({"num_ctx": 4096}, {"num_ctx": 4096}, {}),
+        ({"num_ctx": 4096.0, "main_gpu": 1}, {"num_ctx": 4096}, {"main_gpu": 1}),
+        ({"num_ctx": 4096}, {"num_ctx": 8192}, {"num_ctx": 4096}),
+        ({"num_batch": 512}, {"num_ctx": 4096, "num_batch": 1024}, {"num_batch": 512}),
+        ({"use_mmap": True}, {"num_ctx": 4096}, {"use_mmap": True}),  # Ollama's is unset
+        ({"use_mlock": 0}, None, {"use_mlock": 0}),  # not a bool: not the default
+        ({"temperature": 0.1, "num_gpu": 99}, None, {"num_gpu": 99}),
+    ],
+)
+def test_effective_options_drop_what_ollama_uses_anyway(
+    options: dict[str, Any], defaults: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    from modelmanager.runners import effective_options
+
+    assert effective_options(options, defaults) == expected
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        (None, {"num_ctx": 4096}),
+        ('stop                           "<|end|>"', {"num_ctx": 4096}),
+        ("num_ctx                        8192\ntemperature 0.7", {"num_ctx": 8192}),
+        (
+            "num_batch 1024\nuse_mmap false\nnum_thread x",
+            {"num_ctx": 4096, "num_batch": 1024, "use_mmap": False},
+        ),
+    ],
+)
+def test_model_runner_defaults_read_the_modelfile_parameters(
+    parameters: str | None, expected: dict[str, Any]
+) -> None:
+    from modelmanager.runners import model_runner_defaults
+
+    assert model_runner_defaults(parameters, 4096) == expected
