@@ -128,6 +128,7 @@ class _Held:
     jobs_done: int = 0
     keep_alive: float | None = None
     draining: bool = False  # logged as draining (for the log only; plans are stateless)
+    adopted: bool = False  # found loaded in Ollama: its load options are not known
 
     @property
     def label(self) -> str:
@@ -415,6 +416,11 @@ class Scheduler:
                 continue
             hits = [i for i, m in enumerate(snap.loaded) if self.registry.holds(h.runner, m)]
             matched.update(hits)
+            ours = h.state is RunnerState.READY and not h.adopted and not options_of(h.runner)
+            if hits and ours:
+                context = snap.loaded[hits[0]].context_length
+                if context:  # what a request without num_ctx gets: it is no runner option
+                    self.registry.learn_default_context(h.runner, context)
             if h.state is RunnerState.READY and not hits and snap.taken_at > h.loaded_at:
                 del self._held[key]
                 self._gone_at[h.runner] = snap.taken_at
@@ -427,7 +433,15 @@ class Scheduler:
             size = max(m.vram_bytes, self.registry.estimate(runner) or 0)
             now = snap.taken_at
             self._held[(runner, backend)] = _Held(
-                runner, backend, m.name, RunnerState.READY, size, now, now, self._slots(runner)
+                runner,
+                backend,
+                m.name,
+                RunnerState.READY,
+                size,
+                now,
+                now,
+                self._slots(runner),
+                adopted=True,
             )
             log.info("%s found loaded in Ollama (%d MB); managing it", m.name, size // MIB)
 

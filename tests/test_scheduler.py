@@ -606,6 +606,7 @@ def test_effective_options_drop_what_ollama_uses_anyway(
     [
         (None, {"num_ctx": 4096}),
         ('stop                           "<|end|>"', {"num_ctx": 4096}),
+        ("num_ctx 2048", {"num_ctx": 2048}),
         ("num_ctx                        8192\ntemperature 0.7", {"num_ctx": 8192}),
         (
             "num_batch 1024\nuse_mmap false\nnum_thread x",
@@ -619,3 +620,8 @@ def test_model_runner_defaults_read_the_modelfile_parameters(
     from modelmanager.runners import model_runner_defaults
 
     assert model_runner_defaults(parameters, 4096) == expected
+    # the server's default context unknown: num_ctx only where the Modelfile sets it
+    unknown = {
+        k: v for k, v in expected.items() if k != "num_ctx" or "num_ctx" in (parameters or "")
+    }
+    assert model_runner_defaults(parameters, None) == unknown
