@@ -170,6 +170,7 @@ class ModelRegistry:
         self._tags_at = -1e18
         self._kv: dict[str, tuple[int, int]] = {}  # model -> (KV bytes per token, max ctx)
         self._show_cache: dict[str, dict[str, Any]] = {}  # model -> its /api/show
+        self._default_ctx: dict[str, int] = {}  # model -> its default runner's context
         self._show_failed_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ Ollama's list
@@ -286,9 +287,15 @@ class ModelRegistry:
             for other in prefer:
                 if _same_digest(digest, _digest_of(installed.get(other)) or ""):
                     return other
-            twins = [
-                k for k, tag in installed.items() if _same_digest(digest, _digest_of(tag) or "")
-            ]
+            return self._weights_locked(key)
+
+    def _weights_locked(self, key: str) -> str:
+        """The smallest identity sharing ``key``'s digest (``key`` while unknown)."""
+        installed = self._installed or {}
+        digest = _digest_of(installed.get(key))
+        if digest is None:
+            return key
+        twins = [k for k, tag in installed.items() if _same_digest(digest, _digest_of(tag) or "")]
         return min(twins, default=key)
 
     def canonical(self, runner: str, prefer: Iterable[str] = ()) -> str:
@@ -302,15 +309,33 @@ class ModelRegistry:
         return canonical(runner, identity, self.model_defaults(identity))
 
     def model_defaults(self, model: str) -> dict[str, Any] | None:
-        """The model's runner defaults (its Modelfile's runner options, and ``num_ctx``:
-        its own else :data:`DEFAULT_NUM_CTX`), from ``/api/show``; None while unknown."""
-        shown = self._shown(model_of(normalize(model)))
+        """The model's runner defaults: its Modelfile's runner options (from
+        ``/api/show``) and ``num_ctx``, its own else the default context a default runner
+        of it was seen with (:meth:`learn_default_context`; left out while unseen). None
+        while ``/api/show`` is unknown."""
+        key = model_of(normalize(model))
+        shown = self._shown(key)
         if shown is None:
             return None
         parameters = shown.get("parameters")
+        with self._lock:
+            default_ctx = self._default_ctx.get(self._weights_locked(key))
         return model_runner_defaults(
-            parameters if isinstance(parameters, str) else None, DEFAULT_NUM_CTX
+            parameters if isinstance(parameters, str) else None, default_ctx
         )
+
+    def learn_default_context(self, model: str, context_length: int) -> None:
+        """``/api/ps`` listed a default runner of ``model`` (one loaded with no runner
+        options) with this per-slot ``context_length``: the context Ollama gives the model
+        when a request sets no ``num_ctx`` (OLLAMA_CONTEXT_LENGTH, the VRAM tier or the
+        Modelfile's). Kept for the weights (any copy's name will do); in memory only.
+        A context at the model's training context is not learned: Ollama may report it
+        clamped there (HEAD ``effectiveContext``), so the default it came from is unknown."""
+        key = model_of(normalize(model))
+        if context_length >= self._kv_figures(key)[1]:
+            return
+        with self._lock:
+            self._default_ctx[self._weights_locked(key)] = context_length
 
     # ---------------------------------------------------------------------- lookups
 
@@ -391,8 +416,10 @@ class ModelRegistry:
 
     def _shown(self, model: str) -> dict[str, Any] | None:
         """``/api/show`` of ``model`` (an identity), asked once and kept; None when there
-        is no ``show`` or it failed less than SHOW_RETRY_SECONDS ago."""
+        is no ``show`` or it failed less than SHOW_RETRY_SECONDS ago. Copies share one
+        manifest, so one answer serves them all."""
         with self._lock:
+            model = self._weights_locked(model)
             known = self._show_cache.get(model)
             failed_at = self._show_failed_at.get(model)
         if known is not None:

@@ -24,9 +24,13 @@ equal values mean the same runner. So :func:`effective_options` drops
 * an option equal to the model's own parameter (from ``/api/show``), else equal to the
   global default of :data:`GLOBAL_DEFAULTS` (``num_batch`` 512, ``main_gpu`` 0,
   ``num_thread`` 0, the old booleans ``false``);
-* ``num_ctx`` equal to the server's default context when the model sets none;
-* while the model's parameters are unknown, only global defaults; ``num_ctx`` is kept
-  (conservative: an unknown model's ``num_ctx`` is never merged with its default runner).
+* ``num_ctx`` equal to the server's default context when the model sets none. That
+  default is not a constant: ``OLLAMA_CONTEXT_LENGTH`` if set, else (v0.15.5+) a tier of
+  the GPUs' total VRAM, 4096 below 23 GiB, 32768 below 47 GiB, 262144 above
+  (``server/routes.go`` ``modelOptions`` and the VRAM-based default). So the manager
+  uses the ``context_length`` ``/api/ps`` reported for the model's default runner;
+* while those are unknown, only global defaults; ``num_ctx`` is kept (conservative: a
+  ``num_ctx`` never merges with a default runner whose context is not known).
 
 ``use_mmap`` is always kept: Ollama's default is "unset" (nil), not ``true`` or ``false``.
 ``main_gpu`` 0 is the default up to Ollama v0.29 (an ``int``); since v0.30 (llama-server,
@@ -112,12 +116,13 @@ def effective_options(
     return out
 
 
-def model_runner_defaults(parameters: str | None, default_num_ctx: int) -> dict[str, Any]:
+def model_runner_defaults(parameters: str | None, default_num_ctx: int | None) -> dict[str, Any]:
     """A model's runner defaults from ``/api/show``'s ``parameters`` text (its Modelfile
     ``PARAMETER`` lines: ``num_ctx                        8192``), with ``num_ctx``
-    filled in with the server's ``default_num_ctx`` when the model sets none. Values that
-    do not parse are left out (their option is then compared with the global default)."""
-    out: dict[str, Any] = {"num_ctx": default_num_ctx}
+    filled in with ``default_num_ctx`` (the server's default context, when known) if the
+    model sets none. Values that do not parse are left out (their option is then compared
+    with the global default; ``num_ctx`` with nothing, so it is kept)."""
+    out: dict[str, Any] = {} if default_num_ctx is None else {"num_ctx": default_num_ctx}
     for line in (parameters or "").splitlines():
         parts = line.split(None, 1)
         if len(parts) != 2 or parts[0] not in RUNNER_OPTIONS:

@@ -596,3 +596,56 @@ def test_a_batch_that_came_at_once_is_a_backlog_not_a_stream(world: World) -> No
     world.tick(0.1)
     rate, _ = world.scheduler._arrivals(held, world.clock.now)
     assert rate > 10
+
+
+# ------------------------------------------------------------------ runner option keys
+
+
+@pytest.mark.parametrize(
+    ("options", "defaults", "expected"),
+    [
+        ({"main_gpu": 0}, None, {}),
+        ({"num_gpu": -1, "num_batch": 512, "num_thread": 0}, None, {}),
+        ({"use_mlock": False, "numa": False, "low_vram": False}, None, {}),
+        ({"num_ctx": 4096}, None, {"num_ctx": 4096}),  # unknown model: kept
+        ({"num_ctx": 4096}, {"num_ctx": 4096}, {}),
+        ({"num_ctx": 4096.0, "main_gpu": 1}, {"num_ctx": 4096}, {"main_gpu": 1}),
+        ({"num_ctx": 4096}, {"num_ctx": 8192}, {"num_ctx": 4096}),
+        ({"num_batch": 512}, {"num_ctx": 4096, "num_batch": 1024}, {"num_batch": 512}),
+        ({"use_mmap": True}, {"num_ctx": 4096}, {"use_mmap": True}),  # Ollama's is unset
+        ({"use_mlock": 0}, None, {"use_mlock": 0}),  # not a bool: not the default
+        ({"temperature": 0.1, "num_gpu": 99}, None, {"num_gpu": 99}),
+    ],
+)
+def test_effective_options_drop_what_ollama_uses_anyway(
+    options: dict[str, Any], defaults: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    from modelmanager.runners import effective_options
+
+    assert effective_options(options, defaults) == expected
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        (None, {"num_ctx": 4096}),
+        ('stop                           "<|end|>"', {"num_ctx": 4096}),
+        ("num_ctx 2048", {"num_ctx": 2048}),
+        ("num_ctx                        8192\ntemperature 0.7", {"num_ctx": 8192}),
+        (
+            "num_batch 1024\nuse_mmap false\nnum_thread x",
+            {"num_ctx": 4096, "num_batch": 1024, "use_mmap": False},
+        ),
+    ],
+)
+def test_model_runner_defaults_read_the_modelfile_parameters(
+    parameters: str | None, expected: dict[str, Any]
+) -> None:
+    from modelmanager.runners import model_runner_defaults
+
+    assert model_runner_defaults(parameters, 4096) == expected
+    # the server's default context unknown: num_ctx only where the Modelfile sets it
+    unknown = {
+        k: v for k, v in expected.items() if k != "num_ctx" or "num_ctx" in (parameters or "")
+    }
+    assert model_runner_defaults(parameters, None) == unknown
