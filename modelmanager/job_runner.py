@@ -312,9 +312,9 @@ class JobRunner:
             )
         elif behind:
             text = (
-                f"Ollama sent no token within REQUEST_TIMEOUT ({limit:g} s) while the "
-                f"request waited behind {behind} other request(s) of the model that sent "
-                f"nothing either (Ollama looks stuck); retried, as the wait was theirs"
+                f"Ollama sent no token within REQUEST_TIMEOUT ({limit:g} s), nor did the "
+                f"{behind} request(s) of the model sent before it, which it may have "
+                f"waited behind (Ollama looks stuck): a wait not its own, so worth a retry"
             )
         else:
             text = (

@@ -9,11 +9,12 @@ requests are read without one and this watch bounds their silence instead:
 * a request that has received a chunk is silent since its own last chunk;
 * a request still waiting for its first byte is silent since the later of its start and
   the last progress of its runner (``backend``, runner key): a chunk that any request of
-  the runner received, or the end of one (its slot is then free for the next);
+  the runner received, or the end of one (its slot is then free for the next), unless it
+  ended because it timed out itself (that is no progress of Ollama's);
 * a request silent for ``limit`` seconds is aborted through its
   :class:`~modelmanager.abortable.Call` (with ``expired``), which the job runner reports
   as a :class:`~modelmanager.errors.BackendTimeout`; :attr:`Watched.behind` tells how
-  many requests of the runner were still ahead of it then (they made no progress either).
+  many requests of the runner were ahead of it in its silence (as silent as it was).
 
 Cost per chunk: one clock read and three attribute stores, no lock. One daemon thread
 per watch wakes at the earliest deadline (started with the first request).
@@ -50,7 +51,17 @@ class _Runner:
 class Watched:
     """One request under the watch."""
 
-    __slots__ = ("_clock", "behind", "call", "chunks", "expired", "key", "last", "runner")
+    __slots__ = (
+        "_clock",
+        "ahead",
+        "behind",
+        "call",
+        "chunks",
+        "expired",
+        "key",
+        "last",
+        "runner",
+    )
 
     def __init__(
         self,
@@ -66,7 +77,8 @@ class Watched:
         self.last = now  # its start, then its last chunk
         self.chunks = 0
         self.expired = False
-        self.behind = 0  # requests of its runner ahead of it when it expired
+        self.ahead = 0  # requests of its runner ahead of it since its runner last progressed
+        self.behind = 0  # ``ahead`` when it expired
         self._clock = clock
 
     def seen(self) -> None:
@@ -104,6 +116,7 @@ class SilenceWatch:
             if state is None:
                 state = self._runners[key] = _Runner(now)
             watched = Watched(key, call, state, now, self._clock)
+            watched.ahead = len(state.requests)
             state.requests.append(watched)
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
@@ -113,7 +126,8 @@ class SilenceWatch:
         return watched
 
     def done(self, watched: Watched) -> None:
-        """The request ended (any way): its slot frees for the requests behind it."""
+        """The request ended. Unless it timed out, that is progress: its slot frees for
+        the requests behind it, whose silence starts over with one fewer ahead."""
         now = self._clock()
         with self._lock:
             state = self._runners.get(watched.key)
@@ -121,10 +135,12 @@ class SilenceWatch:
                 return
             if watched in state.requests:
                 state.requests.remove(watched)
-            if state.requests:
-                state.last = max(state.last, now)
-            else:
+            if not state.requests:
                 del self._runners[watched.key]
+            elif not watched.expired:
+                state.last = max(state.last, now)
+                for ahead, other in enumerate(state.requests):
+                    other.ahead = min(other.ahead, ahead)
 
     def close(self) -> None:
         """Stop the watch's thread (requests still in flight are no longer bounded)."""
@@ -138,13 +154,13 @@ class SilenceWatch:
         expired: list[Watched] = []
         with self._lock:
             for state in self._runners.values():
-                for ahead, watched in enumerate(state.requests):
+                for watched in state.requests:
                     if watched.expired or watched.call.aborted:
                         continue
                     left = watched.silent_since() + self.limit - now
                     if left <= 0:
                         watched.expired = True
-                        watched.behind = ahead
+                        watched.behind = watched.ahead
                         expired.append(watched)
                     else:
                         wait = min(wait, left)
