@@ -214,7 +214,9 @@ class JobRunner:
                 )
             except EndpointNotAvailable:  # an older Ollama: the legacy endpoint, at once
                 backend.features.lacks(Feature.EMBED)
-        if job.kind is JobKind.EMBED:  # one request per input, each under the read timeout
+        if job.kind is JobKind.EMBED:
+            # one request per input, each bounded by the client's read timeout instead
+            self.silence.done(watched)
             res = embed_one_by_one(
                 backend.client, job.model, fields, keep_alive=keep_alive, call=call
             )

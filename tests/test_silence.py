@@ -180,3 +180,20 @@ def test_a_cancel_ahead_frees_the_slot_and_is_no_timeout() -> None:
     clock.now += 1
     watch.check()
     assert second.expired and b.behind == 0
+
+
+def test_an_embed_job_on_the_legacy_endpoint_is_bounded_per_request(
+    sim: Any, make_service: Any
+) -> None:
+    """An older Ollama embeds one input per request (``/api/embeddings``): each request
+    answers within REQUEST_TIMEOUT, the job as a whole takes longer, and completes."""
+    sim.disable_endpoint("/api/embed")
+    svc: Service = make_service(sim, REQUEST_TIMEOUT=0.5)
+    sim.set_latency(0.2)  # real seconds before every answer
+    texts = [f"text {i}" for i in range(4)]
+    t0 = time.monotonic()
+    job = svc.submit(model="nomic-embed-text:latest", input=texts)
+    body = svc.wait_done([job])[job]
+    assert body["status"] == "complete", body
+    assert len(body["result"]) == 4 and body["attempts"] == 1
+    assert time.monotonic() - t0 > 0.5
