@@ -86,6 +86,8 @@ class OllamaClient:
     for bytes, which with ``"stream": false`` is the whole time Ollama needs to answer:
 
     * inference (generate, chat, embed, unload, pull, delete): ``(connect_timeout, timeout)``;
+      a ``watched`` inference request (:meth:`infer`) has no read timeout: its caller
+      bounds its silence;
     * load: ``(connect_timeout, load_timeout)`` -- long, because Ollama aborts a load when
       the client disconnects;
     * version, tags, show, ps: ``(connect_timeout, info_timeout)``.
