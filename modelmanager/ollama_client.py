@@ -86,6 +86,8 @@ class OllamaClient:
     for bytes, which with ``"stream": false`` is the whole time Ollama needs to answer:
 
     * inference (generate, chat, embed, unload, pull, delete): ``(connect_timeout, timeout)``;
+      a ``watched`` inference request (:meth:`infer`) has no read timeout: its caller
+      bounds its silence;
     * load: ``(connect_timeout, load_timeout)`` -- long, because Ollama aborts a load when
       the client disconnects;
     * version, tags, show, ps: ``(connect_timeout, info_timeout)``.
@@ -191,6 +193,7 @@ class OllamaClient:
         keep_alive: float,
         call: Call | None = None,
         on_chunk: Callable[[dict[str, Any]], None] | None = None,
+        watched: bool = False,
     ) -> InferenceResult:
         """One generate, chat or embed request with ``fields`` sent as they are.
 
@@ -201,7 +204,10 @@ class OllamaClient:
         measures silence, not length (:class:`BackendTimeout` carries how many chunks had
         arrived). ``on_chunk`` sees each streamed object as it arrives. ``call`` lets
         another thread abort the request (:class:`RequestAborted`); Ollama then stops the
-        work. Embed answers in one piece.
+        work. Embed answers in one piece. ``watched``: the caller bounds the silence
+        itself, through ``call`` (:mod:`modelmanager.silence`), so the read has no timeout
+        (only the connection has): a request that waits in Ollama's queue behind another
+        one gets no byte for as long as that one takes.
 
         ``text`` of the result is generate's ``response`` or chat's ``message.content``;
         ``embeddings`` is embed's vectors; ``raw`` the whole final object.
@@ -214,8 +220,11 @@ class OllamaClient:
         if kind != "embed":
             body["stream"] = True
         body["keep_alive"] = keep_alive_seconds(keep_alive)
+        if watched and call is None:
+            raise ValueError("a watched request needs a call to abort it by")
+        timeout = (self._timeout[0], None) if watched else self._timeout
         raw = self._json(
-            "POST", path, body, timeout=self._timeout, model=model, call=call, on_chunk=on_chunk
+            "POST", path, body, timeout=timeout, model=model, call=call, on_chunk=on_chunk
         )
         if kind == "embed":
             return inference_result(model, raw, embeddings=embedding_vectors(path, raw, model))
@@ -442,7 +451,7 @@ class OllamaClient:
         path: str,
         body: dict[str, Any] | None,
         *,
-        timeout: tuple[float, float],
+        timeout: tuple[float, float | None],
         model: str | None = None,
         timeout_error: type[OllamaError] = BackendTimeout,
         call: Call | None = None,
@@ -487,7 +496,7 @@ class OllamaClient:
         method: str,
         path: str,
         body: dict[str, Any] | None,
-        timeout: tuple[float, float],
+        timeout: tuple[float, float | None],
         model: str | None,
         timeout_error: type[OllamaError],
         consume: Callable[[requests.Response], _T],
@@ -536,7 +545,7 @@ class OllamaClient:
         self,
         exc: requests.RequestException,
         where: str,
-        timeout: tuple[float, float],
+        timeout: tuple[float, float | None],
         model: str | None,
         timeout_error: type[OllamaError],
         chunks: int,
