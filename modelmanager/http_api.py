@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import uuid
 from typing import Any
 
 from flask import Flask, Response, request
@@ -28,6 +29,7 @@ from .errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from .fleet import INSTANCE_HEADER
 from .frontdoors import register_front_doors
 from .logger import get_logger
 from .models_api import register_model_routes
@@ -92,6 +94,22 @@ _REASONS = {
     501: "NOT IMPLEMENTED",
     503: "SERVICE UNAVAILABLE",
 }
+
+
+class MarkAnswers:
+    """WSGI middleware, outermost: every answer carries ``X-Model-Manager: <instance>``,
+    so that a Model Manager registered as another one's Ollama node is recognised (and
+    refused) by the registration's health probe (:mod:`modelmanager.fleet`)."""
+
+    def __init__(self, wsgi: Any, instance: str) -> None:
+        self.wsgi = wsgi
+        self.header = (INSTANCE_HEADER, instance)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        def marked(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            return start_response(status, [*headers, self.header], *exc_info)
+
+        return self.wsgi(environ, marked)
 
 
 class FastPaths:
@@ -275,4 +293,6 @@ def create_app(api: Api, config: Config) -> Flask:
         return _json(ApiError("internal error; see the service log").to_json(), 500)
 
     app.wsgi_app = FastPaths(app.wsgi_app, api, expected)  # type: ignore[method-assign]
+    instance = api.fleet.instance_id if api.fleet is not None else uuid.uuid4().hex[:16]
+    app.wsgi_app = MarkAnswers(app.wsgi_app, instance)  # type: ignore[method-assign]
     return app
