@@ -203,7 +203,7 @@ class Fleet:
                 )
             self._specs[spec.name] = spec  # reserved while it starts
         try:
-            self._refuse_model_manager(spec)
+            self._refuse_model_manager(spec, timeout)
             backend = self.make(spec)
             self._wait_healthy(backend, timeout)
             gpus = "+".join(str(i) for i in spec.gpus) if spec.gpus else None
@@ -240,17 +240,20 @@ class Fleet:
         spec = NodeSpec(reg.name, url, None, gpu_url, budget, registered=True)
         return spec, float(timeout)
 
-    def _refuse_model_manager(self, spec: NodeSpec) -> None:
+    def _refuse_model_manager(self, spec: NodeSpec, timeout: float) -> None:
         """Raise :class:`InvalidRequest` if ``spec.url`` answers as a Model Manager (this
         one or another): its Ollama-compatible API would relay the manager's own requests
         back to itself. A node that does not answer yet is left to the health wait."""
-        try:
-            with requests.get(
-                f"{spec.url}/api/version", timeout=(2.0, 5.0), allow_redirects=False
-            ) as resp:
-                instance = resp.headers.get(INSTANCE_HEADER)
-        except requests.RequestException:
-            return
+        wait = (min(2.0, timeout), min(5.0, timeout))
+        with requests.Session() as session:
+            session.trust_env = False  # as the Ollama client: no proxy from the environment
+            try:
+                with session.get(
+                    f"{spec.url}/api/version", timeout=wait, allow_redirects=False
+                ) as resp:
+                    instance = resp.headers.get(INSTANCE_HEADER)
+            except requests.RequestException:
+                return
         if instance is None:
             return
         which = "this Model Manager" if instance == self.instance_id else "a Model Manager"
