@@ -256,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         manager = Manager(config, gpu=gpu)
     except DataDirLocked as exc:
         return fail(str(exc), 3)
+    except ConfigError as exc:  # settings that cannot work with the GPUs or nodes found
+        print(f"configuration error: {exc}", file=sys.stderr)
+        if sim is not None:
+            sim.stop()
+        writer.stop()
+        return 2
     except OSError as exc:
         return fail(f"cannot use the data directory {config.DATA_DIR!r}: {exc.strerror}", 2)
     try:

@@ -466,25 +466,34 @@ class Api:
         return {"models": out}
 
     def health(self) -> dict[str, Any]:
+        """Whether the service takes work and every node's Ollama answers. ``nodes``: each
+        node's name, url, up and error (None while up; "not read yet" before its first
+        read). ``backend`` is the summary older clients read: ``up`` when every node is
+        up; ``url`` and ``error`` of the first node that is down (else of the first node);
+        with several nodes the error names the node."""
         snap = self._resources()
-        up = snap is not None and snap.backend_up
+        backends = self.scheduler.snapshot().backends
+        nodes: list[dict[str, Any]] = []
+        for b in backends:
+            res = b.resources
+            up = res is not None and res.backend_up
+            error = None if up else (res.backend_error if res is not None else "not read yet")
+            nodes.append({"name": b.name, "url": b.url, "up": up, "error": error})
+        up = bool(nodes) and all(n["up"] for n in nodes)
+        first = next((n for n in nodes if not n["up"]), nodes[0] if nodes else None)
+        if first is None:
+            backend = {"url": self.config.OLLAMA_BASE_URL, "up": False, "error": "not read yet"}
+        else:
+            error = first["error"]
+            if error is not None and len(nodes) > 1:
+                error = f"node {first['name']}: {error}"
+            backend = {"url": first["url"], "up": up, "error": error}
         return {
             "status": "ok" if up and self.accepting else "degraded",
             "accepting": self.accepting,
-            "backend": {
-                "url": self.config.OLLAMA_BASE_URL,
-                "up": up,
-                "error": snap.backend_error if snap else "not read yet",
-            },
+            "backend": backend,
             "vram_source": snap.source if snap else None,
-            "nodes": [
-                {
-                    "name": b.name,
-                    "url": b.url,
-                    "up": b.resources is not None and b.resources.backend_up,
-                }
-                for b in self.scheduler.snapshot().backends
-            ],
+            "nodes": nodes,
             "uptime_seconds": round(self._clock() - self.started_at, 3),
         }
 

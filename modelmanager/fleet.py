@@ -15,25 +15,30 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import requests
 
 from config import Config
 
 from .backend import Backend
 from .contract.nodes import parse_registration
-from .errors import Conflict, GatewayTimeout, NotFound, OllamaError
+from .errors import Conflict, GatewayTimeout, InvalidRequest, NotFound, OllamaError
 from .events import NodeAdded, NodeDraining
 from .features import Features
 from .gpu_api import RemoteGpuSource
 from .logger import get_logger
-from .models import MIB
+from .models import MIB, ResourceSnapshot
 from .nodes import (
     NodeSpec,
     configured_nodes,
     default_gpu_url,
     hardware_summary,
     is_local,
+    same_server,
 )
 from .ollama_client import OllamaClient
 from .resource_monitor import GpuSource, GpuUnavailable, NvmlGpuSource, ResourceMonitor
@@ -42,6 +47,17 @@ from .store import Store
 log = get_logger("SYSTEM")
 
 HEALTH_POLL = 0.5  # seconds between health checks of a node being registered
+#: The header every answer of a Model Manager carries (its instance id): a node whose
+#: answers carry it is a Model Manager, not an Ollama server, and is refused.
+INSTANCE_HEADER = "X-Model-Manager"
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A node's first read, shaped as the scheduler publishes a backend's state."""
+
+    resources: ResourceSnapshot
+    draining: bool = False
 
 
 class Fleet:
@@ -62,7 +78,11 @@ class Fleet:
         self._live: dict[str, Backend] = {}
         self._post: Callable[[Any], None] = lambda event: None
         self._snapshot: Callable[[], Any] = lambda: None
-        self.on_added: list[Callable[[Backend], None]] = []  # a node was registered
+        # a node was registered: called before the scheduler is told, so that what the
+        # hooks learn (the node's models) is known when it first plans with the node
+        self.on_added: list[Callable[[Backend], None]] = []
+        self.on_removing: list[Callable[[str], object]] = []  # a node is being unregistered
+        self.instance_id = uuid.uuid4().hex[:16]  # sent in INSTANCE_HEADER
 
     # --------------------------------------------------------------------- building
 
@@ -83,6 +103,16 @@ class Fleet:
         for name, url, gpu_url, budget, gpus in self.store.load_nodes():
             if any(s.name == name for s in specs):
                 log.warning("registered node %s is also configured; the setting wins", name)
+                continue
+            twin = next((s for s in specs if same_server(s.url) == same_server(url)), None)
+            if twin is not None:
+                log.warning(
+                    "registered node %s (%s) is the Ollama of node %s (%s); it is left out",
+                    name,
+                    url,
+                    twin.name,
+                    twin.url,
+                )
                 continue
             indices = tuple(int(i) for i in gpus.split("+")) if gpus else None
             specs.append(NodeSpec(name, url, indices, gpu_url, budget, registered=True))
@@ -163,8 +193,17 @@ class Fleet:
                 raise Conflict(
                     f"a node named {spec.name!r} exists already", details={"node": spec.name}
                 )
+            key = same_server(spec.url)
+            twin = next((s for s in self._specs.values() if same_server(s.url) == key), None)
+            if twin is not None:
+                raise Conflict(
+                    f"node {twin.name!r} already drives the Ollama at {twin.url} ({spec.url} "
+                    f"is the same server); one Ollama is one node",
+                    details={"node": twin.name, "url": twin.url, "field": "url"},
+                )
             self._specs[spec.name] = spec  # reserved while it starts
         try:
+            self._refuse_model_manager(spec, timeout)
             backend = self.make(spec)
             self._wait_healthy(backend, timeout)
             gpus = "+".join(str(i) for i in spec.gpus) if spec.gpus else None
@@ -182,11 +221,15 @@ class Fleet:
             raise
         with self._lock:
             self._live[spec.name] = backend
-        self._post(NodeAdded(backend))
         for hook in self.on_added:
-            hook(backend)
+            try:
+                hook(backend)
+            except Exception:
+                log.exception("a listener of node %s's registration failed", spec.name)
+        self._post(NodeAdded(backend))
         log.info("node %s registered at %s", spec.name, spec.url)
-        return self._node_json(spec, None)
+        # its Ollama answered: describe it as read now (healthy, its memory), not "starting"
+        return self._node_json(spec, _Read(backend.snapshot()))
 
     def _spec_of(self, body: Any) -> tuple[NodeSpec, float]:
         reg = parse_registration(body)
@@ -196,6 +239,30 @@ class Fleet:
             gpu_url = default_gpu_url(url)
         spec = NodeSpec(reg.name, url, None, gpu_url, budget, registered=True)
         return spec, float(timeout)
+
+    def _refuse_model_manager(self, spec: NodeSpec, timeout: float) -> None:
+        """Raise :class:`InvalidRequest` if ``spec.url`` answers as a Model Manager (this
+        one or another): its Ollama-compatible API would relay the manager's own requests
+        back to itself. A node that does not answer yet is left to the health wait."""
+        wait = (min(2.0, timeout), min(5.0, timeout))
+        with requests.Session() as session:
+            session.trust_env = False  # as the Ollama client: no proxy from the environment
+            try:
+                with session.get(
+                    f"{spec.url}/api/version", timeout=wait, allow_redirects=False
+                ) as resp:
+                    instance = resp.headers.get(INSTANCE_HEADER)
+            except requests.RequestException:
+                return
+        if instance is None:
+            return
+        which = "this Model Manager" if instance == self.instance_id else "a Model Manager"
+        raise InvalidRequest(
+            f"{spec.url} is {which}, not an Ollama server: register the Ollama server it "
+            f"drives (its OLLAMA_BASE_URL or OLLAMA_BACKENDS, e.g. http://host:11434) instead",
+            field="url",
+            details={"node": spec.name, "url": spec.url, "model_manager": instance},
+        )
 
     def _wait_healthy(self, backend: Backend, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -230,6 +297,11 @@ class Fleet:
                 details={"node": name},
             )
         self.store.delete_node(name)
+        for hook in self.on_removing:
+            try:
+                hook(name)
+            except Exception:
+                log.exception("a listener of node %s's removal failed", name)
         self._post(NodeDraining(name))
         return {"name": name, "status": "draining"}
 

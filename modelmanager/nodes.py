@@ -96,6 +96,29 @@ def is_local(url: str) -> bool:
     return host in mine
 
 
+def same_server(url: str) -> tuple[str, str, int]:
+    """What tells one server from another in ``url``: scheme, host and port, with the
+    host's case, a trailing dot and the spellings of this host's loopback
+    (``localhost``, ``127.0.0.1``, ``::1``, ``0.0.0.0``) made one, and the scheme's
+    default port filled in. Two URLs with the same key reach the same server."""
+    parts = urlsplit(url)
+    scheme = (parts.scheme or "http").lower()
+    host = (parts.hostname or "").lower().rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    loopback = host in ("localhost", "0.0.0.0", "::")
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host.endswith(".localhost")
+    return scheme, "loopback" if loopback else host, port
+
+
 def default_gpu_url(url: str) -> str:
     """Where a Model Manager on the node's host would answer: its host, port 5001."""
     parts = urlsplit(url)
@@ -127,6 +150,14 @@ def configured_nodes(
             urls[name] = check_url(url, source.format(name))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    servers: dict[tuple[str, str, int], str] = {}
+    for name, url in urls.items():
+        other = servers.setdefault(same_server(url), name)
+        if other != name:
+            raise ConfigError(
+                f"OLLAMA_BACKENDS gives one Ollama server two names: {other} at "
+                f"{urls[other]} and {name} at {url} (list each server once)"
+            )
     gpus: dict[str, tuple[int, ...]] = {}
     for name, value in _pairs(backend_gpus, "OLLAMA_BACKEND_GPUS"):
         if name not in urls:
@@ -139,6 +170,15 @@ def configured_nodes(
             ) from None
         if any(i < 0 for i in indices):
             raise ConfigError(f"OLLAMA_BACKEND_GPUS: negative GPU index for {name}")
+        missing = [i for i in indices if gpu_count is not None and i >= gpu_count]
+        if missing:
+            raise ConfigError(
+                f"OLLAMA_BACKEND_GPUS: {name}={value} names GPU {missing[0]}, but NVML shows "
+                f"{gpu_count} GPU(s) on this host (indices 0 to {gpu_count - 1})"
+                if gpu_count
+                else f"OLLAMA_BACKEND_GPUS: {name}={value} names GPU {missing[0]}, but NVML "
+                f"shows no GPU on this host"
+            )
         gpus[name] = indices
     used = [i for indices in gpus.values() for i in indices]
     if len(set(used)) != len(used):

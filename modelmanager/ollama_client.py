@@ -24,7 +24,11 @@ Contract for the engine above:
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
+import socket
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -573,16 +577,25 @@ class OllamaClient:
                 return BackendTimeout(message, model=model, chunks=chunks)
             return timeout_error(message, model=model)
         if isinstance(exc, requests.ConnectionError):
-            return BackendUnavailable(
-                f"cannot reach Ollama at {self.base_url} ({where}): {exc}",
-                model=model,
-                reached=not _never_connected(exc),
-            )
+            never = _never_connected(exc)
+            if never:
+                message = f"cannot reach Ollama at {self.base_url}: {connection_failure(exc)}"
+            else:
+                message = (
+                    f"connection to Ollama at {self.base_url} lost during {where}: "
+                    f"{connection_failure(exc)}"
+                )
+            return BackendUnavailable(message, model=model, reached=not never)
         if isinstance(exc, requests.exceptions.ChunkedEncodingError):
             return BackendUnavailable(
-                f"connection to Ollama broke during the answer to {where}: {exc}", model=model
+                f"connection to Ollama at {self.base_url} broke during the answer to {where}: "
+                f"{connection_failure(exc)}",
+                model=model,
             )
-        return OllamaError(f"request {where} to Ollama failed: {exc}", model=model)
+        return OllamaError(
+            f"request {where} to Ollama at {self.base_url} failed: {connection_failure(exc)}",
+            model=model,
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -604,6 +617,50 @@ class _Endpoint:
 
     request: requests.PreparedRequest
     settings: Mapping[str, Any]
+
+
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EPIPE: "connection closed",
+}
+
+
+def connection_failure(exc: BaseException) -> str:
+    """A few words for why a connection failed ("connection refused", "timed out", ...),
+    read from the chain of causes of a ``requests``/``urllib3`` error, without their
+    internals (pool objects, retry counts, addresses of Python objects)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        cur = todo.pop(0)
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, socket.gaierror):
+            return "host name not found"
+        if isinstance(cur, TimeoutError | socket.timeout | ReadTimeoutError | ConnectTimeoutError):
+            return "timed out"
+        if isinstance(cur, OSError) and cur.errno in _ERRNO_WORDS:
+            return _ERRNO_WORDS[cur.errno]
+        if isinstance(cur, http.client.RemoteDisconnected):
+            return "the connection was closed without an answer"
+        if isinstance(cur, ssl.SSLError):
+            return "TLS handshake failed"
+        text = str(cur)
+        for number, words in _ERRNO_WORDS.items():
+            if f"[Errno {number}]" in text:
+                return words
+        if "Name or service not known" in text or "nodename nor servname" in text:
+            return "host name not found"
+        todo.extend([getattr(cur, "reason", None), cur.__cause__, cur.__context__, *cur.args])
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "the answer was cut short"
+    return "connection failed"
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:

@@ -318,12 +318,17 @@ class _Pass:
         first = next(d for d in waiting if d.runner == jobs[best][0])
         return [first, *(d for d in waiting if d is not first)]
 
+    def installed_on_usable(self, f: RunnerFacts) -> bool:
+        """Whether Ollama lists the model on a node that takes work now: a download of it
+        elsewhere (or an update there) then holds back none of its jobs."""
+        return f.backends is not None and any(r.name in f.backends for r in self.usable)
+
     def place(self, group: Demand, others: float) -> None:
         runner = group.runner
         f = self.facts.get(runner)
         wait = self.plan.actions.append
-        if f is not None and f.pulling:  # being downloaded: its jobs wait for it
-            wait(Wait(runner, WaitReason.PULLING))
+        if f is not None and f.pulling and not self.installed_on_usable(f):
+            wait(Wait(runner, WaitReason.PULLING))  # being downloaded: its jobs wait for it
             return
         if f is not None and f.installed is False:
             self.missing(group)
@@ -605,7 +610,9 @@ class _Pass:
             if runner in self.held or runner in self.demands:
                 continue  # held, or placed with its waiting jobs
             f = self.facts.get(runner)
-            if f is None or f.estimate_bytes is None or f.installed is not True or f.pulling:
+            if f is None or f.estimate_bytes is None or f.installed is not True:
+                continue
+            if f.pulling and not self.installed_on_usable(f):
                 continue
             if f.blocked_until > self.now:
                 continue

@@ -170,6 +170,10 @@ def test_one_ollama_per_gpu_each_planned_with_its_own_gpu(
 def test_registering_a_node_at_run_time_puts_it_to_work_and_unregistering_drains_it(
     make_sim: Any, make_service: Any
 ) -> None:
+    # No job ran before the registration, so the first jobs found their models' status
+    # unknown and had every node's list read, box2's included; and n0 had room. The case
+    # where the models are known and n0 is full is
+    # test_fleet_nodes.test_a_node_registered_at_run_time_runs_what_the_full_configured_node_cannot
     a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
     svc = _fleet(make_service, a)
     body = {"name": "box2", "url": b.url, "vram_budget_mb": 4096}
@@ -350,6 +354,28 @@ def test_configured_nodes_parse_names_urls_and_gpus() -> None:
     # two servers here and two GPUs: one each, in order
     auto = configured_nodes("a=http://127.0.0.1:1,b=http://127.0.0.1:2", "", "", "", 2)
     assert [n.gpus for n in auto] == [(0,), (1,)]
+    # different ports, or http and https, are different servers; without NVML any index
+    # is taken as given
+    apart = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=https://127.0.0.1:1"
+    assert len(configured_nodes(apart, "", "a=0,b=1,c=9", "", None)) == 3
+
+
+def test_a_stored_registration_of_a_configured_ollama_is_left_out(
+    make_sim: Any, make_service: Any
+) -> None:
+    """Registrations stored before duplicates were refused: the configured node wins."""
+    a = make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a)
+    store = svc.manager.store
+    store.save_node(
+        "twin", f"http://localhost:{a.port}", gpu_url=None, vram_budget_mb=64, gpus=None, now=0.0
+    )
+    svc.stop()
+    again = _fleet(make_service, a)
+    names = [
+        n["name"] for n in requests.get(f"{again.url}/api/v1/nodes", timeout=5).json()["nodes"]
+    ]
+    assert names == ["n0"]
 
 
 @pytest.mark.parametrize(
@@ -366,6 +392,13 @@ def test_configured_nodes_parse_names_urls_and_gpus() -> None:
             "OLLAMA_BACKEND_GPUS",
         ),
         ("a", "", "name=value"),
+        # one Ollama under two names, however its URL is spelt
+        ("a=http://127.0.0.1:18210,b=http://localhost:18210/", "", "two names"),
+        ("a=http://box:80,b=http://BOX.", "", "two names"),
+        ("a=https://box,b=https://box:443/", "", "two names"),
+        # a GPU NVML does not show (2 here)
+        ("a=http://127.0.0.1:1,b=http://127.0.0.1:2", "a=0,b=7", "GPU 7, but NVML shows 2"),
+        ("a=http://127.0.0.1:1", "a=0+2", "GPU 2"),
     ],
 )
 def test_bad_backend_settings_stop_startup_with_a_sentence(
