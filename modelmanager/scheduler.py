@@ -425,7 +425,10 @@ class Scheduler:
             if h.state is RunnerState.READY and not hits and snap.taken_at > h.loaded_at:
                 del self._held[key]
                 self._gone_at[h.runner] = snap.taken_at
-                log.info("%s is no longer loaded in Ollama (dropped outside the manager)", h.label)
+                log.info(
+                    "%s is no longer loaded in Ollama (dropped outside the manager)",
+                    self._where(h),
+                )
         for i, m in enumerate(snap.loaded):
             runner = self._canon(normalize(m.name))
             gone_at = max(self._gone_at.get(runner, 0.0), self._gone_at.get(model_of(runner), 0.0))
@@ -655,9 +658,14 @@ class Scheduler:
             self.counters["evictions"] += 1
             self.counters[f"evictions_{action.reason.value}"] += 1
         why = self._why(action.reason, action.for_runner, action.detail)
-        log.info("%s %s: %s", _UNLOAD_TEXT[action.reason], h.label, why)
+        log.info("%s %s: %s", _UNLOAD_TEXT[action.reason], self._where(h), why)
         self._remember("unload", h.label, action.reason.value, why, now)
-        self.residency.unload(self.backends[h.backend], h.runner, h.label, h.name)
+        self.residency.unload(self.backends[h.backend], h.runner, self._where(h), h.name)
+
+    def _where(self, h: _Held) -> str:
+        """How the log names a held runner: its label, with its node when there are
+        several."""
+        return f"{h.label} on node {h.backend}" if len(self.backends) > 1 else h.label
 
     def _drain(self, action: Drain) -> None:
         h = self._held.get((action.runner, action.backend))
@@ -665,7 +673,7 @@ class Scheduler:
             return
         h.draining = True
         why = self._why(action.reason, action.for_runner, action.detail)
-        log.info("draining %s (%d job(s) in flight): %s", h.label, h.in_flight, why)
+        log.info("draining %s (%d job(s) in flight): %s", self._where(h), h.in_flight, why)
 
     def _why(self, reason: UnloadReason, for_runner: str | None, detail: str) -> str:
         parts = {
@@ -708,7 +716,7 @@ class Scheduler:
         self.residency.load(
             self.backends[action.backend],
             action.runner,
-            h.label,
+            self._where(h),
             name,
             options_of(action.runner),
             "embed" if info.is_embedding else "generate",
@@ -735,7 +743,7 @@ class Scheduler:
         backend = self.backends[action.backend]
         for job in jobs:
             self._job_runner[job.id] = h.runner
-            self.jobs.start(job, backend, h.label)
+            self.jobs.start(job, backend, self._where(h))
 
     def _log_waits(self, waiting: dict[str, Wait], now: float) -> None:
         """One line when a runner starts waiting, with its reason; while it keeps waiting,

@@ -464,3 +464,17 @@ def _list_show_ps(svc: Service, client: Any, only_on_b: str) -> None:
     assert expected <= loaded or wait_until(
         lambda: expected <= {m.model for m in client.ps().models}, timeout=10
     )
+
+
+def test_with_several_nodes_the_log_names_the_node(
+    make_sim: Any, make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelmanager")
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a, b)
+    done = svc.wait_done([svc.submit(model=m, prompt="x") for m in SMALL])
+    nodes = {d["node"] for d in done.values()}
+    lines = [r.getMessage() for r in caplog.records]
+    for node in nodes:
+        assert any(line.startswith("loaded ") and f" on node {node} " in line for line in lines)
+        assert any(" started on " in line and f" on node {node} " in line for line in lines)
