@@ -14,6 +14,7 @@ hooks waitress 3.0's request parser and channel classes (pinned in requirements.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from waitress import create_server, wasyncore
@@ -71,14 +72,26 @@ def _stop_threads_on_close(server: Any) -> None:
     the client goes). With a thread per waiting Ollama/OpenAI client (MAX_OPEN_REQUESTS)
     that is too much to leave behind, so close also closes every connection and stops the
     idle threads (a busy one ends with its request), as ``MultiSocketServer.close`` does."""
-    close = server.close
+    close, run = server.close, server.run
+    closing = threading.Event()
 
     def close_and_stop_threads() -> None:
+        closing.set()
         close()
         server.task_dispatcher.shutdown(timeout=2)
         wasyncore.close_all(server._map)
 
+    def run_until_closed() -> None:
+        """``run()``; a descriptor closed under its select() by ``close()`` from another
+        thread is the expected end of a stop, not an error."""
+        try:
+            run()
+        except OSError:
+            if not closing.is_set():
+                raise
+
     server.close = close_and_stop_threads
+    server.run = run_until_closed
 
 
 def bound_address(server: Any) -> tuple[str, int]:

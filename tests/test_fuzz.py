@@ -122,7 +122,10 @@ def test_documented_model_name_pattern_is_the_validators_grammar(name: str) -> N
         ("https://" + "m" * MAX_MODEL_NAME, True),  # the limit is on the name, not the scheme
         ("http://host/team/model", True),  # Ollama drops the scheme
         ("h/team.x/model", False),  # the namespace has no dots
-        ("a..b", False),
+        ("a..b", True),  # dots in a row are letters like any other (isValidPart)
+        ("-a", False),  # a part starts with a letter, digit or "_"
+        ("localhost:5000/team/model", True),  # a port in the host
+        ("team:1/model", False),  # ... and nowhere else
         ("model:", False),
         ("a/b/c/d", False),
         ("host:/m", False),

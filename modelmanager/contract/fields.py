@@ -143,17 +143,20 @@ def check_model_name(value: Any) -> str:
     except names.InvalidModelName:
         fail(
             "is not a valid Ollama model name (expected [host/][namespace/]name[:tag]: "
-            "letters, digits, '_', '.' and '-', no '..', no '.' in the namespace, at most "
+            "letters, digits, '_', '.' and '-', each part starting with a letter, digit or "
+            "'_', no '.' in the namespace, a ':port' only in the host, at most "
             f"{MAX_MODEL_NAME} characters)"
         )
     return value
 
 
-# names.parse's grammar as a pattern without look-ahead, so that every JSON Schema engine
-# and hypothesis can use it. A part is letters, digits, "_", "-" and single dots.
-_C = "[A-Za-z0-9_-]"
-_DOTTED = f"(?:\\.?(?:{_C}+\\.)*{_C}+\\.?|\\.)"
-MODEL_NAME_PATTERN = f"(?:(?:{_DOTTED}/)?{_C}+/)?{_DOTTED}(?::{_DOTTED})?"
+# names.parse's grammar (Ollama's isValidPart) as a pattern without look-ahead, so that
+# every JSON Schema engine and hypothesis can use it. A part starts with a letter, digit
+# or "_", then has those, "-" and "." (not in a namespace) and ":" (in a host only).
+_PART = "[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_NAMESPACE = "[A-Za-z0-9_][A-Za-z0-9_-]*"
+_HOST = "[A-Za-z0-9_][A-Za-z0-9_.:-]*"
+MODEL_NAME_PATTERN = f"(?:(?:{_HOST}/)?{_NAMESPACE}/)?{_PART}(?::{_PART})?"
 
 
 def _model_name_schema() -> Schema:
