@@ -53,7 +53,7 @@ from tools.bench_door import compare_door
 from tools.bench_front import measure_front
 from tools.bench_procs import Procs, Service, Sim, fake_nvml_lib, pct, rnd
 from tools.bench_report import render, targets
-from tools.bench_run import run_direct, run_managed
+from tools.bench_run import compared, managed_on_fresh, run_direct, run_managed
 from tools.bench_service import measure
 from tools.bench_workloads import Workload, build, high_p95_bound, lower_bound
 
@@ -175,39 +175,12 @@ def run_fleet(
     GPU each, one NVML) against one backend, measured in this run (``one``: the managed
     figures of the workload when it ran already)."""
     if one is None:
-        sim = _sim(procs, args)
-        try:
-            svc = Service(procs, sim)
-            try:
-                one = run_managed(wl, svc, sim, args.managed_cap)
-            finally:
-                svc.stop()
-        finally:
-            sim.stop()
+        one = managed_on_fresh(procs, wl, _sim(procs, args), args.managed_cap)
     first = _sim(procs, args)
     second = _sim(procs, args, nvml_state=first.nvml_state, nvml_index=1)
-    try:
-        svc = Service(procs, [first, second])
-        try:
-            two = run_managed(wl, svc, [first, second], args.managed_cap)
-        finally:
-            svc.stop()
-    finally:
-        first.stop()
-        second.stop()
-    for r in (one, two):
-        r.pop("_latency_by_job", None)
+    two = managed_on_fresh(procs, wl, [first, second], args.managed_cap)
     _progress(f"{wl.key} on two backends: {_brief(two)}")
-    span1, span2 = one["makespan_s"], two["makespan_s"]
-    return {
-        "title": wl.title,
-        "jobs": len(wl.jobs),
-        "models": len(wl.models),
-        "one": one,
-        "two": two,
-        "makespan_two_over_one": rnd(span2 / span1) if span1 and span2 else None,
-        "loads": {"one": one["loads"], "two": two["loads"]},
-    }
+    return compared(wl, ("one", "two"), one, two, "makespan_two_over_one")
 
 
 def _sim(procs: Procs, args: argparse.Namespace, **kwargs: Any) -> Sim:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from tools.bench_procs import BenchError, Service, Sim
-from tools.bench_run import MAX_CLIENT_THREADS, Outcome, run_managed, summarize
+from tools.bench_run import MAX_CLIENT_THREADS, Outcome, compared, managed_on_fresh, summarize
 from tools.bench_workloads import BenchJob, Workload
 
 
@@ -84,29 +84,10 @@ def compare_door(
     """``wl`` through the Ollama API against the job API (``job_api``: the managed figures
     of this run, or None to measure them here). ``sim``: makes a fresh simulator."""
     if job_api is None:
-        first = sim()
-        try:
-            svc = Service(procs, first)
-            try:
-                job_api = run_managed(wl, svc, first, cap)
-            finally:
-                svc.stop()
-        finally:
-            first.stop()
+        job_api = managed_on_fresh(procs, wl, sim(), cap)
     second = sim()
     try:
         door = run_door(wl, second, procs, cap)
     finally:
         second.stop()
-    for r in (job_api, door):
-        r.pop("_latency_by_job", None)
-    span1, span2 = job_api["makespan_s"], door["makespan_s"]
-    return {
-        "title": wl.title,
-        "jobs": len(wl.jobs),
-        "models": len(wl.models),
-        "job_api": job_api,
-        "ollama_api": door,
-        "makespan_ollama_over_job_api": round(span2 / span1, 3) if span1 and span2 else None,
-        "loads": {"job_api": job_api["loads"], "ollama_api": door["loads"]},
-    }
+    return compared(wl, ("job_api", "ollama_api"), job_api, door, "makespan_ollama_over_job_api")

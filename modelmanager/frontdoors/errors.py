@@ -25,11 +25,17 @@ door those answer here, in the door's shape; every other path keeps the job API'
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from flask import Response, request
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
+
+from ..errors import ApiError
+from ..logger import get_logger
+
+log = get_logger("API")
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json; charset=utf-8"
@@ -152,3 +158,26 @@ def http_error(exc: HTTPException, message: str | None = None) -> Response:
     if answer is None:  # (a door's blueprint answers only on its own paths)
         answer = status, _dump({"error": text}), JSON, headers
     return as_response(answer)
+
+
+def handle_errors(
+    bp: Blueprint,
+    on_api_error: Callable[[ApiError], Response],
+    error: Callable[[int, str], Response],
+) -> None:
+    """The error handlers a door's blueprint shares: ``on_api_error`` for the manager's own
+    errors, ``error(status, message)`` (the door's shape) for a failed job and anything
+    unexpected, :func:`http_error` for routing's (404, 405, 413)."""
+    from .relay import JobFailed  # (relay imports nothing of this module's)
+
+    def on_failed(exc: JobFailed) -> Response:
+        return error(exc.status, exc.message)
+
+    def on_unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error(500, "internal error; see the service log")
+
+    bp.register_error_handler(ApiError, on_api_error)
+    bp.register_error_handler(JobFailed, on_failed)
+    bp.register_error_handler(HTTPException, http_error)
+    bp.register_error_handler(Exception, on_unexpected)

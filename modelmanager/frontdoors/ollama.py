@@ -21,7 +21,6 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 from werkzeug.datastructures import EnvironHeaders
-from werkzeug.exceptions import HTTPException
 
 from config import Config
 
@@ -33,7 +32,7 @@ from ..errors import ApiError, InvalidRequest, QueueFull
 from ..events import KeepAliveSet
 from ..logger import get_logger
 from ..models import JobKind
-from .errors import http_error
+from .errors import handle_errors
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of, with_wait
 from .shared import Backend, KeyPriorities, node_urls, parse_json, retry_headers
 
@@ -408,21 +407,5 @@ def blueprint(door: OllamaDoor) -> Blueprint:
     for path, (method, action) in MANAGEMENT.items():
         bp.add_url_rule(path, f"ollama_{path[5:]}", management(path, action), methods=[method])
 
-    @bp.errorhandler(ApiError)
-    def on_api_error(exc: ApiError) -> Response:
-        return api_error(exc)
-
-    @bp.errorhandler(JobFailed)
-    def on_failed(exc: JobFailed) -> Response:
-        return error(exc.status, exc.message)
-
-    @bp.errorhandler(HTTPException)
-    def on_http(exc: HTTPException) -> Response:
-        return http_error(exc)
-
-    @bp.errorhandler(Exception)
-    def on_unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error(500, "internal error; see the service log")
-
+    handle_errors(bp, api_error, error)
     return bp

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, request
-from werkzeug.exceptions import HTTPException
 
 from config import Config
 
@@ -29,7 +28,7 @@ from ..logger import get_logger
 from ..models import JobKind
 from . import ollama
 from . import openai_answers as answers
-from .errors import http_error, openai_error_body
+from .errors import handle_errors, openai_error_body
 from .relay import Answer, ClientGone, JobFailed, OpenRequests, open_answer, priority_of
 from .shared import Backend, KeyPriorities, node_urls, parse_json, retry_headers
 
@@ -221,23 +220,10 @@ def blueprint(api: Api, config: Config) -> Blueprint:
     bp.add_url_rule("/v1/models", "openai_models", door.models, methods=["GET"])
     bp.add_url_rule("/v1/models/<path:model>", "openai_model", door.model, methods=["GET"])
 
-    @bp.errorhandler(ApiError)
     def on_api_error(exc: ApiError) -> Response:
         if isinstance(exc, QueueFull):
             return error(503, ollama.BUSY, exc.headers)
         return error(exc.status, exc.message, exc.headers)
 
-    @bp.errorhandler(JobFailed)
-    def on_failed(exc: JobFailed) -> Response:
-        return error(exc.status, exc.message)
-
-    @bp.errorhandler(HTTPException)
-    def on_http(exc: HTTPException) -> Response:
-        return http_error(exc)
-
-    @bp.errorhandler(Exception)
-    def on_unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error(500, "internal error; see the service log")
-
+    handle_errors(bp, on_api_error, error)
     return bp
