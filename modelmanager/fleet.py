@@ -36,6 +36,7 @@ from .nodes import (
     NodeSpec,
     configured_nodes,
     default_gpu_url,
+    gpu_owners,
     hardware_summary,
     is_local,
     same_server,
@@ -93,12 +94,13 @@ class Fleet:
         Raises :class:`~modelmanager.errors.ConfigError` for settings that cannot work
         (several servers on this host and no way to tell their GPUs apart).
         """
+        count = self._gpu_count()
         specs = configured_nodes(
             self.config.OLLAMA_BACKENDS,
             self.config.OLLAMA_BASE_URL,
             self.config.OLLAMA_BACKEND_GPUS,
             self.config.BACKEND_GPU_URLS,
-            self._gpu_count(),
+            count,
         )
         for name, url, gpu_url, budget, gpus in self.store.load_nodes():
             if any(s.name == name for s in specs):
@@ -115,7 +117,11 @@ class Fleet:
                 )
                 continue
             indices = tuple(int(i) for i in gpus.split("+")) if gpus else None
-            specs.append(NodeSpec(name, url, indices, gpu_url, budget, registered=True))
+            spec = self._stored_gpus(
+                NodeSpec(name, url, indices, gpu_url, budget, registered=True), specs, count
+            )
+            if spec is not None:
+                specs.append(spec)
         backends = []
         for i, spec in enumerate(specs):
             backends.append(self.make(spec, client if i == 0 else None))
@@ -123,6 +129,38 @@ class Fleet:
             self._specs = {s.name: s for s in specs}
             self._live = {b.name: b for b in backends}
         return backends
+
+    @staticmethod
+    def _stored_gpus(spec: NodeSpec, specs: list[NodeSpec], count: int | None) -> NodeSpec | None:
+        """``spec`` of a stored registration with the GPUs it may use among ``specs`` (the
+        nodes before it): None, with a warning, when it reads NVML on this host and a GPU
+        it was given is gone or another node's (the settings changed), or when it has none
+        stored (registered before ``gpus`` existed) and no GPU is free."""
+        if not count or spec.vram_budget_mb or spec.gpu_url or not is_local(spec.url):
+            return spec  # no NVML now (kept as stored), or its memory is not this host's
+        owners = gpu_owners(specs, count)
+        if spec.gpus is None:
+            free = tuple(i for i in range(count) if i not in owners)
+            if not free:
+                log.warning(
+                    "registered node %s has no GPU of this host left (others use them all); "
+                    "it is left out: register it again with gpus or vram_budget_mb",
+                    spec.name,
+                )
+                return None
+            return NodeSpec(spec.name, spec.url, free, None, None, registered=True)
+        taken = [i for i in spec.gpus if i >= count or i in owners]
+        if taken:
+            i = taken[0]
+            log.warning(
+                "registered node %s uses GPU %d, which %s; it is left out: remove it and "
+                "register it again with other gpus",
+                spec.name,
+                i,
+                f"node {owners[i]} uses now" if i in owners else f"NVML lacks ({count} GPU(s))",
+            )
+            return None
+        return spec
 
     def _gpu_count(self) -> int | None:
         if self.gpu is None:
@@ -188,6 +226,7 @@ class Fleet:
         name exists), :class:`GatewayTimeout` (it did not become healthy in time).
         """
         spec, timeout = self._spec_of(body)
+        count = self._gpu_count()
         with self._lock:
             if spec.name in self._specs:
                 raise Conflict(
@@ -201,7 +240,8 @@ class Fleet:
                     f"is the same server); one Ollama is one node",
                     details={"node": twin.name, "url": twin.url, "field": "url"},
                 )
-            self._specs[spec.name] = spec  # reserved while it starts
+            spec = self._with_gpus(spec, count)
+            self._specs[spec.name] = spec  # reserved while it starts, its GPUs with it
         try:
             self._refuse_model_manager(spec, timeout)
             backend = self.make(spec)
@@ -235,10 +275,78 @@ class Fleet:
         reg = parse_registration(body)
         timeout = reg.startup_timeout_s or self.config.NODE_STARTUP_TIMEOUT
         url, gpu_url, budget = reg.url.rstrip("/"), reg.gpu_url, reg.vram_budget_mb
+        gpus = tuple(reg.gpus) if reg.gpus is not None else None
+        if gpus is not None:
+            if not is_local(url):
+                raise InvalidRequest(
+                    f"gpus names GPUs of this host, but {url} is on another host: its memory "
+                    f"comes from gpu_url (a Model Manager there) or vram_budget_mb",
+                    field="gpus",
+                )
+            other = "vram_budget_mb" if budget is not None else "gpu_url" if gpu_url else None
+            if other is not None:
+                raise InvalidRequest(
+                    f"gpus cannot go with {other}: give one way to read the node's memory "
+                    f"(gpus: this host's GPUs through NVML)",
+                    field="gpus",
+                )
+            twice = next((i for i in gpus if gpus.count(i) > 1), None)
+            if twice is not None:
+                raise InvalidRequest(f"gpus lists GPU {twice} twice", field="gpus")
         if gpu_url is None and budget is None and not is_local(url):
             gpu_url = default_gpu_url(url)
-        spec = NodeSpec(reg.name, url, None, gpu_url, budget, registered=True)
+        spec = NodeSpec(reg.name, url, gpus, gpu_url, budget, registered=True)
         return spec, float(timeout)
+
+    def _with_gpus(self, spec: NodeSpec, count: int | None) -> NodeSpec:
+        """``spec`` with the GPUs of this host it uses, checked against the nodes there
+        (call with the lock held): those its ``gpus`` names, each one NVML shows and no
+        other node uses, else every GPU no other node uses. A node whose memory is not
+        read through this host's NVML is returned as it is.
+
+        Raises :class:`InvalidRequest` (field ``gpus``) for a GPU NVML lacks or another
+        node uses, or when no GPU is left for it.
+        """
+        if spec.vram_budget_mb or spec.gpu_url or not is_local(spec.url):
+            return spec
+        if not count:
+            if spec.gpus is not None:
+                raise InvalidRequest(
+                    f"gpus names GPU {spec.gpus[0]}, but NVML shows no GPU on this host",
+                    field="gpus",
+                    details={"node": spec.name},
+                )
+            return spec  # no NVML: planned with VRAM_BUDGET_MB, as a configured node
+        owners = gpu_owners(list(self._specs.values()), count)
+        free = tuple(i for i in range(count) if i not in owners)
+        free_text = "+".join(str(i) for i in free) if free else "none"
+        if spec.gpus is None:
+            if not free:
+                uses = ", ".join(f"{n} uses GPU {i}" for i, n in sorted(owners.items()))
+                raise InvalidRequest(
+                    f"no GPU of this host is left for node {spec.name} ({uses}): give it "
+                    f"vram_budget_mb to plan with a budget instead, or free a GPU (remove "
+                    f"its node) and name it in gpus",
+                    field="gpus",
+                    details={"node": spec.name, "gpus_free": []},
+                )
+            return NodeSpec(spec.name, spec.url, free, None, None, registered=True)
+        for i in spec.gpus:
+            if i >= count:
+                raise InvalidRequest(
+                    f"gpus names GPU {i}, but NVML shows {count} GPU(s) on this host "
+                    f"(indices 0 to {count - 1}; free: {free_text})",
+                    field="gpus",
+                    details={"node": spec.name, "gpus_free": list(free)},
+                )
+            if i in owners:
+                raise InvalidRequest(
+                    f"gpus names GPU {i}, which node {owners[i]} uses (free GPUs of this "
+                    f"host: {free_text}); one GPU belongs to one node",
+                    field="gpus",
+                    details={"node": spec.name, "owner": owners[i], "gpus_free": list(free)},
+                )
+        return spec
 
     def _refuse_model_manager(self, spec: NodeSpec, timeout: float) -> None:
         """Raise :class:`InvalidRequest` if ``spec.url`` answers as a Model Manager (this

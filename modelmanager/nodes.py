@@ -8,6 +8,8 @@ its memory figures come from:
   Ollama per GPU pinned with ``CUDA_VISIBLE_DEVICES``). Several servers on this host
   without a mapping get one GPU each, in the order listed, when there are as many GPUs
   as servers; otherwise the manager cannot tell which GPU is whose and refuses to start.
+  A node registered on this host uses the GPUs its ``gpus`` names, else those no other
+  node uses; never another node's.
 * a Model Manager's GPU endpoint on the node's host (``GET <url>/api/v1/gpu/devices``):
   ``BACKEND_GPU_URLS`` (``box2=http://10.0.0.7:5001``), else the node's host at port
   5001, for a server elsewhere;
@@ -210,6 +212,24 @@ def configured_nodes(
         )
         for name in names
     ]
+
+
+def nvml_gpus(spec: NodeSpec, gpu_count: int) -> tuple[int, ...]:
+    """The NVML indices of this host's GPUs whose memory ``spec`` plans with: its mapped
+    ones, or all ``gpu_count`` of them when unmapped; none for a node whose figures come
+    from a budget, a GPU endpoint, or that is on another host."""
+    if spec.vram_budget_mb or spec.gpu_url or not is_local(spec.url):
+        return ()
+    return spec.gpus if spec.gpus is not None else tuple(range(gpu_count))
+
+
+def gpu_owners(specs: list[NodeSpec], gpu_count: int) -> dict[int, str]:
+    """Which node uses each of this host's GPUs (NVML index to node name)."""
+    owners: dict[int, str] = {}
+    for spec in specs:
+        for index in nvml_gpus(spec, gpu_count):
+            owners.setdefault(index, spec.name)
+    return owners
 
 
 def hardware_summary(devices: list[dict[str, object]]) -> list[dict[str, object]]:

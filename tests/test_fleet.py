@@ -246,7 +246,13 @@ def test_a_node_that_never_answers_is_refused_after_its_startup_timeout(
     sim: Any, make_service: Any
 ) -> None:
     svc = make_service(sim)
-    body = {"name": "ghost", "url": f"http://127.0.0.1:{free_port()}", "startup_timeout_s": 1}
+    # a budget: the only GPU of this host is local's, so without one it has no memory
+    body = {
+        "name": "ghost",
+        "url": f"http://127.0.0.1:{free_port()}",
+        "startup_timeout_s": 1,
+        "vram_budget_mb": 4096,
+    }
     r = requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=30)
     assert r.status_code == 504
     err = r.json()["error"]

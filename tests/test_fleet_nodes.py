@@ -260,3 +260,102 @@ def test_a_pull_that_stalls_before_sending_anything_is_retried(
     r = requests.post(f"{svc.url}/api/v1/models/download", json={"model": "gemma2:2b"}, timeout=10)
     assert r.status_code == 202
     wait_until(lambda: disk_status(svc, "gemma2:2b", "local")["status"] == "DOWNLOADED")
+
+
+# ------------------------------------------- 9. a node registered on this host: its GPUs
+
+GPU_MB = 8192
+
+
+def _three_gpu_host(make_sim: Any, make_service: Any, gpu_state: Any) -> tuple[Any, ...]:
+    """Three fake-NVML GPUs on one host, one Ollama on each; a and b configured on GPUs 0
+    and 1, c (on GPU 2) left to register."""
+    a, b, c = (make_sim(vram_mb=GPU_MB, nvml_state=str(gpu_state), nvml_index=i) for i in range(3))
+    settings = {"OLLAMA_BACKENDS": f"a={a.url},b={b.url}", "OLLAMA_BACKEND_GPUS": "a=0,b=1"}
+    return make_service(a, **settings), settings, a, c
+
+
+def _devices(svc: Service, name: str) -> list[str]:
+    node = wait_until(lambda: (n := nodes(svc).get(name)) and n["devices"] and n, what=name)
+    return [d["name"] for d in node["devices"]]
+
+
+def _gpu_error(r: requests.Response) -> dict[str, Any]:
+    assert r.status_code == 400, r.text
+    err = dict(r.json()["error"])
+    field = err["details"]["field"]  # gpus, or gpus[0] for a bad item
+    assert err["code"] == "INVALID_REQUEST" and field.split("[")[0] == "gpus", err
+    return err
+
+
+@pytest.mark.parametrize("gpus", [None, [2]])
+def test_a_node_registered_on_this_host_gets_a_free_gpu_and_keeps_it_after_a_restart(
+    make_sim: Any, make_service: Any, gpu_state: Any, gpus: list[int] | None
+) -> None:
+    svc, settings, a, c = _three_gpu_host(make_sim, make_service, gpu_state)
+    body: dict[str, Any] = {"name": "c", "url": f"http://127.0.0.1:{c.port}"}
+    if gpus is not None:
+        body["gpus"] = gpus
+    r = register(svc, **body)
+    assert r.status_code == 201, r.text
+    assert [d["name"] for d in r.json()["devices"]] == ["c:gpu2"], r.json()
+    assert r.json()["vram"]["total_mb"] == GPU_MB
+    assert _devices(svc, "a") == ["a:gpu0"] and _devices(svc, "b") == ["b:gpu1"]
+    # the host's memory is counted once: three GPUs, not a and b's counted again under c
+    wait_until(
+        lambda: (
+            requests.get(f"{svc.url}/api/stats", timeout=5).json()["resources"]["vram"]["total"]
+            == 3 * GPU_MB * 1024 * 1024
+        ),
+        what="three GPUs' memory in /api/stats",
+    )
+    svc.stop()
+    again = make_service(a, **settings)
+    assert _devices(again, "c") == ["c:gpu2"]
+    assert nodes(again)["c"]["registered"] is True
+
+
+def test_gpus_of_another_node_or_that_nvml_lacks_are_refused_naming_the_field(
+    make_sim: Any, make_service: Any, gpu_state: Any
+) -> None:
+    svc, _, _, c = _three_gpu_host(make_sim, make_service, gpu_state)
+    err = _gpu_error(register(svc, name="c", url=c.url, gpus=[0]))
+    assert "GPU 0" in err["message"] and "node a uses" in err["message"], err
+    assert err["details"]["owner"] == "a" and err["details"]["gpus_free"] == [2]
+    err = _gpu_error(register(svc, name="c", url=c.url, gpus=[2, 1]))
+    assert "node b uses" in err["message"], err
+    err = _gpu_error(register(svc, name="c", url=c.url, gpus=[7]))
+    assert "GPU 7" in err["message"] and "3 GPU(s)" in err["message"], err
+    for bad in ([], [-1], [2, 2], ["2"], 2):
+        _gpu_error(register(svc, name="c", url=c.url, gpus=bad))
+    # gpus are this host's: refused for a node elsewhere, and beside another memory source
+    err = _gpu_error(register(svc, name="far", url="http://10.255.255.1:11434", gpus=[2]))
+    assert "another host" in err["message"], err
+    _gpu_error(register(svc, name="c", url=c.url, gpus=[2], vram_budget_mb=4096))
+    assert set(nodes(svc)) == {"a", "b"}  # nothing was added
+    assert register(svc, name="c", url=c.url, gpus=[2]).status_code == 201
+
+
+def test_with_no_gpu_left_a_local_node_is_refused_naming_gpus_and_vram_budget_mb(
+    make_sim: Any, make_service: Any, gpu_state: Any
+) -> None:
+    svc, _, _, c = _three_gpu_host(make_sim, make_service, gpu_state)
+    assert register(svc, name="c", url=c.url).status_code == 201
+    d = make_sim(vram_mb=4096)  # a fourth Ollama on this host, no GPU of its own
+    err = _gpu_error(register(svc, name="d", url=d.url))
+    assert "no GPU of this host is left" in err["message"], err
+    assert "gpus" in err["message"] and "vram_budget_mb" in err["message"], err
+    assert "d" not in nodes(svc)
+    r = register(svc, name="d", url=d.url, vram_budget_mb=4096)
+    assert r.status_code == 201 and r.json()["memory_source"] == "budget", r.text
+
+
+def test_a_stored_node_whose_gpu_the_settings_now_give_away_is_left_out(
+    make_sim: Any, make_service: Any, gpu_state: Any
+) -> None:
+    svc, settings, a, c = _three_gpu_host(make_sim, make_service, gpu_state)
+    assert register(svc, name="c", url=c.url).status_code == 201
+    svc.stop()
+    again = make_service(a, **{**settings, "OLLAMA_BACKEND_GPUS": "a=0,b=1+2"})
+    assert set(nodes(again)) == {"a", "b"}
+    assert _devices(again, "b") == ["b:gpu1", "b:gpu2"]

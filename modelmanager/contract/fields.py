@@ -60,6 +60,15 @@ def fail(reason: str, at: str = "") -> NoReturn:
 NO_NUL: Schema = {"pattern": "\\u0000"}  # used under "not"
 
 
+#: "has a character that is not white space", white space as ``str.isspace`` counts it,
+#: spelt out: ``\S`` differs between regex dialects (ECMA's ``\s`` lacks U+001C to U+001F
+#: and U+0085, and has U+FEFF)
+NON_BLANK = (
+    "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
+
+
 def _text_schema(non_blank: bool) -> Schema:
     schema: Schema = {
         "type": "string",
@@ -69,7 +78,7 @@ def _text_schema(non_blank: bool) -> Schema:
         "Unicode (no lone surrogates).",
     }
     if non_blank:  # a pattern searches: "has a character that is not white space"
-        schema.update(minLength=1, pattern="\\S")
+        schema.update(minLength=1, pattern=NON_BLANK)
     return schema
 
 

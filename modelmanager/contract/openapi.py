@@ -122,6 +122,9 @@ def _schemas() -> dict[str, Schema]:
     inputs = [(m, mode, TypeAdapter(m)) for m in _MODELS]
     _, top = TypeAdapter.json_schemas(inputs, ref_template=_REF)
     schemas: dict[str, Schema] = {k: _openapi30(v) for k, v in top["$defs"].items()}
+    # a job's null option is read as absent, as Ollama reads it (requests.without_nulls)
+    for option in schemas["Options"]["properties"].values():
+        option["nullable"] = True
     jobs = [_ref(m.__name__) for m in (requests.GenerateJob, requests.ChatJob, requests.EmbedJob)]
     schemas["Submission"] = {
         "description": "One job. Without `kind`, `messages` makes a chat job, `input` an "
