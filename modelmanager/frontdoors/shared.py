@@ -127,13 +127,17 @@ class Backend:
         shape when no node can be reached, whose text says why in a few words:
         ``{"error": "cannot reach Ollama at http://host:11434: connection refused"}``
         (or ``timed out``, ...). Callers add :func:`retry_headers`."""
-        answers = [self._one(url, method, path, body) for url in self._urls() or [""]]
+        merged = path in self.MERGED
+        answers = []
+        for url in self._urls() or [""]:
+            answer = self._one(url, method, path, body)
+            if answer[0] == 200 and not merged:
+                return answer  # the first node that has it: the others are not asked
+            answers.append(answer)
         ok = [a for a in answers if a[0] == 200]
-        if path in self.MERGED and len(ok) > 1:
+        if len(ok) > 1:
             return 200, _merged(ok), "application/json; charset=utf-8"
-        for answer in ok or [a for a in answers if a[0] != 503] or answers:
-            return answer
-        raise AssertionError("unreachable: at least one answer")
+        return next(iter(ok or [a for a in answers if a[0] != 503] or answers))
 
     @staticmethod
     def _one(url: str, method: str, path: str, body: Any) -> tuple[int, bytes, str]:
