@@ -149,19 +149,11 @@ class _Request(TypedDict, total=False):
 
 
 @with_config(LENIENT)
-class OllamaGenerateRequest(_Request, total=False):
-    """`POST /api/generate`. An empty prompt loads the model (with `keep_alive` 0: unloads
-    it). Unknown fields are ignored."""
+class _Inference(_Request, total=False):
+    """The fields generate and chat share."""
 
-    prompt: Text | None
-    suffix: Text | None
-    system: Text | None
-    template: Text | None
-    context: list[Annotated[int, Field(ge=0, le=MAX_GO_INT)]] | None
     stream: Annotated[bool | None, _STREAM]
-    raw: bool | None
     format: Format | None
-    images: Images | None
     think: Think | None
     truncate: bool | None
     shift: bool | None
@@ -170,19 +162,26 @@ class OllamaGenerateRequest(_Request, total=False):
 
 
 @with_config(LENIENT)
-class OllamaChatRequest(_Request, total=False):
+class OllamaGenerateRequest(_Inference, total=False):
+    """`POST /api/generate`. An empty prompt loads the model (with `keep_alive` 0: unloads
+    it). Unknown fields are ignored."""
+
+    prompt: Text | None
+    suffix: Text | None
+    system: Text | None
+    template: Text | None
+    context: list[Annotated[int, Field(ge=0, le=MAX_GO_INT)]] | None
+    raw: bool | None
+    images: Images | None
+
+
+@with_config(LENIENT)
+class OllamaChatRequest(_Inference, total=False):
     """`POST /api/chat`. No messages loads the model (with `keep_alive` 0: unloads it).
     Unknown fields are ignored."""
 
     messages: list[OllamaMessage] | None
     tools: list[OllamaTool] | None
-    stream: Annotated[bool | None, _STREAM]
-    format: Format | None
-    think: Think | None
-    truncate: bool | None
-    shift: bool | None
-    logprobs: bool | None
-    top_logprobs: Annotated[int, _TOP_LOGPROBS] | None
 
 
 @with_config(LENIENT)
