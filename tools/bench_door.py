@@ -35,11 +35,8 @@ def run_door(wl: Workload, sim: Sim, procs: Any, cap: float) -> dict[str, Any]:
         for prio in ("high", "normal", "low")
     }
 
-    def client(priority: str) -> Any:
-        return clients[priority]
-
     def call(job: BenchJob) -> None:
-        c = client(job.priority)
+        c = clients[job.priority]
         if job.kind == "embed":
             c.embed(model=job.model, input=job.inputs if job.extra_inputs else job.text)
         else:
@@ -48,7 +45,7 @@ def run_door(wl: Workload, sim: Sim, procs: Any, cap: float) -> dict[str, Any]:
 
     try:
         if wl.warm_model:
-            client("normal").generate(model=wl.warm_model, prompt="warm up")
+            clients["normal"].generate(model=wl.warm_model, prompt="warm up")
             sim.control("reset", {})
         out = {j.idx: Outcome(j) for j in wl.jobs}
         t0 = time.monotonic() + 0.05
