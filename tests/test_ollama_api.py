@@ -439,7 +439,9 @@ def test_client_leaving_mid_stream_cancels_its_job_and_frees_the_slot(
     assert c.generate(model=TEXT, prompt="next").done  # the slot is free
 
 
-def test_client_leaving_while_queued_cancels_its_job(sim: Any, make_service: Any) -> None:
+def one_running(sim: Any, make_service: Any) -> tuple[Service, ollama.Client, threading.Thread]:
+    """A service that runs one job of TEXT at a time, with one job held running (the
+    simulator's gate closed) by ``holder``, a thread of the client ``c``."""
     svc: Service = make_service(sim, MAX_CONCURRENT_PER_MODEL=1, DISPATCH_AHEAD=0)
     c = client(svc)
     c.generate(model=TEXT, prompt="")
@@ -447,6 +449,11 @@ def test_client_leaving_while_queued_cancels_its_job(sim: Any, make_service: Any
     holder = threading.Thread(target=lambda: c.generate(model=TEXT, prompt="held"))
     holder.start()
     wait_until(lambda: any(j["status"] == "running" for j in jobs(svc)), what="running")
+    return svc, c, holder
+
+
+def test_client_leaving_while_queued_cancels_its_job(sim: Any, make_service: Any) -> None:
+    svc, _, holder = one_running(sim, make_service)
     impatient = client(svc, timeout=0.5)
     with pytest.raises(httpx.TimeoutException):
         impatient.generate(model=TEXT, prompt="waits")
@@ -519,13 +526,7 @@ def test_ollama_host_in_the_environment_points_the_client_here(
 
 
 def test_durations_include_the_wait_in_the_managers_queue(sim: Any, make_service: Any) -> None:
-    svc: Service = make_service(sim, MAX_CONCURRENT_PER_MODEL=1, DISPATCH_AHEAD=0)
-    c = client(svc)
-    c.generate(model=TEXT, prompt="")
-    sim.set_gate(True)
-    holder = threading.Thread(target=lambda: c.generate(model=TEXT, prompt="held"))
-    holder.start()
-    wait_until(lambda: any(j["status"] == "running" for j in jobs(svc)), what="running")
+    svc, c, holder = one_running(sim, make_service)
     out: list[Any] = []
     waiter = threading.Thread(target=lambda: out.append(c.generate(model=TEXT, prompt="w")))
     waiter.start()
@@ -566,13 +567,7 @@ def test_a_chunked_body_takes_flasks_route_to_the_same_answer(svc: Service) -> N
 
 
 def test_a_stopping_service_sends_waiting_clients_away(sim: Any, make_service: Any) -> None:
-    svc: Service = make_service(sim, MAX_CONCURRENT_PER_MODEL=1, DISPATCH_AHEAD=0)
-    c = client(svc)
-    c.generate(model=TEXT, prompt="")
-    sim.set_gate(True)
-    holder = threading.Thread(target=lambda: c.generate(model=TEXT, prompt="held"))
-    holder.start()
-    wait_until(lambda: any(j["status"] == "running" for j in jobs(svc)), what="running")
+    svc, _, holder = one_running(sim, make_service)
     out: list[BaseException] = []
 
     def wait_in_queue() -> None:
