@@ -22,6 +22,7 @@ from modelmanager.nodes import configured_nodes
 
 STRATEGIES = ("demand_based",)
 SYNC_MODES = ("FULL", "NORMAL")
+PRIORITIES = ("high", "normal", "low")
 MIN_API_KEY = 16
 
 
@@ -145,6 +146,22 @@ class Config:
         "",
         "If set, every endpoint but /api/health and / needs 'Authorization: Bearer <key>'.",
     )
+    API_KEYS: str = _setting(
+        "",
+        "More accepted keys, comma-separated, each optionally with the priority of its "
+        "Ollama/OpenAI API requests: 'key1:high,key2:low,key3'.",
+    )
+    DEFAULT_PRIORITY: str = _setting(
+        "normal",
+        "Priority of Ollama/OpenAI API requests without an X-Priority header or a key "
+        "default (high, normal or low).",
+    )
+    MAX_OPEN_REQUESTS: int = _setting(
+        128,
+        "Ollama/OpenAI API inference requests served at once (each holds an HTTP thread "
+        "while it waits or streams); beyond it they answer 503 as Ollama does.",
+        minimum=1,
+    )
     JOB_TIMEOUT: float = _setting(
         0.0, "Seconds from submit after which an unfinished job fails (0: never).", minimum=0
     )
@@ -239,6 +256,29 @@ class Config:
         pairs = dict(_pair(part) for part in text.split(",") if part.strip())
         return pairs.get(node, default)
 
+    @property
+    def api_keys(self) -> dict[str, str | None]:
+        """Every accepted API key (API_KEY and those of API_KEYS) with the default priority
+        of its Ollama/OpenAI API requests (None: DEFAULT_PRIORITY). Empty: no key needed."""
+        keys: dict[str, str | None] = {self.API_KEY: None} if self.API_KEY else {}
+        for entry in self.API_KEYS.split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            key, sep, priority = entry.rpartition(":")
+            if not sep:
+                key, priority = entry, ""
+            priority = priority.strip().lower()
+            if priority and priority not in PRIORITIES:
+                # (the text is not echoed: it may be part of a key)
+                raise ConfigError(
+                    "API_KEYS: what follows a key's last ':' must be high, normal or low"
+                )
+            if len(key.strip()) < MIN_API_KEY:
+                raise ConfigError(f"API_KEYS: every key must be at least {MIN_API_KEY} characters")
+            keys[key.strip()] = priority or None
+        return keys
+
     def validate(self) -> Config:
         """Check ranges and choices; raise :class:`ConfigError` naming the bad setting."""
         for f in dataclasses.fields(self):
@@ -275,6 +315,16 @@ class Config:
             raise ConfigError("DATABASE_URL must be a postgresql:// URL")
         if self.API_KEY and len(self.API_KEY) < MIN_API_KEY:
             raise ConfigError(f"API_KEY must be at least {MIN_API_KEY} characters long")
+        self.DEFAULT_PRIORITY = self.DEFAULT_PRIORITY.lower()
+        if self.DEFAULT_PRIORITY not in PRIORITIES:
+            raise ConfigError(
+                f"DEFAULT_PRIORITY must be high, normal or low, got {self.DEFAULT_PRIORITY!r}"
+            )
+        self.api_keys  # noqa: B018 - parses API_KEYS, raising ConfigError for a bad entry
+        if not self.OLLAMA_BASE_URL.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"OLLAMA_BASE_URL must start with http:// or https://, got {self.OLLAMA_BASE_URL!r}"
+            )
         for setting in ("PRELOAD_MODELS", "PINNED_MODELS"):
             for name in _names(getattr(self, setting)):
                 try:

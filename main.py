@@ -144,7 +144,13 @@ def start_simulator(config: Config, time_scale: float) -> tuple[Any, Any]:
     state = data / "sim-gpu.state"
     models = data / "sim-models"  # its models directory: sparse files, next to no disk
     sim = FakeOllama(
-        vram_mb=SIM_VRAM_MB, time_scale=time_scale, nvml_state=str(state), models_dir=models
+        vram_mb=SIM_VRAM_MB,
+        time_scale=time_scale,
+        nvml_state=str(state),
+        models_dir=models,
+        # keep_alive in real seconds, as the manager sends it: scaled, a faster simulator
+        # would drop idle models before the manager unloads them
+        scale_keep_alive=False,
     ).start()
     config.OLLAMA_BASE_URL = sim.url
     if not config.OLLAMA_MODELS_DIR:
@@ -254,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), 3)
     except DatabaseUnavailable as exc:
         return fail(str(exc), 2)
+    except ConfigError as exc:  # settings that cannot work with the GPUs or nodes found
+        print(f"configuration error: {exc}", file=sys.stderr)
+        if sim is not None:
+            sim.stop()
+        writer.stop()
+        return 2
     except OSError as exc:
         return fail(f"cannot use the data directory {config.DATA_DIR!r}: {exc.strerror}", 2)
     try:

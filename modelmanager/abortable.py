@@ -37,11 +37,15 @@ class Call:
         self._conn: Any = None
         self.aborted = False
         self.release = False  # aborted because its backend went away: run it elsewhere
+        self.expired = False  # aborted first because it was silent too long: a timeout
 
-    def abort(self, *, release: bool = False) -> None:
+    def abort(self, *, release: bool = False, expired: bool = False) -> None:
         """Close the request's connection now (or as soon as it opens). Idempotent.
-        ``release``: the job should go back to the queue (its backend is gone), not end."""
+        ``release``: the job should go back to the queue (its backend is gone), not end.
+        ``expired``: the request timed out (:mod:`modelmanager.silence`); it counts only
+        when it is the first abort, so a cancel that came first stays a cancel."""
         with self._lock:
+            self.expired = self.expired or (expired and not self.aborted)
             self.aborted = True
             self.release = self.release or release
             conn = self._conn

@@ -33,6 +33,7 @@ from .resource_monitor import NvmlGpuSource
 from .runners import runner_of
 from .scheduler import Scheduler
 from .store import Store
+from .streams import Subscription
 from .waiting import JobWaiters, WaitOutcome
 
 log = get_logger("API")
@@ -151,19 +152,31 @@ class Api:
 
     def _reserve_room(self, n: int) -> None:
         """Count ``n`` jobs against QUEUE_MAX_SIZE until ``_accept`` has queued them."""
+        limit = self.config.QUEUE_MAX_SIZE
+        if n > limit:  # never fits, however long the client waits
+            raise InvalidRequest(
+                f"a batch of {n} jobs is more than the whole queue holds (QUEUE_MAX_SIZE is "
+                f"{limit}); send it in parts of at most {limit}",
+                field="jobs",
+            )
         with self._room_lock:
             unfinished = len(self.pending) + self.jobs.in_flight() + self._reserved
             unfinished += self.unfinished_elsewhere()
-            if unfinished + n > self.config.QUEUE_MAX_SIZE:
+            if unfinished + n > limit:
+                what = (
+                    "the queue is full"
+                    if n == 1 or unfinished >= limit
+                    else (f"the queue has room for {limit - unfinished} more job(s), not {n}")
+                )
                 raise QueueFull(
-                    f"the queue is full ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is "
-                    f"{self.config.QUEUE_MAX_SIZE}); retry later",
-                    details={"unfinished": unfinished, "max": self.config.QUEUE_MAX_SIZE},
+                    f"{what} ({unfinished} unfinished jobs, QUEUE_MAX_SIZE is {limit}); "
+                    "retry later",
+                    details={"unfinished": unfinished, "max": limit},
                     headers={"Retry-After": "5"},
                 )
             self._reserved += n
 
-    def _new_job(self, sub: Submission, now: float) -> Job:
+    def _new_job(self, sub: Submission, now: float, source: str) -> Job:
         return Job(
             id=str(uuid.uuid4()),
             model=sub.model,
@@ -174,14 +187,27 @@ class Api:
             metadata=sub.metadata,
             submitted_at=now,
             idempotency_key=sub.idempotency_key,
+            source=source,
         )
 
-    def _accept(self, subs: list[Submission]) -> list[Job]:
+    def _accept(
+        self,
+        subs: list[Submission],
+        *,
+        source: str = "api",
+        on_created: Callable[[Job], None] | None = None,
+    ) -> list[Job]:
+        """Store and queue ``subs``. ``on_created`` sees each new job before it is stored,
+        so before the scheduler can start it (a front door subscribes to its answer)."""
         self._check_accepting()
         self._reserve_room(len(subs))
         try:
             now = self._clock()
-            stored = self.store.insert_jobs([self._new_job(s, now) for s in subs])
+            jobs = [self._new_job(s, now, source) for s in subs]
+            if on_created is not None:
+                for job in jobs:
+                    on_created(job)
+            stored = self.store.insert_jobs(jobs)
             for job, created in stored:
                 if created:
                     self.pending.add(
@@ -199,6 +225,34 @@ class Api:
             "job %s accepted: %s %s (%s)", job.id, job.kind.value, job.model, job.priority.value
         )
         return {"job_id": job.id, "status": "submitted"}
+
+    def submit_streamed(
+        self, sub: Submission, source: str, *, live: bool = False
+    ) -> tuple[Job, Subscription]:
+        """Accept one job from a front door (``source``: ``ollama``, ``openai``), subscribed
+        to its answer (:mod:`modelmanager.streams`) before the scheduler can start it;
+        ``live``: the chunks go on to the client as they come. The caller closes the
+        subscription."""
+        subs: list[Subscription] = []
+
+        def subscribe(job: Job) -> None:
+            subs.append(self.jobs.streams.subscribe(job.id, live))
+
+        try:
+            job = self._accept([sub], source=source, on_created=subscribe)[0]
+        except BaseException:
+            for s in subs:
+                s.close()
+            raise
+        log.info(
+            "job %s accepted: %s %s (%s, %s)",
+            job.id,
+            job.kind.value,
+            job.model,
+            job.priority.value,
+            source,
+        )
+        return job, subs[0]
 
     def submit_batch(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
@@ -417,25 +471,34 @@ class Api:
         return {"models": out}
 
     def health(self) -> dict[str, Any]:
+        """Whether the service takes work and every node's Ollama answers. ``nodes``: each
+        node's name, url, up and error (None while up; "not read yet" before its first
+        read). ``backend`` is the summary older clients read: ``up`` when every node is
+        up; ``url`` and ``error`` of the first node that is down (else of the first node);
+        with several nodes the error names the node."""
         snap = self._resources()
-        up = snap is not None and snap.backend_up
+        backends = self.scheduler.snapshot().backends
+        nodes: list[dict[str, Any]] = []
+        for b in backends:
+            res = b.resources
+            up = res is not None and res.backend_up
+            error = None if up else (res.backend_error if res is not None else "not read yet")
+            nodes.append({"name": b.name, "url": b.url, "up": up, "error": error})
+        up = bool(nodes) and all(n["up"] for n in nodes)
+        first = next((n for n in nodes if not n["up"]), nodes[0] if nodes else None)
+        if first is None:
+            backend = {"url": self.config.OLLAMA_BASE_URL, "up": False, "error": "not read yet"}
+        else:
+            error = first["error"]
+            if error is not None and len(nodes) > 1:
+                error = f"node {first['name']}: {error}"
+            backend = {"url": first["url"], "up": up, "error": error}
         return {
             "status": "ok" if up and self.accepting else "degraded",
             "accepting": self.accepting,
-            "backend": {
-                "url": self.config.OLLAMA_BASE_URL,
-                "up": up,
-                "error": snap.backend_error if snap else "not read yet",
-            },
+            "backend": backend,
             "vram_source": snap.source if snap else None,
-            "nodes": [
-                {
-                    "name": b.name,
-                    "url": b.url,
-                    "up": b.resources is not None and b.resources.backend_up,
-                }
-                for b in self.scheduler.snapshot().backends
-            ],
+            "nodes": nodes,
             "uptime_seconds": round(self._clock() - self.started_at, 3),
         }
 

@@ -40,6 +40,7 @@ from typing import Any
 from .abortable import Call
 from .backend import Backend
 from .errors import (
+    BackendTimeout,
     Conflict,
     EndpointNotAvailable,
     ModelNotFound,
@@ -172,6 +173,7 @@ class Downloads:
         self._threads: list[threading.Thread] = []
         self._listeners: list[Callable[[Download], None]] = []
         self._closed = False
+        self._leaving: set[str] = set()  # nodes being unregistered: no new downloads
         for row in store.load_downloads():
             outcome = Outcome(*row[:4], DiskStatus(row[4]), *row[5:])
             if outcome.status is DiskStatus.DOWNLOADING:
@@ -200,6 +202,11 @@ class Downloads:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the download manager is closed")
+            if node in self._leaving:
+                raise Conflict(
+                    f"node {node} is being removed; no download starts there",
+                    details={"node": node},
+                )
             running = self._active.get((node, key))
             if running is not None:
                 raise Conflict(
@@ -304,6 +311,25 @@ class Downloads:
         log.info("download of %s on node %s cancelled", download.name, node)
         return download
 
+    def cancel_node(self, node: str) -> list[Download]:
+        """The node is being unregistered: cancel its downloads under way (as
+        :meth:`cancel`; none resumes at the next start) and refuse new ones there until
+        a node of that name is registered again (:meth:`node_added`). Returns them."""
+        with self._lock:
+            self._leaving.add(node)
+            models = [m for (n, m) in self._active if n == node]
+        cancelled = [d for m in models if (d := self.cancel(node, m)) is not None]
+        if cancelled:
+            log.info(
+                "node %s is being removed: %d download(s) there cancelled", node, len(cancelled)
+            )
+        return cancelled
+
+    def node_added(self, node: str) -> None:
+        """A node of this name was registered (again): downloads may start there."""
+        with self._lock:
+            self._leaving.discard(node)
+
     def forget(self, node: str, model: str) -> None:
         """Drop the recorded outcome of ``model`` (identity) on ``node`` (it was deleted)."""
         with self._lock:
@@ -354,7 +380,10 @@ class Downloads:
             except OllamaError as exc:
                 if d.stop.is_set():
                     return DiskStatus.PARTIAL, exc
-                if not exc.transient or d.attempts >= self.max_attempts:
+                # a pull may always be asked again (Ollama resumes its -partial files):
+                # one that stalled before sending anything is retried as well
+                retry = exc.transient or isinstance(exc, BackendTimeout)
+                if not retry or d.attempts >= self.max_attempts:
                     return DiskStatus.PARTIAL, exc
                 delay = backoff_delay(
                     d.attempts, self.retry_base, self.retry_max, self._rng.random()

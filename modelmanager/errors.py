@@ -203,7 +203,10 @@ class BackendTimeout(OllamaError):
     Answers are read as a stream, so this means "no progress", not "too long".
     ``chunks`` is how many pieces of the answer had arrived: with none, the same request
     would most likely wait the same way again (a prompt that takes longer to read than
-    the timeout), so it is not transient; a stall after progress is.
+    the timeout), so it is not transient; a stall after progress is. The job runner's
+    silence watch (:mod:`modelmanager.silence`) refines this per request: a request that
+    waited behind other silent requests of its runner is retried too
+    (``verdicts.silence_retried``).
     """
 
     code = "BACKEND_TIMEOUT"

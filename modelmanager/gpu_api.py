@@ -16,6 +16,7 @@ from typing import Any
 import requests
 
 from .models import MIB, GpuDevice
+from .ollama_client import connection_failure
 from .resource_monitor import GpuUnavailable, NvmlGpuSource
 
 TIMEOUT = (2.0, 5.0)  # seconds to connect, to read
@@ -72,7 +73,7 @@ class RemoteGpuSource:
         try:
             resp = self._session.get(self.url, timeout=TIMEOUT)
         except requests.RequestException as exc:
-            raise GpuUnavailable(f"{self.url}: {exc.__class__.__name__}") from None
+            raise GpuUnavailable(f"cannot reach {self.url}: {connection_failure(exc)}") from None
         if resp.status_code != 200:
             raise GpuUnavailable(f"{self.url} answered {resp.status_code}")
         try:

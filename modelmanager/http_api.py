@@ -2,8 +2,9 @@
 
 ``create_app(api, config)`` registers routes and error handlers only: no thread, no
 database, no GPU at import or creation. Every error leaves as
-``{"error": {"code", "message", "details"}}`` with its status; nothing a client sends can
-produce a 500 or a stack trace.
+``{"error": {"code", "message", "details"}}`` with its status -- except on the front
+doors' paths (Ollama's API, ``/v1/...``), which answer in their own API's shape
+(:mod:`.frontdoors.errors`); nothing a client sends can produce a 500 or a stack trace.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import uuid
 from typing import Any
 
 from flask import Flask, Response, request
@@ -28,6 +30,10 @@ from .errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from .fleet import INSTANCE_HEADER
+from .frontdoors import register_front_doors
+from .frontdoors.errors import as_response, door_error, door_of
+from .frontdoors.errors import http_error as door_http_error
 from .logger import get_logger
 from .models_api import register_model_routes
 from .nodes_api import register_node_routes
@@ -101,17 +107,36 @@ class FastPaths:
     2,100 vs 5,400 requests/s for an empty answer on 2 cores). They call the same ``Api``
     methods, validation and error JSON as the Flask routes; anything else -- other routes
     and methods, chunked or oversized bodies, a wrong API key, odd ids -- goes to Flask.
+
+    Every answer, fast or Flask's, carries ``X-Model-Manager: <instance>``, so that a
+    Model Manager registered as another one's Ollama node is recognised (and refused) by
+    the registration's probe (:mod:`modelmanager.fleet`).
     """
 
-    def __init__(self, flask_wsgi: Any, api: Api, expected_auth: bytes | None) -> None:
+    def __init__(
+        self,
+        flask_wsgi: Any,
+        api: Api,
+        expected_auth: tuple[bytes, ...],
+        instance: str | None = None,
+    ) -> None:
         self.flask_wsgi = flask_wsgi
         self.api = api
         self.expected = expected_auth
+        self.mark = (INSTANCE_HEADER, instance or uuid.uuid4().hex[:16])
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        plain_start = start_response
+
+        def marked(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+            return plain_start(status, [*headers, self.mark], *exc)
+
+        return self._answer(environ, marked)
+
+    def _answer(self, environ: dict[str, Any], start_response: Any) -> Any:
         method = environ.get("REQUEST_METHOD")
         path: str = environ.get("PATH_INFO", "")
-        if self.expected is not None and not hmac.compare_digest(
+        if self.expected and not key_accepted(
             environ.get("HTTP_AUTHORIZATION", "").encode(), self.expected
         ):
             return self.flask_wsgi(environ, start_response)  # Flask answers the 401
@@ -154,19 +179,28 @@ def _send(
     return [body]
 
 
+def key_accepted(given: bytes, expected: tuple[bytes, ...]) -> bool:
+    """Whether ``given`` (an Authorization header) is one of ``expected``, each compared
+    in constant time, all of them every time."""
+    found = False
+    for candidate in expected:
+        found |= hmac.compare_digest(given, candidate)
+    return found
+
+
 def create_app(api: Api, config: Config) -> Flask:
     app = Flask("modelmanager", static_folder=None)  # an API: no static files
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    expected = f"Bearer {config.API_KEY}".encode() if config.API_KEY else None
+    expected = tuple(f"Bearer {key}".encode() for key in config.api_keys)
 
     @app.before_request
     def authenticate() -> None:
-        """With API_KEY set, every endpoint but health and ``/`` (Ollama's "is running",
-        or the dashboard's page, which holds no data) needs the bearer token."""
-        if expected is None or request.path in ("/api/health", "/"):
+        """With API keys set, every endpoint but health and ``/`` (Ollama's "is running",
+        or the dashboard's page, which holds no data) needs a bearer token."""
+        if not expected or request.path in ("/api/health", "/"):
             return
         given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not key_accepted(given, expected):
             raise Unauthorized(
                 "missing or wrong API key; send 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": 'Bearer realm="modelmanager"'},
@@ -182,6 +216,12 @@ def create_app(api: Api, config: Config) -> Flask:
 
     @app.get("/api/job/<job_id>")
     def get_job(job_id: str) -> Response:
+        unknown = sorted(set(request.args) - {"wait"})
+        if unknown:  # a misspelt ?wait would otherwise answer at once, silently
+            raise InvalidRequest(
+                f"unknown query parameter(s): {', '.join(unknown)} (only 'wait' is known)",
+                field=unknown[0],
+            )
         if "wait" not in request.args:
             return _json(api.get(job_id))
         try:
@@ -226,14 +266,22 @@ def create_app(api: Api, config: Config) -> Flask:
 
     metrics.register(app, api)  # GET /metrics
     dashboard.register(app, api)  # GET /, GET /api/dashboard
+    register_front_doors(app, api, config)  # Ollama's and OpenAI's APIs
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
+        # a front door's path that no route took (the 401 of a path under /v1/ that
+        # does not exist) answers in its door's shape
+        door = door_error(request.method, request.path, exc.status, exc.message, exc.headers)
+        if door is not None:
+            return as_response(door)
         return _json(exc.to_json(), exc.status, exc.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
+        if door_of(request.path) is not None:  # routing's 404/405 on a front door's path
+            return door_http_error(exc)
         err: ApiError
         if code == 404:
             err = NotFound(f"no such endpoint: {request.method} {request.path}")
@@ -257,5 +305,9 @@ def create_app(api: Api, config: Config) -> Flask:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _json(ApiError("internal error; see the service log").to_json(), 500)
 
-    app.wsgi_app = FastPaths(app.wsgi_app, api, expected)  # type: ignore[method-assign]
+    fleet = getattr(api, "fleet", None)
+    instance = fleet.instance_id if fleet is not None else None
+    app.wsgi_app = FastPaths(  # type: ignore[method-assign]
+        app.wsgi_app, api, expected, instance
+    )
     return app

@@ -39,9 +39,10 @@ from .model_registry import ModelRegistry
 from .models import Job, JobKind
 from .ollama_client import InferenceResult, Kind
 from .plan import JobVerdict
+from .silence import SilenceWatch, Watched
 from .store import Store
 from .streams import Ended, StreamHub
-from .verdicts import after_job_error, backoff_delay
+from .verdicts import after_job_error, backoff_delay, silence_retried
 
 log = get_logger("ENGINE")
 
@@ -71,10 +72,14 @@ class JobRunner:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._calls: dict[str, Call] = {}  # job id -> its request in flight
+        self._delivered: set[str] = set()  # jobs whose chunks reached a client live
         self._nodes: dict[str, str] = {}  # job id -> the backend it runs on
         self._expected = 0  # taken from the queue, about to start (counted as in flight)
         self._closed = False
         self._pool = ThreadPoolExecutor(config.ENGINE_THREADS, thread_name_prefix="job")
+        # REQUEST_TIMEOUT, judged per runner: a request queued in Ollama behind another
+        # of its runner is not silent while that one streams (see modelmanager.silence)
+        self.silence = SilenceWatch(config.REQUEST_TIMEOUT)
 
     def in_flight(self) -> int:
         """Jobs running, and jobs taken from the queue that are about to start."""
@@ -145,21 +150,25 @@ class JobRunner:
         if not drained:
             self.abort()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.silence.close()
         return drained
 
     # ------------------------------------------------------------------------ running
 
     def _run(self, job: Job, backend: Backend, call: Call) -> None:
         ended: JobEnded | None = None
+        watched = self.silence.watch(backend.name, job.runner or job.model, call)
         try:
             try:
-                res = self._send(job, backend, call)
+                res = self._send(job, backend, call, watched)
             except OllamaError as exc:
                 if isinstance(exc, RequestAborted) and call.release:
                     exc = BackendUnavailable(
                         f"node {backend.name} went away", model=job.model, reached=False
                     )
-                ended = self._failed(job, backend, exc)
+                elif isinstance(exc, RequestAborted) and call.expired:
+                    exc = BackendTimeout("silent too long", model=job.model, chunks=watched.chunks)
+                ended = self._failed(job, backend, exc, watched.behind)
                 return
             except Exception as exc:
                 log.exception("job %s: unexpected error", job.id)
@@ -167,9 +176,11 @@ class JobRunner:
                 return
             ended = self._completed(job, backend, res)
         finally:
+            self.silence.done(watched)
             with self._lock:
                 self._calls.pop(job.id, None)
                 self._nodes.pop(job.id, None)
+            self._delivered.discard(job.id)
             ended = ended or JobEnded(job, backend.name, JobOutcome.ABORTED)
             if self.streams.watched(job.id):
                 self.streams.end(job.id, self._ended(job, ended))
@@ -183,24 +194,39 @@ class JobRunner:
                 return Ended(ended.outcome.value, stored.error, stored.error_code)
         return Ended(ended.outcome.value)
 
-    def _send(self, job: Job, backend: Backend, call: Call) -> InferenceResult:
+    def _send(self, job: Job, backend: Backend, call: Call, watched: Watched) -> InferenceResult:
         fields = {k: v for k, v in job.payload.items() if k != "keep_alive"}
-        relay = None
+        seen = watched.seen
+        relay: Callable[[dict[str, Any]], None] | None = None
         if self.streams.watched(job.id):
             job_id, publish = job.id, self.streams.publish
+            delivered = self._delivered if self.streams.live(job.id) else None
 
             def relay(chunk: dict[str, Any]) -> None:
+                seen()
                 publish(job_id, chunk)
+                if delivered is not None:
+                    delivered.add(job_id)  # (set.add: atomic)
+
+        on_chunk = relay or (lambda _chunk: seen())
 
         keep_alive = -1 if job.runner in self.pinned else self.keep_alive
         if job.kind is JobKind.EMBED and backend.features.has(Feature.EMBED) is not False:
             try:
                 return backend.client.infer(
-                    "embed", job.model, fields, keep_alive=keep_alive, call=call, on_chunk=relay
+                    "embed",
+                    job.model,
+                    fields,
+                    keep_alive=keep_alive,
+                    call=call,
+                    on_chunk=on_chunk,
+                    watched=True,
                 )
             except EndpointNotAvailable:  # an older Ollama: the legacy endpoint, at once
                 backend.features.lacks(Feature.EMBED)
         if job.kind is JobKind.EMBED:
+            # one request per input, each bounded by the client's read timeout instead
+            self.silence.done(watched)
             res = embed_one_by_one(
                 backend.client, job.model, fields, keep_alive=keep_alive, call=call
             )
@@ -209,7 +235,13 @@ class JobRunner:
             return res
         kind: Kind = "chat" if job.kind is JobKind.CHAT else "generate"
         return backend.client.infer(
-            kind, job.model, fields, keep_alive=keep_alive, call=call, on_chunk=relay
+            kind,
+            job.model,
+            fields,
+            keep_alive=keep_alive,
+            call=call,
+            on_chunk=on_chunk,
+            watched=True,
         )
 
     def _completed(self, job: Job, backend: Backend, res: InferenceResult) -> JobEnded:
@@ -228,10 +260,10 @@ class JobRunner:
         log.info("job %s: late result of a superseded attempt dropped", job.id)
         return JobEnded(job, backend.name, JobOutcome.SUPERSEDED)
 
-    def _failed(self, job: Job, backend: Backend, exc: OllamaError) -> JobEnded:
+    def _failed(self, job: Job, backend: Backend, exc: OllamaError, behind: int = 0) -> JobEnded:
         now = self._clock()
         if isinstance(exc, BackendTimeout):
-            exc = self._timeout_error(exc)
+            exc = self._timeout_error(exc, behind)
         delay = backoff_delay(
             job.attempts,
             self.config.RETRY_BASE_SECONDS,
@@ -239,7 +271,8 @@ class JobRunner:
             self._rng.random(),
         )
         decision = after_job_error(
-            transient=exc.transient,
+            # a client already has part of this attempt's answer: not run again
+            transient=exc.transient and job.id not in self._delivered,
             reached=not (isinstance(exc, BackendUnavailable) and not exc.reached),
             aborted=isinstance(exc, RequestAborted),
             out_of_memory=isinstance(exc, OutOfMemory),
@@ -280,22 +313,32 @@ class JobRunner:
         lost = isinstance(exc, BackendUnavailable)
         return JobEnded(job, backend.name, outcome, not_before, oom, crashed, lost)
 
-    def _timeout_error(self, exc: BackendTimeout) -> BackendTimeout:
+    def _timeout_error(self, exc: BackendTimeout, behind: int) -> BackendTimeout:
         """The timeout restated with the setting that bounds it and why it is (not)
-        retried."""
+        retried (:func:`~modelmanager.verdicts.silence_retried`). ``behind``: requests of
+        the runner that were still ahead of this one in Ollama, silent as well."""
         limit = self.config.REQUEST_TIMEOUT
         if exc.chunks:
             text = (
                 f"Ollama stalled for REQUEST_TIMEOUT ({limit:g} s) in the middle of the "
                 f"answer, after {exc.chunks} chunk(s)"
             )
+        elif behind:
+            text = (
+                f"Ollama sent no token within REQUEST_TIMEOUT ({limit:g} s), nor did the "
+                f"{behind} request(s) of the model sent before it, which it may have "
+                f"waited behind (Ollama looks stuck): a wait not its own, so worth a retry"
+            )
         else:
             text = (
-                f"Ollama sent no token within REQUEST_TIMEOUT ({limit:g} s); the same "
-                f"request would wait the same way, so it is not retried (raise "
+                f"Ollama sent no token within REQUEST_TIMEOUT ({limit:g} s) although no "
+                f"other request of the model was ahead of it, so it is not retried: the "
+                f"same request would most likely wait as long again (raise "
                 f"MM_REQUEST_TIMEOUT if the model needs longer to read the prompt)"
             )
-        return BackendTimeout(text, status=exc.status, model=exc.model, chunks=exc.chunks)
+        timeout = BackendTimeout(text, status=exc.status, model=exc.model, chunks=exc.chunks)
+        timeout.transient = silence_retried(chunks=exc.chunks, behind=behind)
+        return timeout
 
 
 def job_output(job: Job, res: InferenceResult) -> dict[str, Any]:

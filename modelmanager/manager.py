@@ -20,6 +20,7 @@ from typing import IO, Any
 from config import Config
 
 from .api import Api
+from .backend import Backend
 from .cluster import Cluster, single_instance
 from .downloads import DiskStatus, Download, Downloads
 from .errors import DataDirLocked
@@ -97,7 +98,8 @@ class Manager:
             self.fleet.backends,
             interval=config.PRELOAD_INTERVAL,
         )
-        self.fleet.on_added.append(lambda backend: self.warm_pool.wake())
+        self.fleet.on_added.append(self._node_added)
+        self.fleet.on_removing.append(self.downloads.cancel_node)
         self.pending = PendingIndex(config.AGING_SECONDS)
         # Ollama keeps our models longer than we do, so the manager always unloads first,
         # while models of a manager that died still expire eventually.
@@ -169,6 +171,14 @@ class Manager:
 
     def _post(self, event: object) -> None:
         self.scheduler.post(event)  # type: ignore[arg-type]
+
+    def _node_added(self, backend: Backend) -> None:
+        """A node registered at run time: read its models now (the planner places a
+        model only where Ollama lists it), let downloads start there, wake the warm pool."""
+        self.registry.add_source(backend.name, backend.client.tags)
+        self.registry.refresh_tags(force=True)
+        self.downloads.node_added(backend.name)
+        self.warm_pool.wake()
 
     def _download_ended(self, download: Download) -> None:
         error = download.error if download.status is not DiskStatus.DOWNLOADED else None

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
@@ -36,6 +36,11 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from .api import Api
+
+# No ``*_created`` series: in the text format each is a gauge family of its own (16 of
+# them beside the histograms and counters), which scrapers and readers take for metrics.
+# (A process-wide switch of prometheus-client; this service has one registry.)
+disable_created_metrics()
 
 PREFIX = "modelmanager_"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

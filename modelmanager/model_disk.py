@@ -189,9 +189,17 @@ class ModelDisk:
         """``POST /api/v1/models/download``: start the pull; answered at once (202).
 
         Raises 409 (already downloading there), 429 (MAX_DOWNLOADS), 501 (the node's
-        Ollama has no ``/api/pull``)."""
+        Ollama has no ``/api/pull``), 503 (the node's Ollama does not answer)."""
         req = parse_model_request(body)
         backend = self._targets(req.node, every=False)[0]
+        try:
+            backend.client.version()  # a node that does not answer: 503 now, not PARTIAL later
+        except OllamaError as exc:
+            raise ServiceUnavailable(
+                f"node {backend.name}'s Ollama does not answer: {exc.message}",
+                details={"node": backend.name},
+                headers={"Retry-After": "5"},
+            ) from None
         if not backend.features.supports(Feature.PULL):
             raise NotImplementedOnNode(
                 f"node {backend.name}'s Ollama has no /api/pull (an older version); "

@@ -33,15 +33,15 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import OllamaError
 from .logger import get_logger
 from .models import GIB, MIB, LoadedModel
-from .names import InvalidModelName, model_key
-from .runners import model_of, options_of
+from .names import InvalidModelName, display_name, model_key
+from .runners import canonical, describe, model_of, model_runner_defaults, options_of
 from .store import Store
 
 log = get_logger("REGISTRY")
@@ -169,6 +169,8 @@ class ModelRegistry:
         self._per_backend: dict[str, dict[str, dict[str, Any]]] = {}
         self._tags_at = -1e18
         self._kv: dict[str, tuple[int, int]] = {}  # model -> (KV bytes per token, max ctx)
+        self._show_cache: dict[str, dict[str, Any]] = {}  # model -> its /api/show
+        self._default_ctx: dict[str, int] = {}  # model -> its default runner's context
         self._show_failed_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ Ollama's list
@@ -240,6 +242,17 @@ class ModelRegistry:
         name = tag.get("name") or tag.get("model")
         return str(name) if name else None
 
+    def shown(self, runner: str) -> str:
+        """How logs name a runner: the model as Ollama stores it (else its shortest
+        spelling, ``qwen2.5:1.5b``), with the runner's options."""
+        name = self.stored_name(runner)
+        if not name:
+            try:
+                name = display_name(model_of(runner))
+            except InvalidModelName:
+                name = model_of(runner)
+        return describe(name, runner)
+
     def digest(self, model: str) -> str | None:
         """The model's digest as ``/api/tags`` lists it (names that are copies of one
         another share it, and with it one runner in Ollama), if known."""
@@ -256,6 +269,73 @@ class ModelRegistry:
             return True
         digest = self.digest(runner)
         return bool(digest and loaded.digest and _same_digest(digest, loaded.digest))
+
+    def identity(self, model: str, prefer: Iterable[str] = ()) -> str:
+        """The identity of the weights ``model`` names: names Ollama resolves to one blob
+        (the same digest in ``/api/tags``: ``ollama cp`` copies) are one runner in Ollama,
+        whose scheduler keys runners by the model's blob path (``server/sched.go``
+        ``schedulerModelKey``). Of the names sharing the digest, the first of ``prefer``
+        (model identities: the runners already held, so a new copy never re-keys a
+        loaded runner), else the smallest identity; ``model``'s own identity while its
+        digest is unknown."""
+        key = model_of(normalize(model))
+        with self._lock:
+            installed = self._installed or {}
+            digest = _digest_of(installed.get(key))
+            if digest is None:
+                return key
+            for other in prefer:
+                if _same_digest(digest, _digest_of(installed.get(other)) or ""):
+                    return other
+            return self._weights_locked(key)
+
+    def _weights_locked(self, key: str) -> str:
+        """The smallest identity sharing ``key``'s digest (``key`` while unknown)."""
+        installed = self._installed or {}
+        digest = _digest_of(installed.get(key))
+        if digest is None:
+            return key
+        twins = [k for k, tag in installed.items() if _same_digest(digest, _digest_of(tag) or "")]
+        return min(twins, default=key)
+
+    def canonical(self, runner: str, prefer: Iterable[str] = ()) -> str:
+        """``runner`` (a runner key) as the runner Ollama would really use: the weights'
+        :meth:`identity`, and runner options equal to the model's own or Ollama's
+        defaults left out (:func:`modelmanager.runners.canonical`; the model's parameters
+        are asked of ``/api/show`` once, only for a runner that sets options)."""
+        identity = self.identity(model_of(runner), prefer)
+        if not options_of(runner):
+            return identity
+        return canonical(runner, identity, self.model_defaults(identity))
+
+    def model_defaults(self, model: str) -> dict[str, Any] | None:
+        """The model's runner defaults: its Modelfile's runner options (from
+        ``/api/show``) and ``num_ctx``, its own else the default context a default runner
+        of it was seen with (:meth:`learn_default_context`; left out while unseen). None
+        while ``/api/show`` is unknown."""
+        key = model_of(normalize(model))
+        shown = self._shown(key)
+        if shown is None:
+            return None
+        parameters = shown.get("parameters")
+        with self._lock:
+            default_ctx = self._default_ctx.get(self._weights_locked(key))
+        return model_runner_defaults(
+            parameters if isinstance(parameters, str) else None, default_ctx
+        )
+
+    def learn_default_context(self, model: str, context_length: int) -> None:
+        """``/api/ps`` listed a default runner of ``model`` (one loaded with no runner
+        options) with this per-slot ``context_length``: the context Ollama gives the model
+        when a request sets no ``num_ctx`` (OLLAMA_CONTEXT_LENGTH, the VRAM tier or the
+        Modelfile's). Kept for the weights (any copy's name will do); in memory only.
+        A context at the model's training context is not learned: Ollama may report it
+        clamped there (HEAD ``effectiveContext``), so the default it came from is unknown."""
+        key = model_of(normalize(model))
+        if context_length >= self._kv_figures(key)[1]:
+            return
+        with self._lock:
+            self._default_ctx[self._weights_locked(key)] = context_length
 
     # ---------------------------------------------------------------------- lookups
 
@@ -323,24 +403,40 @@ class ModelRegistry:
         """(KV-cache bytes per token of context, training context) from ``/api/show``."""
         with self._lock:
             known = self._kv.get(model)
-            failed_at = self._show_failed_at.get(model)
         if known is not None:
             return known
         fallback = (FALLBACK_KV_PER_TOKEN, 1 << 30)
-        if self._show is None or (
-            failed_at is not None and self._clock() - failed_at < SHOW_RETRY_SECONDS
-        ):
-            return fallback
-        try:
-            shown = self._show(self.stored_name(model) or model)
-        except OllamaError:
-            with self._lock:
-                self._show_failed_at[model] = self._clock()
+        shown = self._shown(model)
+        if shown is None:
             return fallback
         figures = kv_figures(shown.get("model_info") or {}) or fallback
         with self._lock:
             self._kv[model] = figures
         return figures
+
+    def _shown(self, model: str) -> dict[str, Any] | None:
+        """``/api/show`` of ``model`` (an identity), asked once and kept; None when there
+        is no ``show`` or it failed less than SHOW_RETRY_SECONDS ago. Copies share one
+        manifest, so one answer serves them all."""
+        with self._lock:
+            model = self._weights_locked(model)
+            known = self._show_cache.get(model)
+            failed_at = self._show_failed_at.get(model)
+        if known is not None:
+            return known
+        if self._show is None or (
+            failed_at is not None and self._clock() - failed_at < SHOW_RETRY_SECONDS
+        ):
+            return None
+        try:
+            shown = self._show(self.stored_name(model) or model)
+        except OllamaError:
+            with self._lock:
+                self._show_failed_at[model] = self._clock()
+            return None
+        with self._lock:
+            self._show_cache[model] = shown
+        return shown
 
     def estimate(self, runner: str) -> int | None:
         return self.info(runner).estimate_bytes
@@ -386,17 +482,23 @@ class ModelRegistry:
         if vram:
             source = "nvml delta" if vram == nvml_delta_bytes else "api/ps"
             log.info(
-                "learned %s: %d MB VRAM (%s), load %.2fs", runner, vram // MIB, source, load_seconds
+                "learned %s: %d MB VRAM (%s), load %.2fs",
+                self.shown(runner),
+                vram // MIB,
+                source,
+                load_seconds,
             )
         else:
-            log.info("learned %s: load %.2fs (no VRAM figure to trust)", runner, load_seconds)
+            log.info(
+                "learned %s: load %.2fs (no VRAM figure to trust)", self.shown(runner), load_seconds
+            )
         return vram
 
     def learn_job(self, model: str, seconds: float) -> None:
         """Record how long a finished job ran on its slot (load time excluded)."""
         if seconds <= 0:
             return
-        name = model_of(normalize(model))
+        name = self.identity(model)  # copies share their jobs' timing
         with self._lock:
             old = self._job_seconds.get(name)
             self._job_seconds[name] = (
@@ -405,7 +507,7 @@ class ModelRegistry:
 
     def job_seconds(self, model: str) -> float:
         """Expected seconds of one job of ``model`` on a runner slot (see the module doc)."""
-        name = model_of(normalize(model))
+        name = self.identity(model)  # copies share their jobs' timing
         with self._lock:
             known = self._job_seconds.get(name)
             learned = dict(self._job_seconds)
@@ -436,16 +538,26 @@ class ModelRegistry:
         with self._lock:
             self._raised[runner] = grown
         if grown > info.estimate_bytes:
-            log.info("raised VRAM estimate of %s to %d MB after %s", runner, grown // MIB, why)
+            log.info(
+                "raised VRAM estimate of %s to %d MB after %s",
+                self.shown(runner),
+                grown // MIB,
+                why,
+            )
         else:
             log.info(
                 "VRAM estimate of %s stays at %d MB after %s (at its cap of %gx what was measured)",
-                runner,
+                self.shown(runner),
                 grown // MIB,
                 why,
                 RAISE_CAP,
             )
         return grown
+
+
+def _digest_of(tag: dict[str, Any] | None) -> str | None:
+    digest = tag.get("digest") if tag is not None else None
+    return digest if isinstance(digest, str) and digest else None
 
 
 def _same_digest(a: str, b: str) -> bool:

@@ -28,12 +28,13 @@ class InvalidModelName(ValueError):
     """The name is not one Ollama's ``ParseName`` accepts."""
 
 
-def _valid_part(part: str, *, dots: bool = True) -> bool:
-    """Letters, digits, ``_``, ``-`` and (except in a namespace) ``.``: Ollama's
-    ``isValidByteFor``; at most one dot in a row."""
-    if not part or ".." in part:
+def _valid_part(part: str, *, dots: bool = True, colons: bool = False) -> bool:
+    """Ollama's ``isValidPart``: a letter, digit or ``_`` first, then also ``-``, ``.``
+    (not in a namespace) and ``:`` (in a host only: ``localhost:5000``)."""
+    if not part or not (part[0].isascii() and (part[0].isalnum() or part[0] == "_")):
         return False
-    return all(c.isascii() and (c.isalnum() or c in "_-" or (dots and c == ".")) for c in part)
+    allowed = "_-" + ("." if dots else "") + (":" if colons else "")
+    return all(c.isascii() and (c.isalnum() or c in allowed) for c in part)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -54,9 +55,9 @@ def parse(name: str) -> tuple[str, str, str, str]:
             break
     if not text or len(text) > MAX_NAME_LENGTH:
         raise InvalidModelName(f"a model name has 1 to {MAX_NAME_LENGTH} characters")
-    path, _, tag = text.partition(":") if ":" in text.rsplit("/", 1)[-1] else (text, "", "")
-    if ":" in tag or "/" in tag:
-        raise InvalidModelName(f"invalid model name {name!r}")
+    # the tag follows the last ':' after the last '/' ("/" is no tag character)
+    tagged = text.rfind(":") > text.rfind("/")
+    path, _, tag = text.rpartition(":") if tagged else (text, "", "")
     pieces = path.split("/")
     if len(pieces) > 3:
         raise InvalidModelName(f"invalid model name {name!r}: at most host/namespace/model")
@@ -66,8 +67,8 @@ def parse(name: str) -> tuple[str, str, str, str]:
     if (
         not _valid_part(model)
         or (len(pieces) >= 2 and not _valid_part(namespace, dots=False))
-        or (len(pieces) == 3 and not _valid_part(host))
-        or (":" in text.rsplit("/", 1)[-1] and not _valid_part(tag))
+        or (len(pieces) == 3 and not _valid_part(host, colons=True))
+        or (tagged and not _valid_part(tag))
     ):
         raise InvalidModelName(f"invalid model name {name!r}")
     return (host or DEFAULT_HOST, namespace or DEFAULT_NAMESPACE, model, tag or DEFAULT_TAG)

@@ -8,6 +8,8 @@ its memory figures come from:
   Ollama per GPU pinned with ``CUDA_VISIBLE_DEVICES``). Several servers on this host
   without a mapping get one GPU each, in the order listed, when there are as many GPUs
   as servers; otherwise the manager cannot tell which GPU is whose and refuses to start.
+  A node registered on this host uses the GPUs its ``gpus`` names, else those no other
+  node uses; never another node's.
 * a Model Manager's GPU endpoint on the node's host (``GET <url>/api/v1/gpu/devices``):
   ``BACKEND_GPU_URLS`` (``box2=http://10.0.0.7:5001``), else the node's host at port
   5001, for a server elsewhere;
@@ -96,6 +98,29 @@ def is_local(url: str) -> bool:
     return host in mine
 
 
+def same_server(url: str) -> tuple[str, str, int]:
+    """What tells one server from another in ``url``: scheme, host and port, with the
+    host's case, a trailing dot and the spellings of this host's loopback
+    (``localhost``, ``127.0.0.1``, ``::1``, ``0.0.0.0``) made one, and the scheme's
+    default port filled in. Two URLs with the same key reach the same server."""
+    parts = urlsplit(url)
+    scheme = (parts.scheme or "http").lower()
+    host = (parts.hostname or "").lower().rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    loopback = host in ("localhost", "0.0.0.0", "::")
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host.endswith(".localhost")
+    return scheme, "loopback" if loopback else host, port
+
+
 def default_gpu_url(url: str) -> str:
     """Where a Model Manager on the node's host would answer: its host, port 5001."""
     parts = urlsplit(url)
@@ -127,6 +152,14 @@ def configured_nodes(
             urls[name] = check_url(url, source.format(name))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    servers: dict[tuple[str, str, int], str] = {}
+    for name, url in urls.items():
+        other = servers.setdefault(same_server(url), name)
+        if other != name:
+            raise ConfigError(
+                f"OLLAMA_BACKENDS gives one Ollama server two names: {other} at "
+                f"{urls[other]} and {name} at {url} (list each server once)"
+            )
     gpus: dict[str, tuple[int, ...]] = {}
     for name, value in _pairs(backend_gpus, "OLLAMA_BACKEND_GPUS"):
         if name not in urls:
@@ -139,6 +172,15 @@ def configured_nodes(
             ) from None
         if any(i < 0 for i in indices):
             raise ConfigError(f"OLLAMA_BACKEND_GPUS: negative GPU index for {name}")
+        missing = [i for i in indices if gpu_count is not None and i >= gpu_count]
+        if missing:
+            raise ConfigError(
+                f"OLLAMA_BACKEND_GPUS: {name}={value} names GPU {missing[0]}, but NVML shows "
+                f"{gpu_count} GPU(s) on this host (indices 0 to {gpu_count - 1})"
+                if gpu_count
+                else f"OLLAMA_BACKEND_GPUS: {name}={value} names GPU {missing[0]}, but NVML "
+                f"shows no GPU on this host"
+            )
         gpus[name] = indices
     used = [i for indices in gpus.values() for i in indices]
     if len(set(used)) != len(used):
@@ -170,6 +212,24 @@ def configured_nodes(
         )
         for name in names
     ]
+
+
+def nvml_gpus(spec: NodeSpec, gpu_count: int) -> tuple[int, ...]:
+    """The NVML indices of this host's GPUs whose memory ``spec`` plans with: its mapped
+    ones, or all ``gpu_count`` of them when unmapped; none for a node whose figures come
+    from a budget, a GPU endpoint, or that is on another host."""
+    if spec.vram_budget_mb or spec.gpu_url or not is_local(spec.url):
+        return ()
+    return spec.gpus if spec.gpus is not None else tuple(range(gpu_count))
+
+
+def gpu_owners(specs: list[NodeSpec], gpu_count: int) -> dict[int, str]:
+    """Which node uses each of this host's GPUs (NVML index to node name)."""
+    owners: dict[int, str] = {}
+    for spec in specs:
+        for index in nvml_gpus(spec, gpu_count):
+            owners.setdefault(index, spec.name)
+    return owners
 
 
 def hardware_summary(devices: list[dict[str, object]]) -> list[dict[str, object]]:

@@ -24,7 +24,11 @@ Contract for the engine above:
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
+import socket
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -86,6 +90,8 @@ class OllamaClient:
     for bytes, which with ``"stream": false`` is the whole time Ollama needs to answer:
 
     * inference (generate, chat, embed, unload, pull, delete): ``(connect_timeout, timeout)``;
+      a ``watched`` inference request (:meth:`infer`) has no read timeout: its caller
+      bounds its silence;
     * load: ``(connect_timeout, load_timeout)`` -- long, because Ollama aborts a load when
       the client disconnects;
     * version, tags, show, ps: ``(connect_timeout, info_timeout)``.
@@ -191,6 +197,7 @@ class OllamaClient:
         keep_alive: float,
         call: Call | None = None,
         on_chunk: Callable[[dict[str, Any]], None] | None = None,
+        watched: bool = False,
     ) -> InferenceResult:
         """One generate, chat or embed request with ``fields`` sent as they are.
 
@@ -201,7 +208,10 @@ class OllamaClient:
         measures silence, not length (:class:`BackendTimeout` carries how many chunks had
         arrived). ``on_chunk`` sees each streamed object as it arrives. ``call`` lets
         another thread abort the request (:class:`RequestAborted`); Ollama then stops the
-        work. Embed answers in one piece.
+        work. Embed answers in one piece. ``watched``: the caller bounds the silence
+        itself, through ``call`` (:mod:`modelmanager.silence`), so the read has no timeout
+        (only the connection has): a request that waits in Ollama's queue behind another
+        one gets no byte for as long as that one takes.
 
         ``text`` of the result is generate's ``response`` or chat's ``message.content``;
         ``embeddings`` is embed's vectors; ``raw`` the whole final object.
@@ -214,8 +224,11 @@ class OllamaClient:
         if kind != "embed":
             body["stream"] = True
         body["keep_alive"] = keep_alive_seconds(keep_alive)
+        if watched and call is None:
+            raise ValueError("a watched request needs a call to abort it by")
+        timeout = (self._timeout[0], None) if watched else self._timeout
         raw = self._json(
-            "POST", path, body, timeout=self._timeout, model=model, call=call, on_chunk=on_chunk
+            "POST", path, body, timeout=timeout, model=model, call=call, on_chunk=on_chunk
         )
         if kind == "embed":
             return inference_result(model, raw, embeddings=embedding_vectors(path, raw, model))
@@ -442,7 +455,7 @@ class OllamaClient:
         path: str,
         body: dict[str, Any] | None,
         *,
-        timeout: tuple[float, float],
+        timeout: tuple[float, float | None],
         model: str | None = None,
         timeout_error: type[OllamaError] = BackendTimeout,
         call: Call | None = None,
@@ -487,7 +500,7 @@ class OllamaClient:
         method: str,
         path: str,
         body: dict[str, Any] | None,
-        timeout: tuple[float, float],
+        timeout: tuple[float, float | None],
         model: str | None,
         timeout_error: type[OllamaError],
         consume: Callable[[requests.Response], _T],
@@ -536,7 +549,7 @@ class OllamaClient:
         self,
         exc: requests.RequestException,
         where: str,
-        timeout: tuple[float, float],
+        timeout: tuple[float, float | None],
         model: str | None,
         timeout_error: type[OllamaError],
         chunks: int,
@@ -564,16 +577,25 @@ class OllamaClient:
                 return BackendTimeout(message, model=model, chunks=chunks)
             return timeout_error(message, model=model)
         if isinstance(exc, requests.ConnectionError):
-            return BackendUnavailable(
-                f"cannot reach Ollama at {self.base_url} ({where}): {exc}",
-                model=model,
-                reached=not _never_connected(exc),
-            )
+            never = _never_connected(exc)
+            if never:
+                message = f"cannot reach Ollama at {self.base_url}: {connection_failure(exc)}"
+            else:
+                message = (
+                    f"connection to Ollama at {self.base_url} lost during {where}: "
+                    f"{connection_failure(exc)}"
+                )
+            return BackendUnavailable(message, model=model, reached=not never)
         if isinstance(exc, requests.exceptions.ChunkedEncodingError):
             return BackendUnavailable(
-                f"connection to Ollama broke during the answer to {where}: {exc}", model=model
+                f"connection to Ollama at {self.base_url} broke during the answer to {where}: "
+                f"{connection_failure(exc)}",
+                model=model,
             )
-        return OllamaError(f"request {where} to Ollama failed: {exc}", model=model)
+        return OllamaError(
+            f"request {where} to Ollama at {self.base_url} failed: {connection_failure(exc)}",
+            model=model,
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -595,6 +617,50 @@ class _Endpoint:
 
     request: requests.PreparedRequest
     settings: Mapping[str, Any]
+
+
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EPIPE: "connection closed",
+}
+
+
+def connection_failure(exc: BaseException) -> str:
+    """A few words for why a connection failed ("connection refused", "timed out", ...),
+    read from the chain of causes of a ``requests``/``urllib3`` error, without their
+    internals (pool objects, retry counts, addresses of Python objects)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        cur = todo.pop(0)
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, socket.gaierror):
+            return "host name not found"
+        if isinstance(cur, TimeoutError | socket.timeout | ReadTimeoutError | ConnectTimeoutError):
+            return "timed out"
+        if isinstance(cur, OSError) and cur.errno in _ERRNO_WORDS:
+            return _ERRNO_WORDS[cur.errno]
+        if isinstance(cur, http.client.RemoteDisconnected):
+            return "the connection was closed without an answer"
+        if isinstance(cur, ssl.SSLError):
+            return "TLS handshake failed"
+        text = str(cur)
+        for number, words in _ERRNO_WORDS.items():
+            if f"[Errno {number}]" in text:
+                return words
+        if "Name or service not known" in text or "nodename nor servname" in text:
+            return "host name not found"
+        todo.extend([getattr(cur, "reason", None), cur.__cause__, cur.__context__, *cur.args])
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "the answer was cut short"
+    return "connection failed"
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:

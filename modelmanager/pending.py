@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 import threading
 from collections import deque
@@ -32,12 +33,15 @@ def effective_rank(priority: Priority, submitted_at: float, now: float, aging: f
     return priority.rank - math.floor(max(0.0, now - submitted_at) / aging)
 
 
+_Entry = tuple[int, float, str, int]  # (seq, submitted_at, job_id, token)
+
+
 class _ModelQueue:
     __slots__ = ("counts", "heaps")
 
     def __init__(self) -> None:
-        # one heap per priority rank of (seq, submitted_at, job_id), and its live count
-        self.heaps: tuple[list[tuple[int, float, str]], ...] = ([], [], [])
+        # one heap per priority rank of entries, and its live count
+        self.heaps: tuple[list[_Entry], ...] = ([], [], [])
         self.counts = [0, 0, 0]
 
     @property
@@ -50,9 +54,12 @@ class PendingIndex:
         self.aging = aging_seconds
         self._lock = threading.Lock()
         self._models: dict[str, _ModelQueue] = {}
-        self._where: dict[str, tuple[str, Priority]] = {}  # job_id -> (model, priority)
-        self._delayed: list[tuple[float, int, str, str, Priority, float]] = []
-        self._dead: set[str] = set()  # removed but still inside a heap (lazy deletion)
+        # job_id -> (model, priority, token of its live entry, waiting out a delay). A heap
+        # entry whose token is not its job's current one is stale (lazy deletion): the
+        # job was removed, or removed and indexed again, since it was pushed.
+        self._where: dict[str, tuple[str, Priority, int, bool]] = {}
+        self._delayed: list[tuple[float, int, str, str, Priority, float, int]] = []
+        self._tokens = itertools.count()
         self._names: dict[str, str] = {}  # runner -> a model name a client spelled it with
         self._arrivals: dict[str, deque[float]] = {}  # runner -> submit times of new jobs
 
@@ -71,20 +78,23 @@ class PendingIndex:
         client sent, given for a new job: it is remembered per runner (:meth:`name_of`)
         and the job counts as an arrival (:meth:`arrivals_since`)."""
         with self._lock:
-            self._dead.discard(job_id)
+            if job_id in self._where:
+                return  # indexed already (a submit and a re-read of the store may meet)
             if name is not None:
                 self._names.setdefault(model, name)
                 times = self._arrivals.get(model)
                 if times is None:
                     times = self._arrivals[model] = deque(maxlen=ARRIVALS_KEPT)
                 times.append(submitted_at)
+            token = next(self._tokens)
             if not_before > now:
                 heapq.heappush(
-                    self._delayed, (not_before, seq, job_id, model, priority, submitted_at)
+                    self._delayed,
+                    (not_before, seq, job_id, model, priority, submitted_at, token),
                 )
-                self._where[job_id] = (model, priority)
+                self._where[job_id] = (model, priority, token, True)
                 return
-            self._push(job_id, model, priority, seq, submitted_at)
+            self._push(job_id, model, priority, seq, submitted_at, token)
 
     def add_many(self, rows: Iterable[tuple[str, str, str, int, float, float]], now: float) -> int:
         """Index (id, model, priority, seq, submitted_at, not_before) rows; return count."""
@@ -95,14 +105,18 @@ class PendingIndex:
         return n
 
     def _push(
-        self, job_id: str, model: str, priority: Priority, seq: int, submitted: float
+        self, job_id: str, model: str, priority: Priority, seq: int, submitted: float, token: int
     ) -> None:
         q = self._models.get(model)
         if q is None:
             q = self._models[model] = _ModelQueue()
-        heapq.heappush(q.heaps[priority.rank], (seq, submitted, job_id))
+        heapq.heappush(q.heaps[priority.rank], (seq, submitted, job_id, token))
         q.counts[priority.rank] += 1
-        self._where[job_id] = (model, priority)
+        self._where[job_id] = (model, priority, token, False)
+
+    def _live(self, job_id: str, token: int) -> bool:
+        where = self._where.get(job_id)
+        return where is not None and where[2] == token
 
     def remove(self, job_id: str) -> bool:
         """Forget a job (cancelled). Returns False if it was not waiting here."""
@@ -111,22 +125,19 @@ class PendingIndex:
             if where is None:
                 return False
             q = self._models.get(where[0])
-            in_delayed = any(entry[2] == job_id for entry in self._delayed)
-            if not in_delayed and q is not None:
+            if not where[3] and q is not None:  # in a model queue, not waiting out a delay
                 q.counts[where[1].rank] -= 1
-            self._dead.add(job_id)
-            return True
+            return True  # its entry is stale now
 
     def release_delayed(self, now: float) -> int:
         """Move jobs whose backoff has elapsed into their model queues."""
         moved = 0
         with self._lock:
             while self._delayed and self._delayed[0][0] <= now:
-                _, seq, job_id, model, priority, submitted = heapq.heappop(self._delayed)
-                if job_id in self._dead:
-                    self._dead.discard(job_id)
+                _, seq, job_id, model, priority, submitted, token = heapq.heappop(self._delayed)
+                if not self._live(job_id, token):
                     continue
-                self._push(job_id, model, priority, seq, submitted)
+                self._push(job_id, model, priority, seq, submitted, token)
                 moved += 1
         return moved
 
@@ -134,9 +145,9 @@ class PendingIndex:
         with self._lock:
             return self._delayed[0][0] if self._delayed else None
 
-    def _clean_head(self, heap: list[tuple[int, float, str]]) -> None:
-        while heap and heap[0][2] in self._dead:
-            self._dead.discard(heapq.heappop(heap)[2])
+    def _clean_head(self, heap: list[_Entry]) -> None:
+        while heap and not self._live(heap[0][2], heap[0][3]):
+            heapq.heappop(heap)
 
     def demand(self, now: float) -> list[Demand]:
         """Per runner with waiting jobs: counts and effective rank per priority, the best
@@ -151,7 +162,7 @@ class PendingIndex:
                 for i, (prio, heap) in enumerate(zip(_PRIORITIES, q.heaps, strict=True)):
                     self._clean_head(heap)
                     if heap and q.counts[i] > 0:
-                        _, submitted, _ = heap[0]
+                        submitted = heap[0][1]
                         ranks[i] = effective_rank(prio, submitted, now, self.aging)
                         oldest = min(oldest, submitted)
                 best = min(r for r in ranks if r is not None)
@@ -179,13 +190,13 @@ class PendingIndex:
                 for i, (prio, heap) in enumerate(zip(_PRIORITIES, q.heaps, strict=True)):
                     self._clean_head(heap)
                     if heap:
-                        seq, submitted, _ = heap[0]
+                        seq, submitted = heap[0][0], heap[0][1]
                         cand = (effective_rank(prio, submitted, now, self.aging), seq, i)
                         if best is None or cand < best:
                             best = cand
                 if best is None:
                     break
-                _, _, job_id = heapq.heappop(q.heaps[best[2]])
+                job_id = heapq.heappop(q.heaps[best[2]])[2]
                 q.counts[best[2]] -= 1
                 del self._where[job_id]
                 out.append(job_id)
@@ -199,11 +210,11 @@ class PendingIndex:
             q = self._models.pop(model, None)
             ids: list[str] = []
             if q is not None:
-                ids = [j for heap in q.heaps for _, _, j in heap if j not in self._dead]
+                ids = [e[2] for heap in q.heaps for e in heap if self._live(e[2], e[3])]
             # retries waiting out their backoff are waiting jobs of the model too
             kept = [e for e in self._delayed if e[3] != model]
             if len(kept) != len(self._delayed):
-                ids += [e[2] for e in self._delayed if e[3] == model and e[2] not in self._dead]
+                ids += [e[2] for e in self._delayed if e[3] == model and self._live(e[2], e[6])]
                 heapq.heapify(kept)
                 self._delayed = kept
             for job_id in ids:
@@ -238,7 +249,7 @@ class PendingIndex:
         """{model: {priority: waiting}} including delayed retries."""
         out: dict[str, dict[str, int]] = {}
         with self._lock:
-            for model, prio in self._where.values():
+            for model, prio, _, _ in self._where.values():
                 per = out.setdefault(model, {p.value: 0 for p in _PRIORITIES})
                 per[prio.value] += 1
         return out

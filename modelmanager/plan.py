@@ -64,6 +64,7 @@ class RunnerFacts:
 
     estimate_bytes: int | None  # None: size unknown until Ollama answers
     evidence_bytes: int | None = None  # the estimate before failures raised it
+    measured: bool = False  # evidence_bytes was measured at a load (not from the disk size)
     load_seconds: float = 1.0  # learned, else a prior
     job_seconds: float = 0.1  # one job on one slot
     slots: int = 1

@@ -318,12 +318,17 @@ class _Pass:
         first = next(d for d in waiting if d.runner == jobs[best][0])
         return [first, *(d for d in waiting if d is not first)]
 
+    def installed_on_usable(self, f: RunnerFacts) -> bool:
+        """Whether Ollama lists the model on a node that takes work now: a download of it
+        elsewhere (or an update there) then holds back none of its jobs."""
+        return f.backends is not None and any(r.name in f.backends for r in self.usable)
+
     def place(self, group: Demand, others: float) -> None:
         runner = group.runner
         f = self.facts.get(runner)
         wait = self.plan.actions.append
-        if f is not None and f.pulling:  # being downloaded: its jobs wait for it
-            wait(Wait(runner, WaitReason.PULLING))
+        if f is not None and f.pulling and not self.installed_on_usable(f):
+            wait(Wait(runner, WaitReason.PULLING))  # being downloaded: its jobs wait for it
             return
         if f is not None and f.installed is False:
             self.missing(group)
@@ -342,7 +347,12 @@ class _Pass:
         need = f.estimate_bytes
         measured = f.evidence_bytes if f.evidence_bytes is not None else need
         known = any(room.view.total_bytes > 0 for room in self.usable)
-        if known and measured > capacity:
+        # Only a size measured at a load can rule a model out: an estimate from the disk
+        # size is rough (it may fit after all), and Ollama runs a model larger than the
+        # GPU partly on the CPU when nothing else is loaded (server/sched.go), so such a
+        # model is tried alone. A measured size within the margin of the GPU loaded
+        # before, so it is tried alone too.
+        if known and f.measured and measured > capacity + margin:
             self.plan.actions.append(
                 Fail(
                     runner,
@@ -353,7 +363,7 @@ class _Pass:
             )
             return
         if known and need > capacity:
-            need = max(capacity, 0)  # failures raised it past the GPU: try it alone
+            need = max(capacity, 0)  # estimated or raised past the GPU: try it alone
         self.fit(group, need, others)
 
     def missing(self, group: Demand) -> None:
@@ -600,7 +610,9 @@ class _Pass:
             if runner in self.held or runner in self.demands:
                 continue  # held, or placed with its waiting jobs
             f = self.facts.get(runner)
-            if f is None or f.estimate_bytes is None or f.installed is not True or f.pulling:
+            if f is None or f.estimate_bytes is None or f.installed is not True:
+                continue
+            if f.pulling and not self.installed_on_usable(f):
                 continue
             if f.blocked_until > self.now:
                 continue

@@ -11,11 +11,22 @@ use, so reads never talk to Ollama or change state.
 
 The loop wakes early on every submit and every posted event. It logs each wait once per
 runner, with its real reason, and each eviction with its reason and figures.
+
+Runner identity: a job's stored runner key (:func:`~modelmanager.runners.runner_key`)
+is what its client sent. Each pass re-keys it to the runner Ollama would really use
+(:meth:`~modelmanager.model_registry.ModelRegistry.canonical`): names that are copies
+of one another (the same digest in ``/api/tags``) are one runner, as Ollama keys runners
+by the model's blob path (``server/sched.go``), and runner options equal to what Ollama
+uses anyway are dropped (``needsReload``). Demands of the stored keys that meet in one
+runner are merged; dispatch, arrivals, marks and failures cover all of them. Each job
+still runs under, and reports, the name its user sent.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import math
 import queue
 import random
 import threading
@@ -47,6 +58,7 @@ from .names import InvalidModelName, display_name, model_key
 from .pending import PendingIndex
 from .plan import (
     BackendView,
+    Demand,
     Dispatch,
     Drain,
     Fail,
@@ -77,6 +89,7 @@ PROBE_MAX = 30.0  # ... up to this
 WAIT_RELOG = 5.0  # seconds before a waiting runner's changed reason is logged again
 ARRIVAL_WINDOW = 10.0  # seconds of arrivals an arrival rate is measured over
 ARRIVAL_MIN_WINDOW = 2.0  # a runner ready for less than this has no arrival rate yet
+ARRIVAL_QUIET = 2.0  # no new job for this long: the jobs that came were a batch, not a stream
 RECENT_EVENTS = 100  # loads, unloads and evictions kept for the dashboard
 
 _WAIT_TEXT = {
@@ -116,6 +129,7 @@ class _Held:
     jobs_done: int = 0
     keep_alive: float | None = None
     draining: bool = False  # logged as draining (for the log only; plans are stateless)
+    adopted: bool = False  # found loaded in Ollama: its load options are not known
 
     @property
     def label(self) -> str:
@@ -219,6 +233,10 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         # ---- owned by the scheduler thread (and by tests that call tick directly)
         self._held: dict[tuple[str, str], _Held] = {}  # (runner, backend) -> runner held
+        # runner -> the stored runner keys of the jobs that wait for it (last pass)
+        self._members: dict[str, list[str]] = {}
+        self._job_runner: dict[str, str] = {}  # job id -> the held runner it was sent to
+        self._tags_forced = False  # Ollama's list was re-read at once this pass
         self._snapshots: dict[str, ResourceSnapshot] = {}
         self._stale = True
         self._gone_at: dict[str, float] = {}  # runner or model -> when it left
@@ -296,7 +314,7 @@ class Scheduler:
         if self._draining:
             self._finish_draining()
         self.pending.release_delayed(now)
-        demands = self.pending.demand(now)
+        demands = self._group(self.pending.demand(now))
         held_runners = {r for r, _ in self._held}
         if self.served_elsewhere is not None:  # left to the instance that holds them
             hidden = self.served_elsewhere() - held_runners
@@ -315,6 +333,43 @@ class Scheduler:
         self._carry_out(result, now)
         self._publish(now)
         return result
+
+    def _canon(self, runner: str) -> str:
+        """The runner Ollama would really use for a stored runner key (see the module
+        doc); a runner already held wins among copies of its weights."""
+        held = dict.fromkeys(model_of(h.runner) for h in self._held.values())
+        return self.registry.canonical(runner, held)
+
+    def _group(self, raw: list[Demand]) -> list[Demand]:
+        """Demands per runner Ollama would really use: the stored keys that meet in one
+        runner merged (their members, most urgent first, kept for dispatch)."""
+        unknown = [d.runner for d in raw if self.registry.installed(d.runner) is not True]
+        self._tags_forced = False
+        # a name not listed may be a copy made since the list was read: ask again at once
+        if (
+            unknown
+            and self.registry.refresh_tags()
+            and any(self.registry.installed(r) is False for r in unknown)
+        ):
+            self._tags_forced = self.registry.refresh_tags(force=True)
+        groups: dict[str, list[Demand]] = {}
+        for d in raw:
+            groups.setdefault(self._canon(d.runner), []).append(d)
+        if self.settings.pinned != (pins := frozenset(map(self._canon, self.settings.pinned))):
+            self.settings = dataclasses.replace(self.settings, pinned=pins)
+        self._members = {
+            runner: [d.runner for d in sorted(ds, key=lambda d: (d.rank, d.oldest_submitted_at))]
+            for runner, ds in groups.items()
+        }
+        return [
+            ds[0] if len(ds) == 1 and ds[0].runner == r else _merged(r, ds)
+            for r, ds in groups.items()
+        ]
+
+    def _members_of(self, runner: str) -> list[str]:
+        """The stored runner keys whose jobs wait for ``runner`` (itself at least)."""
+        members = self._members.get(runner, [])
+        return members if runner in members else [*members, runner]
 
     def _refresh(self, now: float, max_age: float) -> None:
         for name, backend in list(self.backends.items()):
@@ -370,19 +425,35 @@ class Scheduler:
                 continue
             hits = [i for i, m in enumerate(snap.loaded) if self.registry.holds(h.runner, m)]
             matched.update(hits)
+            ours = h.state is RunnerState.READY and not h.adopted and not options_of(h.runner)
+            if hits and ours:
+                context = snap.loaded[hits[0]].context_length
+                if context:  # what a request without num_ctx gets: it is no runner option
+                    self.registry.learn_default_context(h.runner, context)
             if h.state is RunnerState.READY and not hits and snap.taken_at > h.loaded_at:
                 del self._held[key]
                 self._gone_at[h.runner] = snap.taken_at
-                log.info("%s is no longer loaded in Ollama (dropped outside the manager)", h.label)
+                log.info(
+                    "%s is no longer loaded in Ollama (dropped outside the manager)",
+                    self._where(h),
+                )
         for i, m in enumerate(snap.loaded):
-            runner = normalize(m.name)
+            runner = self._canon(normalize(m.name))
             gone_at = max(self._gone_at.get(runner, 0.0), self._gone_at.get(model_of(runner), 0.0))
             if i in matched or snap.taken_at <= gone_at or (runner, backend) in self._held:
                 continue
             size = max(m.vram_bytes, self.registry.estimate(runner) or 0)
             now = snap.taken_at
             self._held[(runner, backend)] = _Held(
-                runner, backend, m.name, RunnerState.READY, size, now, now, self._slots(runner)
+                runner,
+                backend,
+                m.name,
+                RunnerState.READY,
+                size,
+                now,
+                now,
+                self._slots(runner),
+                adopted=True,
             )
             log.info("%s found loaded in Ollama (%d MB); managing it", m.name, size // MIB)
 
@@ -432,7 +503,12 @@ class Scheduler:
             pulling = self._downloading(model_of(runner))
             # a model Ollama lacks is asked for again at once, unless it is downloading
             # (the download re-reads the list when it ends)
-            if installed is False and not pulling and self.registry.refresh_tags(force=True):
+            if (
+                installed is False
+                and not pulling
+                and not self._tags_forced
+                and self.registry.refresh_tags(force=True)
+            ):
                 installed = self.registry.installed(runner)
             out[runner] = self._runner_facts(runner, installed, pulling)
         return out
@@ -442,6 +518,7 @@ class Scheduler:
         return RunnerFacts(
             estimate_bytes=info.estimate_bytes,
             evidence_bytes=info.evidence_bytes,
+            measured=info.learned_vram_bytes is not None,
             load_seconds=info.learned_load_seconds or self.load_prior(info.estimate_bytes),
             job_seconds=self.registry.job_seconds(runner),
             slots=self._slots(runner),
@@ -483,12 +560,15 @@ class Scheduler:
         """New jobs for a ready runner since it loaded, over the last ARRIVAL_WINDOW
         seconds: (per second, how many). Jobs already waiting when it loaded are its
         backlog, not a stream. The rate is 0 until it has been ready ARRIVAL_MIN_WINDOW
-        seconds."""
+        seconds, and once no job has come for ARRIVAL_QUIET seconds: a batch submitted
+        at once is a backlog to finish, not a stream that keeps the runner busy."""
         if h.state is not RunnerState.READY:
             return 0.0, 0
         since = max(now - ARRIVAL_WINDOW, h.loaded_at)
-        count = self.pending.arrivals_since(h.runner, since)
+        count = sum(self.pending.arrivals_since(r, since) for r in self._members_of(h.runner))
         if now - since < ARRIVAL_MIN_WINDOW:
+            return 0.0, count
+        if count and not self.pending.arrivals_since(h.runner, now - ARRIVAL_QUIET):
             return 0.0, count
         return count / (now - since), count
 
@@ -531,7 +611,9 @@ class Scheduler:
     def _send_name(self, runner: str) -> str:
         """The name to send Ollama for a runner's model: as Ollama stores it when
         ``/api/tags`` listed it, else as a client spelled it (any spelling resolves)."""
-        name = self.registry.stored_name(runner) or self.pending.name_of(runner)
+        name = self.registry.stored_name(runner) or next(
+            filter(None, map(self.pending.name_of, self._members_of(runner))), None
+        )
         if name:
             return name
         try:
@@ -551,7 +633,7 @@ class Scheduler:
 
     def fail_runner(self, runner: str, message: str, code: str) -> int:
         """Fail every waiting job of ``runner`` at once (too big, not installed, ...)."""
-        ids = self.pending.drop_model(runner)
+        ids = [i for r in self._members_of(runner) for i in self.pending.drop_model(r)]
         now = self.clock()
         failed = sum(self.store.fail(job_id, None, message, code, now) for job_id in ids)
         if failed:
@@ -584,9 +666,14 @@ class Scheduler:
             self.counters["evictions"] += 1
             self.counters[f"evictions_{action.reason.value}"] += 1
         why = self._why(action.reason, action.for_runner, action.detail)
-        log.info("%s %s: %s", _UNLOAD_TEXT[action.reason], h.label, why)
+        log.info("%s %s: %s", _UNLOAD_TEXT[action.reason], self._where(h), why)
         self._remember("unload", h.label, action.reason.value, why, now)
-        self.residency.unload(self.backends[h.backend], h.runner, h.label, h.name)
+        self.residency.unload(self.backends[h.backend], h.runner, self._where(h), h.name)
+
+    def _where(self, h: _Held) -> str:
+        """How the log names a held runner: its label, with its node when there are
+        several."""
+        return f"{h.label} on node {h.backend}" if len(self.backends) > 1 else h.label
 
     def _drain(self, action: Drain) -> None:
         h = self._held.get((action.runner, action.backend))
@@ -594,7 +681,7 @@ class Scheduler:
             return
         h.draining = True
         why = self._why(action.reason, action.for_runner, action.detail)
-        log.info("draining %s (%d job(s) in flight): %s", h.label, h.in_flight, why)
+        log.info("draining %s (%d job(s) in flight): %s", self._where(h), h.in_flight, why)
 
     def _why(self, reason: UnloadReason, for_runner: str | None, detail: str) -> str:
         parts = {
@@ -630,7 +717,8 @@ class Scheduler:
         )
         self._held[key] = h
         self._waits.pop(action.runner, None)
-        self.store.mark_queued(action.runner)
+        for member in self._members_of(action.runner):
+            self.store.mark_queued(member)
         self._remember("load", h.label, "start", f"estimate {size // MIB} MB", now)
         pinned = action.runner in self.settings.pinned
         if pinned:
@@ -638,7 +726,7 @@ class Scheduler:
         self.residency.load(
             self.backends[action.backend],
             action.runner,
-            h.label,
+            self._where(h),
             name,
             options_of(action.runner),
             "embed" if info.is_embedding else "generate",
@@ -651,7 +739,11 @@ class Scheduler:
         h = self._held.get((action.runner, action.backend))
         if h is None or h.state is not RunnerState.READY:
             return
-        ids = self.pending.pop(action.runner, action.count, now)
+        ids: list[str] = []
+        for member in self._members_of(action.runner):
+            ids += self.pending.pop(member, action.count - len(ids), now)
+            if len(ids) >= action.count:
+                break
         if not ids:
             return
         self.jobs.expect(len(ids))
@@ -660,7 +752,8 @@ class Scheduler:
         h.in_flight += len(jobs)
         backend = self.backends[action.backend]
         for job in jobs:
-            self.jobs.start(job, backend, h.label)
+            self._job_runner[job.id] = h.runner
+            self.jobs.start(job, backend, self._where(h))
 
     def _log_waits(self, waiting: dict[str, Wait], now: float) -> None:
         """One line when a runner starts waiting, with its reason; while it keeps waiting,
@@ -708,8 +801,10 @@ class Scheduler:
                     self._draining.add(event.name)
                     log.info("draining node %s: no new jobs; it goes once its jobs end", event.name)
             elif isinstance(event, KeepAliveSet):
+                held = dict.fromkeys(model_of(h.runner) for h in self._held.values())
+                model = self.registry.identity(event.model, held)
                 for h in self._held.values():
-                    if model_of(h.runner) == event.model:
+                    if model_of(h.runner) == model:
                         h.keep_alive = event.seconds
 
     def _node_added(self, backend: Backend) -> None:
@@ -738,7 +833,8 @@ class Scheduler:
 
     def _job_ended(self, e: JobEnded, now: float) -> None:
         job = e.job
-        h = self._held.get((job.runner, e.backend))
+        runner = self._job_runner.pop(job.id, None) or self._canon(job.runner)
+        h = self._held.get((runner, e.backend))
         if h is not None:
             h.in_flight = max(0, h.in_flight - 1)
             h.last_used = now
@@ -757,7 +853,7 @@ class Scheduler:
             )
         if e.out_of_memory:
             self.counters["ooms"] += 1
-            self.registry.raise_estimate(job.runner)
+            self.registry.raise_estimate(runner)
         if e.out_of_memory or e.runner_crashed or e.backend_lost:
             self._stale = True  # the runner (or the server) may be gone: re-read /api/ps
 
@@ -802,7 +898,8 @@ class Scheduler:
             self._held.pop(key, None)
             self._gone_at[e.runner] = now
             self._blocked_until[e.runner] = now + decision.backoff
-            self.store.unmark_queued(e.runner)
+            for member in self._members_of(e.runner):
+                self.store.unmark_queued(member)
             if isinstance(e.error, OutOfMemory):
                 self.counters["ooms"] += 1
             self._remember("load", label, "failed", e.error.message, now)
@@ -891,3 +988,22 @@ def pinned_runners(names: list[str]) -> list[str]:
         except InvalidModelName:
             continue
     return out
+
+
+def _merged(runner: str, demands: list[Demand]) -> Demand:
+    """One demand for ``runner`` from the demands of the stored keys that meet in it."""
+
+    def best(values: list[int | None]) -> int | None:
+        known = [v for v in values if v is not None]
+        return min(known) if known else None
+
+    counts = tuple(sum(d.counts[i] for d in demands) for i in range(3))
+    ranks = tuple(best([d.ranks[i] for d in demands]) for i in range(3))
+    return Demand(
+        runner,
+        sum(d.waiting for d in demands),
+        min(d.rank for d in demands),
+        min((d.oldest_submitted_at for d in demands), default=math.inf),
+        (counts[0], counts[1], counts[2]),
+        (ranks[0], ranks[1], ranks[2]),
+    )

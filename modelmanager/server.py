@@ -3,7 +3,8 @@
 waitress refuses a body over its limit by itself: a plain-text "Request Entity Too
 Large", then it closes the connection with the rest of the body unread, which a client
 still sending sees as a connection reset, not as an answer. Here an oversized body,
-declared or chunked, gets the API's JSON ``PAYLOAD_TOO_LARGE`` 413 instead, sent after the
+declared or chunked, gets the API's JSON ``PAYLOAD_TOO_LARGE`` 413 instead (in the front
+door's own error shape on Ollama's and OpenAI's paths), sent after the
 rest of the body has been read and dropped (counted, never stored), so that a client that
 reads only after sending receives it. The reading is bounded: a body declared larger than
 :data:`DRAIN_LIMIT` is answered at once, and one sent chunked is cut off there. This
@@ -13,9 +14,10 @@ hooks waitress 3.0's request parser and channel classes (pinned in requirements.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
-from waitress import create_server
+from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, MultiSocketServer
@@ -23,10 +25,15 @@ from waitress.utilities import RequestEntityTooLarge
 
 from config import Config
 
+from .frontdoors.errors import door_error
 from .http_api import MAX_BODY_BYTES, payload_too_large
 
-CONNECTION_LIMIT = 200
+CONNECTION_LIMIT = 200  # beyond the MAX_OPEN_REQUESTS that Ollama/OpenAI API clients hold
 CHANNEL_TIMEOUT = 60  # seconds a connection may stay silent
+# A channel keeps reading while its request runs, so that a client closing its connection
+# is seen at once (environ["waitress.client_disconnected"]) even when nothing is written:
+# a front door waiting for a model then cancels the client's job.
+REQUEST_LOOKAHEAD = 1
 DRAIN_LIMIT = 4 * MAX_BODY_BYTES  # most bytes of a refused body read before answering
 
 
@@ -40,8 +47,11 @@ def build_server(app: Any, config: Config) -> Any:
         app,
         host=config.HOST,  # always explicit: waitress would bind every interface
         port=config.HTTP_PORT,
-        threads=config.HTTP_THREADS,
-        connection_limit=CONNECTION_LIMIT,
+        # Ollama/OpenAI API requests hold a thread while they wait or stream: up to
+        # MAX_OPEN_REQUESTS of them, and HTTP_THREADS are left for everything else
+        threads=config.HTTP_THREADS + config.MAX_OPEN_REQUESTS,
+        connection_limit=CONNECTION_LIMIT + config.MAX_OPEN_REQUESTS,
+        channel_request_lookahead=REQUEST_LOOKAHEAD,
         channel_timeout=CHANNEL_TIMEOUT,
         max_request_body_size=MAX_BODY_BYTES + 1,  # waitress refuses at >=
         ident="modelmanager",
@@ -51,7 +61,37 @@ def build_server(app: Any, config: Config) -> Any:
     for listener in list(listeners.values()):
         if isinstance(listener, BaseWSGIServer):
             listener.channel_class = _Channel
+    if not isinstance(server, MultiSocketServer):  # whose close() already does this
+        _stop_threads_on_close(server)
     return server
+
+
+def _stop_threads_on_close(server: Any) -> None:
+    """A single-listener waitress server leaves its thread pool running after ``close()``,
+    and its open connections too (a keep-alive client's socket stays open, unowned, until
+    the client goes). With a thread per waiting Ollama/OpenAI client (MAX_OPEN_REQUESTS)
+    that is too much to leave behind, so close also closes every connection and stops the
+    idle threads (a busy one ends with its request), as ``MultiSocketServer.close`` does."""
+    close, run = server.close, server.run
+    closing = threading.Event()
+
+    def close_and_stop_threads() -> None:
+        closing.set()
+        close()
+        server.task_dispatcher.shutdown(timeout=2)
+        wasyncore.close_all(server._map)
+
+    def run_until_closed() -> None:
+        """``run()``; a descriptor closed under its select() by ``close()`` from another
+        thread is the expected end of a stop, not an error."""
+        try:
+            run()
+        except OSError:
+            if not closing.is_set():
+                raise
+
+    server.close = close_and_stop_threads
+    server.run = run_until_closed
 
 
 def bound_address(server: Any) -> tuple[str, int]:
@@ -64,11 +104,24 @@ def bound_address(server: Any) -> tuple[str, int]:
 
 
 class _TooLarge(RequestEntityTooLarge):
-    """waitress's 413, answered in the API's error shape."""
+    """waitress's 413, answered in the error shape of the API whose path it is: the job
+    API's ``PAYLOAD_TOO_LARGE``, or a front door's own (:func:`door_error`:
+    ``{"error": "..."}`` on Ollama's paths, ``{"error": {"message", "type", ...}}`` under
+    ``/v1/``). The parser has read the request line when it refuses, so the path is
+    known."""
+
+    method = ""
+    path = ""
 
     def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
-        body = json.dumps(payload_too_large().to_json(), separators=(",", ":")).encode()
-        return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+        err = payload_too_large()
+        door = door_error(self.method, self.path, err.status, err.message)
+        if door is not None:
+            _, body, content_type, _ = door
+        else:
+            body = json.dumps(err.to_json(), separators=(",", ":")).encode()
+            content_type = "application/json"
+        return f"{self.code} {self.reason}", [("Content-Type", content_type)], body
 
 
 class _Discard:
@@ -102,6 +155,8 @@ class _Parser(HTTPRequestParser):
         consumed = int(super().received(data))
         if isinstance(self.error, RequestEntityTooLarge) and not isinstance(self.error, _TooLarge):
             self.error = _TooLarge(self.error.body)
+            self.error.method = getattr(self, "command", "") or ""
+            self.error.path = getattr(self, "path", "") or ""
             self._start_draining()
         return consumed
 

@@ -32,8 +32,9 @@ class Ended:
 class Subscription:
     """The objects of one job's answer, in order, then :class:`Ended` per attempt."""
 
-    def __init__(self, hub: StreamHub, job_id: str) -> None:
+    def __init__(self, hub: StreamHub, job_id: str, live: bool = False) -> None:
         self.job_id = job_id
+        self.live = live  # chunks go on to the client as they come (a streamed answer)
         self._hub = hub
         self._queue: queue.SimpleQueue[dict[str, Any] | Ended] = queue.SimpleQueue()
 
@@ -58,15 +59,22 @@ class StreamHub:
         self._lock = threading.Lock()
         self._subs: dict[str, Subscription] = {}
 
-    def subscribe(self, job_id: str) -> Subscription:
-        """Receive ``job_id``'s answer from now on (call it before the job can start)."""
-        sub = Subscription(self, job_id)
+    def subscribe(self, job_id: str, live: bool = False) -> Subscription:
+        """Receive ``job_id``'s answer from now on (call it before the job can start).
+        ``live``: each chunk goes on to a client as it comes, so an attempt that fails
+        after publishing one must not be run again (:meth:`live`)."""
+        sub = Subscription(self, job_id, live)
         with self._lock:
             self._subs[job_id] = sub
         return sub
 
     def watched(self, job_id: str) -> bool:
         return job_id in self._subs  # one dict read: atomic
+
+    def live(self, job_id: str) -> bool:
+        """Whether ``job_id``'s chunks reach a client as they come."""
+        sub = self._subs.get(job_id)
+        return sub is not None and sub.live
 
     def publish(self, job_id: str, chunk: dict[str, Any]) -> None:
         sub = self._subs.get(job_id)

@@ -40,6 +40,20 @@ def after_job_error(
     return JobDecision(JobVerdict.FAIL, raise_estimate=out_of_memory)
 
 
+def silence_retried(*, chunks: int, behind: int) -> bool:
+    """Whether a request that timed out (silent for REQUEST_TIMEOUT) is worth retrying.
+
+    ``chunks``: what it had received; ``behind``: how many requests of its runner were
+    still ahead of it in Ollama when it timed out (they made no progress either). A stall
+    in the middle of an answer may pass, and so may a wait behind requests that stalled
+    (the runner may recover, or the job run elsewhere): both are retried. A request that
+    got nothing with no request ahead of it had the runner to itself for the whole
+    timeout (a prompt too long to read in time, or Ollama stuck on it): the same request
+    would most likely wait as long again, so it is not.
+    """
+    return chunks > 0 or behind > 0
+
+
 def after_load_failure(
     *,
     failures: int,

@@ -133,6 +133,31 @@ def _check_mode(name: str, r: dict[str, Any]) -> None:
         assert isinstance(model, str) and start <= end, name
 
 
+def test_quick_run_reports_the_fleet_door_and_front_comparisons(report: dict[str, Any]) -> None:
+    """Two backends against one, the Ollama API against the job API, and the streamed
+    front-door figures: each measured in the same run, with its ratio computed from it."""
+    for key in ("interleaved", "mixed"):
+        fleet = report["fleet"][key]
+        _check_mode(f"fleet/{key}/one", fleet["one"])
+        _check_mode(f"fleet/{key}/two", fleet["two"])
+        assert fleet["makespan_two_over_one"] == pytest.approx(
+            fleet["two"]["makespan_s"] / fleet["one"]["makespan_s"], abs=1e-3
+        )
+        door = report["door"][key]
+        _check_mode(f"door/{key}/job_api", door["job_api"])
+        _check_mode(f"door/{key}/ollama_api", door["ollama_api"])
+        # every request through the ollama client got its answer
+        assert door["ollama_api"]["complete"] == door["jobs"], door["ollama_api"]["errors"]
+        assert door["makespan_ollama_over_job_api"] == pytest.approx(
+            door["ollama_api"]["makespan_s"] / door["job_api"]["makespan_s"], abs=1e-3
+        )
+    front = report["front"]
+    assert front["direct"]["n"] > 0 and front["managed"]["n"] == front["direct"]["n"]
+    assert _number(front["throughput_managed_over_direct"])
+    keys = {t["key"] for t in report["targets"]}
+    assert {"fleet_mixed", "door_interleaved", "door_mixed", "front_ttft"} <= keys
+
+
 def test_quick_run_reports_every_workload_and_field(report: dict[str, Any]) -> None:
     assert report["command"].startswith("python3 tools/bench.py")
     assert isinstance(report["machine"]["cores"], int) and report["machine"]["cores"] >= 1

@@ -67,6 +67,8 @@ DEV_TOOLS = {
     "ruff",
     "mypy",
     "types-requests",
+    "ollama",
+    "openai",
 }
 
 

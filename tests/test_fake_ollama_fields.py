@@ -356,13 +356,23 @@ def test_top_logprobs_out_of_range_is_400_before_the_model_is_looked_up(
     )
 
 
+def test_think_max_is_a_level(sim: FakeOllama) -> None:
+    """Ollama accepts "max" beside high, medium and low (api.ThinkValue)."""
+    body = {"model": "qwen3:0.6b", "prompt": "x", "think": "max", "stream": False}
+    resp = post(sim, "/api/generate", body)
+    assert resp.status_code == 200 and resp.json()["thinking"]
+
+
+CHOICES = '"high", "medium", "low", "max", true, or false'
+
+
 @pytest.mark.parametrize(
     ("think", "message"),
     [
-        ("max", 'invalid think value: "max" (must be "high", "medium", "low", true, or false)'),
-        ("HIGH", 'invalid think value: "HIGH" (must be "high", "medium", "low", true, or false)'),
-        (1, 'think must be a boolean or string ("high", "medium", "low", true, or false)'),
-        ({}, 'think must be a boolean or string ("high", "medium", "low", true, or false)'),
+        ("top", f'invalid think value: "top" (must be {CHOICES})'),
+        ("HIGH", f'invalid think value: "HIGH" (must be {CHOICES})'),
+        (1, f"think must be a boolean or string ({CHOICES})"),
+        ({}, f"think must be a boolean or string ({CHOICES})"),
     ],
 )
 def test_bad_think_values_are_400(sim: FakeOllama, think: object, message: str) -> None:

@@ -281,6 +281,30 @@ def test_runner_option_change_forces_reload(make_sim: Callable[..., FakeOllama])
     assert sim.stats()["loads"] == 3 and ps(sim)[0]["context_length"] == 4096
 
 
+@pytest.mark.parametrize(
+    ("options", "reloads"),
+    [
+        ({"main_gpu": 0}, False),
+        ({"num_ctx": 4096}, False),
+        ({"num_batch": 512, "num_thread": 0, "num_gpu": -1}, False),
+        ({"num_gpu": -2}, False),  # any negative num_gpu is "automatic"
+        ({"main_gpu": 1}, True),
+        ({"num_batch": 256}, True),
+        ({"use_mmap": False}, True),  # Ollama's default is unset, not false
+    ],
+)
+def test_options_spelled_at_ollamas_defaults_keep_the_runner(
+    make_sim: Callable[..., FakeOllama], options: dict[str, Any], reloads: bool
+) -> None:
+    """needsReload compares options after the defaults are filled in on both sides."""
+    sim = make_sim()
+    load(sim, "qwen2.5:0.5b")
+    assert generate(sim, "qwen2.5:0.5b", options=options).ok
+    assert sim.stats()["loads"] == (2 if reloads else 1)
+    assert generate(sim, "qwen2.5:0.5b").ok  # back to the default runner
+    assert sim.stats()["loads"] == (3 if reloads else 1)
+
+
 def test_context_is_clamped_to_training_context_and_scales_with_parallel(
     make_sim: Callable[..., FakeOllama],
 ) -> None:

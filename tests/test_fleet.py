@@ -170,6 +170,10 @@ def test_one_ollama_per_gpu_each_planned_with_its_own_gpu(
 def test_registering_a_node_at_run_time_puts_it_to_work_and_unregistering_drains_it(
     make_sim: Any, make_service: Any
 ) -> None:
+    # No job ran before the registration, so the first jobs found their models' status
+    # unknown and had every node's list read, box2's included; and n0 had room. The case
+    # where the models are known and n0 is full is
+    # test_fleet_nodes.test_a_node_registered_at_run_time_runs_what_the_full_configured_node_cannot
     a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
     svc = _fleet(make_service, a)
     body = {"name": "box2", "url": b.url, "vram_budget_mb": 4096}
@@ -242,7 +246,13 @@ def test_a_node_that_never_answers_is_refused_after_its_startup_timeout(
     sim: Any, make_service: Any
 ) -> None:
     svc = make_service(sim)
-    body = {"name": "ghost", "url": f"http://127.0.0.1:{free_port()}", "startup_timeout_s": 1}
+    # a budget: the only GPU of this host is local's, so without one it has no memory
+    body = {
+        "name": "ghost",
+        "url": f"http://127.0.0.1:{free_port()}",
+        "startup_timeout_s": 1,
+        "vram_budget_mb": 4096,
+    }
     r = requests.post(f"{svc.url}/api/v1/nodes", json=body, timeout=30)
     assert r.status_code == 504
     err = r.json()["error"]
@@ -350,6 +360,28 @@ def test_configured_nodes_parse_names_urls_and_gpus() -> None:
     # two servers here and two GPUs: one each, in order
     auto = configured_nodes("a=http://127.0.0.1:1,b=http://127.0.0.1:2", "", "", "", 2)
     assert [n.gpus for n in auto] == [(0,), (1,)]
+    # different ports, or http and https, are different servers; without NVML any index
+    # is taken as given
+    apart = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=https://127.0.0.1:1"
+    assert len(configured_nodes(apart, "", "a=0,b=1,c=9", "", None)) == 3
+
+
+def test_a_stored_registration_of_a_configured_ollama_is_left_out(
+    make_sim: Any, make_service: Any
+) -> None:
+    """Registrations stored before duplicates were refused: the configured node wins."""
+    a = make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a)
+    store = svc.manager.store
+    store.save_node(
+        "twin", f"http://localhost:{a.port}", gpu_url=None, vram_budget_mb=64, gpus=None, now=0.0
+    )
+    svc.stop()
+    again = _fleet(make_service, a)
+    names = [
+        n["name"] for n in requests.get(f"{again.url}/api/v1/nodes", timeout=5).json()["nodes"]
+    ]
+    assert names == ["n0"]
 
 
 @pytest.mark.parametrize(
@@ -366,6 +398,13 @@ def test_configured_nodes_parse_names_urls_and_gpus() -> None:
             "OLLAMA_BACKEND_GPUS",
         ),
         ("a", "", "name=value"),
+        # one Ollama under two names, however its URL is spelt
+        ("a=http://127.0.0.1:18210,b=http://localhost:18210/", "", "two names"),
+        ("a=http://box:80,b=http://BOX.", "", "two names"),
+        ("a=https://box,b=https://box:443/", "", "two names"),
+        # a GPU NVML does not show (2 here)
+        ("a=http://127.0.0.1:1,b=http://127.0.0.1:2", "a=0,b=7", "GPU 7, but NVML shows 2"),
+        ("a=http://127.0.0.1:1", "a=0+2", "GPU 2"),
     ],
 )
 def test_bad_backend_settings_stop_startup_with_a_sentence(
@@ -395,3 +434,53 @@ def test_a_host_name_of_this_machine_counts_as_local() -> None:
     assert is_local(f"http://{socket.gethostname()}:11434")
     assert is_local("http://127.0.0.1:11434") and is_local("http://[::1]:11434")
     assert not is_local("http://10.255.255.1:11434")
+
+
+# --------------------------------------------------------------- Ollama clients, fleet
+
+
+def test_ollama_clients_see_every_nodes_models(make_sim: Any, make_service: Any) -> None:
+    """Through the manager's Ollama API, ``list`` and ``ps`` cover every node and ``show``
+    finds a model installed on one node only."""
+    import ollama
+
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    only_on_b = "gemma:2b"
+    requests.delete(f"{a.url}/api/delete", json={"model": only_on_b}, timeout=10)
+    svc = _fleet(make_service, a, b)
+    client = ollama.Client(host=svc.url)
+    try:
+        _list_show_ps(svc, client, only_on_b)
+    finally:
+        client.close()
+
+
+def _list_show_ps(svc: Service, client: Any, only_on_b: str) -> None:
+    listed = [m.model for m in client.list().models]
+    assert only_on_b in listed and len(listed) == len(set(listed))  # each name once
+    assert client.show(only_on_b).details is not None
+    # a model loaded on each node: ps lists both
+    ids = [svc.submit(model=m, prompt=f"p{i}") for i in range(8) for m in SMALL[:2]]
+    by_node: dict[str, set[str]] = {}
+    for job in svc.wait_done(ids).values():
+        by_node.setdefault(job["node"], set()).add(job["model"])
+    loaded = {m.model for m in client.ps().models}
+    expected = {m for ms in by_node.values() for m in ms}
+    assert len(by_node) == 2  # both nodes ran jobs
+    assert expected <= loaded or wait_until(
+        lambda: expected <= {m.model for m in client.ps().models}, timeout=10
+    )
+
+
+def test_with_several_nodes_the_log_names_the_node(
+    make_sim: Any, make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelmanager")
+    a, b = make_sim(vram_mb=4096), make_sim(vram_mb=4096)
+    svc = _fleet(make_service, a, b)
+    done = svc.wait_done([svc.submit(model=m, prompt="x") for m in SMALL])
+    nodes = {d["node"] for d in done.values()}
+    lines = [r.getMessage() for r in caplog.records]
+    for node in nodes:
+        assert any(line.startswith("loaded ") and f" on node {node} " in line for line in lines)
+        assert any(" started on " in line and f" on node {node} " in line for line in lines)

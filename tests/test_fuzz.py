@@ -40,6 +40,7 @@ from modelmanager.contract import (
     FIELDS,
     MAX_JSON_DEPTH,
     MAX_MODEL_NAME,
+    frontdoors,
     openapi,
     validate_model_name,
     validate_submission,
@@ -121,7 +122,10 @@ def test_documented_model_name_pattern_is_the_validators_grammar(name: str) -> N
         ("https://" + "m" * MAX_MODEL_NAME, True),  # the limit is on the name, not the scheme
         ("http://host/team/model", True),  # Ollama drops the scheme
         ("h/team.x/model", False),  # the namespace has no dots
-        ("a..b", False),
+        ("a..b", True),  # dots in a row are letters like any other (isValidPart)
+        ("-a", False),  # a part starts with a letter, digit or "_"
+        ("localhost:5000/team/model", True),  # a port in the host
+        ("team:1/model", False),  # ... and nowhere else
         ("model:", False),
         ("a/b/c/d", False),
         ("host:/m", False),
@@ -441,7 +445,9 @@ def test_document_describes_every_route_and_method(sim: Any, make_service: Any) 
     for rule in app.url_map.iter_rules():
         if rule.endpoint != "static":
             methods = {m.lower() for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
-            routes.setdefault(re.sub(r"<(\w+)>", r"{\1}", rule.rule), set()).update(methods)
+            routes.setdefault(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), set()).update(
+                methods
+            )
     documented = {path: set(item) for path, item in openapi_document()["paths"].items()}
     assert documented == routes
     # and every operation documents its error answers in the one shape
@@ -457,6 +463,7 @@ def test_document_describes_every_route_and_method(sim: Any, make_service: Any) 
 
 OPERATIONS = [(m, p) for p, item in openapi_document()["paths"].items() for m in item]
 REGISTER = ("post", "/api/v1/nodes")
+FRONT_DOORS = set(frontdoors.paths())  # Ollama's API and the OpenAI-compatible API
 
 
 @pytest.fixture
@@ -514,7 +521,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
 
     check()
     # the run reached the answers that matter, not only refusals of malformed input
-    assert seen & {200, 201, 202, 409}, seen
+    if path in FRONT_DOORS:  # a generated model name is not installed: Ollama's 404
+        assert seen & {200, 403, 404}, seen
+    else:
+        assert seen & {200, 201, 202, 409}, seen
     if "{job_id}" in path:
         assert {404, 409} <= seen or {404, 200} <= seen, seen
 

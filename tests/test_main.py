@@ -79,8 +79,12 @@ def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None
                 return False
 
         wait_until(healthy, timeout=30, interval=0.05)
-        health = requests.get(f"{url}/api/health", timeout=5).json()
-        assert health["backend"]["up"] is True
+        # the simulator is reached at the scheduler's first probe, just after start
+        wait_until(
+            lambda: requests.get(f"{url}/api/health", timeout=5).json()["backend"]["up"],
+            timeout=30,
+            what="the simulator reachable",
+        )
         job = requests.post(
             f"{url}/api/submit", json={"model": "llama3.2:1b", "prompt": "hi"}, timeout=5
         ).json()["job_id"]
@@ -93,6 +97,11 @@ def test_simulate_serves_runs_a_job_and_stops_on_sigterm(tmp_path: Path) -> None
             timeout=30,
         )
         assert body["result"]
+        # the simulator keeps the model for the manager's keep_alive in real seconds (at
+        # 0.02 a scaled one would drop it within seconds, behind the manager's back)
+        [loaded] = requests.get(f"{url}/api/ps", timeout=5).json()["models"]
+        expires = datetime.fromisoformat(loaded["expires_at"].replace("Z", "+00:00"))
+        assert expires.timestamp() - time.time() > 60, loaded["expires_at"]
         stats = requests.get(f"{url}/api/stats", timeout=5).json()
         assert stats["resources"]["vram"]["total"] == 24576 * 1024 * 1024
         # the counters are this run's: they say since when
@@ -259,3 +268,46 @@ def test_log_lines_written_in_the_background_read_as_written_in_place(tmp_path: 
     assert "submit failed on /api/submit | Traceback" in lines[1]
     assert lines[1].endswith("ValueError: boom")
     assert lines[-1].endswith("burst 199")
+
+
+def _three_gpus(tmp_path: Path) -> dict[str, str]:
+    """The environment of a host whose NVML (the fake library) shows three GPUs."""
+    from tests.conftest import FAKE_NVML_DIR, build_fake_nvml
+
+    build_fake_nvml()
+    state = tmp_path / "gpu.state"
+    state.write_text("device_count=3\n" + "".join(f"gpu{i}.total_mb=8192\n" for i in range(3)))
+    return {"LD_LIBRARY_PATH": str(FAKE_NVML_DIR), "FAKE_NVML_STATE": str(state)}
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        # two servers on this host, three GPUs: which GPU is whose?
+        (["--ollama-backends", "gpu0=http://127.0.0.1:1,gpu1=http://127.0.0.1:2"], "GPUS"),
+        # a GPU NVML does not show
+        (["--ollama-backends", "gpu0=http://127.0.0.1:1,gpu1=http://127.0.0.1:2"], "gpu1=7"),
+        # one Ollama under two names, spelt differently
+        (["--ollama-backends", "a=http://127.0.0.1:18210,b=http://localhost:18210/"], "two names"),
+        (["--ollama-backends", "a=http://127.0.0.1:18210,b=HTTP://[::1]:18210"], "two names"),
+    ],
+)
+def test_fleet_settings_that_cannot_work_stop_startup_with_one_sentence(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    env = _three_gpus(tmp_path)
+    if named == "gpu1=7":
+        env["MM_OLLAMA_BACKEND_GPUS"] = "gpu0=0,gpu1=7"
+    done = run_main(tmp_path, "--data-dir", str(tmp_path / "data"), *args, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert named in lines[0] and "Traceback" not in done.stderr
+
+
+def test_a_gpu_count_mismatch_with_simulate_stops_with_one_sentence(tmp_path: Path) -> None:
+    backends = "gpu0=http://127.0.0.1:1,gpu1=http://127.0.0.1:2"
+    args = ["--data-dir", str(tmp_path / "d"), "--simulate", "--ollama-backends", backends]
+    done = run_main(tmp_path, *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "OLLAMA_BACKEND_GPUS" in done.stderr and "Traceback" not in done.stderr

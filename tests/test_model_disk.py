@@ -478,7 +478,7 @@ STATUS, DOWNLOAD = "/api/v1/models/status", "/api/v1/models/download"
         ({"model": 7}, "model"),
         ({"model": None}, "model"),
         ({"model": "bad name!"}, "model"),
-        ({"model": "a..b:1"}, "model"),
+        ({"model": "-a:1"}, "model"),
         ({"model": "x" * 200}, "model"),
         ({"model": INSTALLED, "node": "Bad Node"}, "node"),
         ({"model": INSTALLED, "node": 1}, "node"),

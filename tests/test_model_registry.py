@@ -85,8 +85,10 @@ def registry(store: Store, tags: FakeTags, clock: Clock | None = None) -> ModelR
         ("library/llama3.2", "registry.ollama.ai/library/llama3.2:latest"),
         ("registry.ollama.ai/library/LLAMA3.2", "registry.ollama.ai/library/llama3.2:latest"),
         ("hf.co/Org/Model:Q4_K_M", "hf.co/org/model:q4_k_m"),
-        # not Ollama's grammar (a port in the host): kept as spelled, lower-cased
-        ("registry.local:5000/team/model", "registry.local:5000/team/model"),
+        # a port in the host is Ollama's grammar too; the tag is filled in
+        ("Registry.Local:5000/team/Model", "registry.local:5000/team/model:latest"),
+        # not Ollama's grammar: kept as spelled, lower-cased
+        ("Bad Name!", "bad name!"),
     ],
 )
 def test_registry_normalize_gives_the_model_identity(given: str, expected: str) -> None:
@@ -361,3 +363,113 @@ def test_registry_job_seconds_of_unseen_models_scale_what_others_taught(
     reg.learn_job("gemma:2b", per_gib * reg.estimate("gemma:2b") / GIB)  # type: ignore[operator]
     unseen = reg.job_seconds("tinyllama:1.1b")
     assert unseen == pytest.approx(per_gib * reg.estimate("tinyllama:1.1b") / GIB)  # type: ignore[operator]
+
+
+# ------------------------------------------------------------- copies and runner options
+
+MODEL_COPY = "MyTeam/MyModel:Latest"
+D1 = "sha256:" + "a" * 64
+D2 = "sha256:" + "b" * 64
+
+
+def copies() -> FakeTags:
+    """qwen2.5:0.5b with two copies (one under a namespace, one spelled with capitals and
+    a bare digest, as some Ollama versions list it), and a model of other weights."""
+    return FakeTags(
+        {"name": "qwen2.5:0.5b", "size": 397_000_000, "digest": D1},
+        {"name": "MyTeam/MyModel:Latest", "size": 397_000_000, "digest": D1},
+        {"name": "Zed:v1", "size": 397_000_000, "digest": D1.removeprefix("sha256:")},
+        {"name": "tinyllama:1.1b", "size": 638_000_000, "digest": D2},
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["qwen2.5:0.5b", "MyTeam/MyModel:Latest", "myteam/mymodel", "ZED:V1", "library/zed:v1"]
+)
+def test_registry_copies_have_one_identity(store: Store, name: str) -> None:
+    reg = registry(store, copies())
+    reg.refresh_tags()
+    assert reg.identity(name) == normalize("qwen2.5:0.5b")  # the smallest of the copies
+    # a runner already held among the copies keeps its key (a new copy never re-keys it)
+    held = normalize("myteam/mymodel")
+    assert reg.identity(name, [normalize("tinyllama:1.1b"), held]) == held
+    assert reg.canonical(runner_key(name, {"num_gpu": -1})) == normalize("qwen2.5:0.5b")
+
+
+@pytest.mark.parametrize("name", ["tinyllama:1.1b", "unknown:7b", "registry.local:5000/a/b"])
+def test_registry_a_model_without_copies_is_its_own_identity(store: Store, name: str) -> None:
+    reg = registry(store, copies())
+    reg.refresh_tags()
+    assert reg.identity(name, [normalize("qwen2.5:0.5b")]) == normalize(name)
+
+
+def test_registry_identity_before_ollama_answers_is_the_name(store: Store) -> None:
+    reg = registry(store, copies())
+    assert reg.identity("MyTeam/MyModel:Latest") == normalize("MyTeam/MyModel:Latest")
+
+
+def test_registry_canonical_drops_options_at_the_models_defaults(store: Store) -> None:
+    parameters = {"qwen2.5:0.5b": 'stop "<|end|>"', "big:1b": "num_ctx 8192\nnum_batch 1024"}
+    shown: list[str] = []
+
+    def show(name: str) -> dict[str, Any]:
+        shown.append(name)
+        return {"parameters": parameters.get(name, ""), "model_info": {}}
+
+    tags = copies()
+    tags.models.append({"name": "big:1b", "size": 1_000_000_000, "digest": "sha256:" + "c" * 64})
+    reg = ModelRegistry(store, multiplier=MULTIPLIER, tags=tags, show=show, clock=Clock())
+    reg.refresh_tags()
+    qwen, big = normalize("qwen2.5:0.5b"), normalize("big:1b")
+    # the server's default context is unknown until a default runner was seen in /api/ps
+    # (OLLAMA_CONTEXT_LENGTH or the VRAM tier: 4096, 32768 or 262144)
+    assert reg.canonical(runner_key(MODEL_COPY, {"num_ctx": 4096, "main_gpu": 0})) == (
+        runner_key("qwen2.5:0.5b", {"num_ctx": 4096})
+    )
+    reg.learn_default_context(MODEL_COPY, 4096)  # any name of the weights
+    for options in ({"num_ctx": 4096}, {"main_gpu": 0}, {"num_batch": 512, "num_ctx": 4096.0}):
+        assert reg.canonical(runner_key("MyTeam/MyModel", options)) == qwen, options
+    assert reg.canonical(runner_key("qwen2.5:0.5b", {"num_ctx": 8192})) == runner_key(
+        "qwen2.5:0.5b", {"num_ctx": 8192}
+    )
+    # the Modelfile's own values are the defaults: 8192 is the default context of big:1b
+    assert reg.canonical(runner_key("big:1b", {"num_ctx": 8192, "num_batch": 1024})) == big
+    reg.learn_default_context("big:1b", 8192)
+    assert reg.canonical(runner_key("big:1b", {"num_ctx": 4096})) == runner_key(
+        "big:1b", {"num_ctx": 4096}
+    )
+    assert reg.canonical(runner_key("big:1b", {"num_batch": 512})) == runner_key(
+        "big:1b", {"num_batch": 512}
+    )
+    assert sorted(set(shown)) == ["big:1b", "qwen2.5:0.5b"]  # asked once per model
+
+
+def test_registry_a_default_context_at_the_training_context_is_not_learned(
+    store: Store,
+) -> None:
+    info = {"general.architecture": "llama", "llama.block_count": 2}
+    info.update({"llama.attention.head_count": 2, "llama.embedding_length": 64})
+    info["llama.context_length"] = 2048
+
+    def show(name: str) -> dict[str, Any]:
+        return {"parameters": "", "model_info": info}
+
+    reg = ModelRegistry(store, multiplier=MULTIPLIER, tags=copies(), show=show, clock=Clock())
+    reg.refresh_tags()
+    reg.learn_default_context("qwen2.5:0.5b", 2048)  # maybe 4096 clamped to 2048
+    assert reg.canonical(runner_key("qwen2.5:0.5b", {"num_ctx": 2048})) == runner_key(
+        "qwen2.5:0.5b", {"num_ctx": 2048}
+    )
+    reg.learn_default_context("qwen2.5:0.5b", 1024)
+    assert reg.canonical(runner_key("qwen2.5:0.5b", {"num_ctx": 1024})) == normalize("qwen2.5:0.5b")
+
+
+def test_registry_canonical_keeps_num_ctx_while_the_model_is_unknown(store: Store) -> None:
+    def show(name: str) -> dict[str, Any]:
+        raise BackendUnavailable("down")
+
+    reg = ModelRegistry(store, multiplier=MULTIPLIER, tags=copies(), show=show, clock=Clock())
+    reg.refresh_tags()
+    reg.learn_default_context("qwen2.5:0.5b", 4096)  # but the Modelfile is not known
+    runner = runner_key("qwen2.5:0.5b", {"num_ctx": 4096, "main_gpu": 0})
+    assert reg.canonical(runner) == runner_key("qwen2.5:0.5b", {"num_ctx": 4096})

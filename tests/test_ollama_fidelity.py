@@ -82,6 +82,81 @@ def test_a_copy_under_another_name_shares_the_runner(sim: Any, make_service: Any
     assert len(sim.stats()["load_events"]) == 1
 
 
+def _managed(svc: Service) -> dict[str, Any]:
+    stats = requests.get(f"{svc.url}/api/stats", timeout=5).json()
+    return dict(stats["resources"]["managed_models"])
+
+
+def _ps(sim: Any) -> list[str]:
+    return [m["name"] for m in requests.get(f"{sim.url}/api/ps", timeout=5).json()["models"]]
+
+
+@pytest.mark.parametrize("copy_first", [True, False], ids=["copy-before-start", "copy-later"])
+@pytest.mark.parametrize(
+    "copy", ["MyTeam/MyModel:Latest", "aaa:v1", "hf.co/Me/Q:Q4"], ids=["team", "sorts-first", "hf"]
+)
+def test_copies_are_one_runner_for_grouping_vram_and_keep_alive(
+    make_sim: Any,
+    gpu_state: Any,
+    make_service: Any,
+    caplog: pytest.LogCaptureFixture,
+    copy_first: bool,
+    copy: str,
+) -> None:
+    """The new user's report: qwen2.5:0.5b (keep_alive 10m), then its copy (keep_alive 0),
+    then qwen2.5:0.5b again, with tinyllama loaded beside them. The copy runs on the
+    loaded runner (no load, no eviction, no size learned from a load that never
+    happened); its keep_alive 0 then ends that one runner, as it does in Ollama, and the
+    manager sees it go as its own unload, not as a drop behind its back."""
+    caplog.set_level(logging.INFO, logger="modelmanager")
+    sim = make_sim(vram_mb=8192, nvml_state=str(gpu_state))
+
+    def make_copy() -> None:
+        body = {"source": MODEL, "destination": copy}
+        assert requests.post(f"{sim.url}/api/copy", json=body, timeout=5).status_code == 200
+
+    if copy_first:
+        make_copy()
+    svc = make_service(sim)
+    assert _one(svc, model="tinyllama:1.1b", prompt="x", keep_alive="10m")["status"] == "complete"
+    assert _one(svc, model=MODEL, prompt="first", keep_alive="10m")["status"] == "complete"
+    if not copy_first:
+        make_copy()
+    done = _one(svc, model=copy, prompt="copy", keep_alive="10m")
+    assert done["status"] == "complete" and done["model"] == copy  # the name the user sent
+    assert len(sim.stats()["load_events"]) == 2
+    assert len(_managed(svc)) == 2 and len(_ps(sim)) == 2  # one runner each, both agree
+    assert _one(svc, model=copy, prompt="last", keep_alive=0)["status"] == "complete"
+    wait_until(lambda: len(_ps(sim)) == 1 and len(_managed(svc)) == 1, 10, what="unloaded")
+    assert _ps(sim) == ["tinyllama:1.1b"]
+    assert _one(svc, model=MODEL, prompt="again", keep_alive="10m")["status"] == "complete"
+    assert len(sim.stats()["load_events"]) == 3
+    assert sorted(_ps(sim)) == sorted(_managed(svc))
+    lines = [r.getMessage() for r in caplog.records]
+    bad = [m for m in lines if "no longer loaded" in m or "evicting" in m or "raised" in m]
+    assert not bad, bad
+    assert len([m for m in lines if m.startswith("learned ")]) == 3, lines
+
+
+def test_a_copy_loaded_before_the_manager_started_is_one_managed_runner(
+    sim: Any, make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ollama holds the runner under the copy's name before the manager starts: jobs for
+    either name attach to it, and the manager never loads a second one."""
+    caplog.set_level(logging.INFO, logger="modelmanager")
+    body = {"source": MODEL, "destination": "MyTeam/MyModel:Latest"}
+    assert requests.post(f"{sim.url}/api/copy", json=body, timeout=5).status_code == 200
+    load = {"model": "MyTeam/MyModel:Latest", "keep_alive": "1h"}
+    assert requests.post(f"{sim.url}/api/generate", json=load, timeout=10).status_code == 200
+    svc = make_service(sim)
+    ids = [svc.submit(model=name, prompt="p") for name in (MODEL, "myteam/mymodel") * 3]
+    assert all(b["status"] == "complete" for b in svc.wait_done(ids).values())
+    assert len(sim.stats()["load_events"]) == 1
+    assert list(_managed(svc)) == ["MyTeam/MyModel:Latest"] == _ps(sim)
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [m for m in lines if "no longer loaded" in m or "learned" in m], lines
+
+
 def test_failures_never_make_a_model_permanently_impossible(sim: Any, make_service: Any) -> None:
     """Out-of-memory answers raise the estimate only so far; jobs keep completing."""
     svc = make_service(sim, nvml=False, VRAM_BUDGET_MB=4096, MAX_ATTEMPTS=5)
@@ -141,6 +216,48 @@ def test_options_that_change_no_runner_do_not_split_the_group(sim: Any, make_ser
     ]
     assert all(b["status"] == "complete" for b in svc.wait_done(ids).values())
     assert len([e for e in sim.stats()["load_events"] if e["model"] == MODEL]) == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"main_gpu": 0},
+        {"num_ctx": 4096},  # qwen2.5:0.5b's default context: its Modelfile sets none
+        {"num_ctx": 4096, "num_batch": 512, "num_gpu": -1, "num_thread": 0},
+        {"num_batch": 512, "temperature": 0.2},
+    ],
+    ids=["main_gpu-0", "num_ctx-default", "all-defaults", "num_batch-default"],
+)
+def test_runner_options_at_their_default_share_the_default_runner(
+    sim: Any, make_service: Any, caplog: pytest.LogCaptureFixture, options: dict[str, Any]
+) -> None:
+    """Ollama fills in defaults before needsReload compares: a job that spells out a
+    default value runs on the loaded default runner, in either order, with no unload."""
+    caplog.set_level(logging.INFO, logger="modelmanager")
+    svc = make_service(sim)
+    assert _one(svc, model=MODEL, prompt="plain")["status"] == "complete"
+    assert _one(svc, model=MODEL, prompt="spelled", options=options)["status"] == "complete"
+    ids = [
+        svc.submit(model=MODEL, prompt=f"p{i}", **({"options": options} if i % 2 else {}))
+        for i in range(6)
+    ]
+    assert all(b["status"] == "complete" for b in svc.wait_done(ids).values())
+    assert len(sim.stats()["load_events"]) == 1 and sim.stats()["unloads"] == 0
+    assert list(_managed(svc)) == [MODEL]
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [m for m in lines if "evicting" in m or "unloading" in m], lines
+
+
+@pytest.mark.parametrize(
+    "options", [{"num_ctx": 8192}, {"main_gpu": 1}, {"num_batch": 256}, {"use_mmap": True}]
+)
+def test_runner_options_off_their_default_still_make_their_own_runner(
+    sim: Any, make_service: Any, options: dict[str, Any]
+) -> None:
+    svc = make_service(sim)
+    assert _one(svc, model=MODEL, prompt="plain")["status"] == "complete"
+    assert _one(svc, model=MODEL, prompt="other", options=options)["status"] == "complete"
+    assert len(sim.stats()["load_events"]) == 2  # the manager switched runners on purpose
 
 
 # ------------------------------------------------------------- 4. cancel frees the GPU

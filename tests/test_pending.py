@@ -256,3 +256,27 @@ def test_queue_add_many_indexes_store_rows(queue: PendingIndex) -> None:
     assert queue.pop("b", 10, T0) == []
     queue.release_delayed(T0 + 60)
     assert queue.pop("b", 10, T0 + 60) == ["j3"]
+
+
+def test_a_job_removed_and_indexed_again_is_taken_once_and_others_stay() -> None:
+    """A cancelled job put back (retry), or one indexed twice (a submit and a re-read of
+    the store), is one waiting job: popped once, the others of its model still there."""
+    p = PendingIndex(60.0)
+    p.add("J", "m", Priority.LOW, 1, 0.0, name="m")
+    assert p.remove("J")
+    p.add("J", "m", Priority.LOW, 1, 0.0)
+    p.add("J", "m", Priority.LOW, 1, 0.0)  # indexed twice: still one
+    p.add("K", "m", Priority.LOW, 2, 0.0)
+    assert len(p) == 2 and [d.waiting for d in p.demand(1.0)] == [2]
+    assert p.pop("m", 1, 1.0) == ["J"]
+    assert p.pop("m", 5, 1.0) == ["K"]
+    assert p.demand(1.0) == [] and len(p) == 0
+
+
+def test_a_delayed_retry_removed_and_indexed_again_runs_once() -> None:
+    p = PendingIndex(60.0)
+    p.add("J", "m", Priority.NORMAL, 1, 0.0, not_before=5.0, now=1.0)
+    assert p.remove("J")
+    p.add("J", "m", Priority.NORMAL, 1, 0.0, not_before=3.0, now=1.0)
+    assert p.release_delayed(10.0) == 1  # the stale delayed entry is skipped
+    assert p.pop("m", 5, 10.0) == ["J"] and len(p) == 0

@@ -603,8 +603,9 @@ def test_plan_a_runner_switch_waits_while_the_current_runner_has_its_own_work() 
 # ------------------------------------------------------------------------ too large, other
 
 
-def test_plan_fails_a_model_larger_than_the_gpu_naming_the_sizes() -> None:
-    result = run([want("huge"), want("ok")], [], {"huge": 10, "ok": 1}, total=8)
+def test_plan_fails_a_model_measured_larger_than_the_gpu_naming_the_sizes() -> None:
+    huge = RunnerFacts(estimate_bytes=gb(10), evidence_bytes=gb(10), measured=True)
+    result = run([want("huge"), want("ok")], [], {"ok": 1}, total=8, known=facts(huge=huge))
     [fail] = result.of(Fail)
     assert (fail.runner, fail.code) == ("huge", FailCode.MODEL_TOO_LARGE)
     assert "10240 MB" in fail.message  # what it needs
@@ -614,9 +615,27 @@ def test_plan_fails_a_model_larger_than_the_gpu_naming_the_sizes() -> None:
     assert "huge" not in result.waits
 
 
-@pytest.mark.parametrize(("need_gb", "failed"), [(7, False), (7 + 1 / 1024, True)])
-def test_plan_too_large_boundary_is_total_minus_margin(need_gb: float, failed: bool) -> None:
-    result = run([want("m")], [], {"m": need_gb}, total=8, free=2)
+@pytest.mark.parametrize("size", [7.5, 10, 40])  # just over the room; over the GPU; far over
+def test_plan_tries_a_model_estimated_larger_than_the_gpu_alone(size: float) -> None:
+    """An estimate from the disk size is not a measurement: the model may fit after all,
+    and Ollama runs a model larger than the GPU partly on the CPU, so it is loaded with
+    the GPU to itself (the idle runner goes first), never failed unmeasured."""
+    views = [view("idle", size_gb=2, used_ago=5)]
+    result = run([want("big")], views, {"big": size}, total=8)
+    assert not result.of(Fail)
+    assert list(result.unloads) == ["idle"]  # room made: the GPU for it alone
+    after = run([want("big")], [], {"big": size}, total=8)
+    assert after.loads == ["big"]
+
+
+@pytest.mark.parametrize(("need_gb", "failed"), [(7, False), (8, False), (8 + 1 / 1024, True)])
+def test_plan_too_large_boundary_is_the_whole_gpu_for_a_measured_size(
+    need_gb: float, failed: bool
+) -> None:
+    """A size measured at a load fails the model only beyond the whole GPU: within the
+    safety margin it loaded before, so it is tried alone."""
+    measured = RunnerFacts(estimate_bytes=gb(need_gb), evidence_bytes=gb(need_gb), measured=True)
+    result = run([want("m")], [], total=8, free=2, known={"m": measured})
     assert bool(result.fails) is failed
     assert result.loads == []
 

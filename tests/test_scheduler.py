@@ -368,13 +368,27 @@ def test_a_model_ollama_lacks_fails_its_jobs(world: World) -> None:
     assert stored.error_code == "MODEL_NOT_FOUND" and "ollama pull nope:1b" in (stored.error or "")
 
 
-def test_a_model_bigger_than_the_gpu_fails_at_once(world: World) -> None:
+def test_a_model_measured_bigger_than_the_gpu_fails_at_once(world: World) -> None:
     world.tags.append({"name": "huge:70b", "size": 40 * GIB})
+    world.scheduler.registry.learn_load(
+        K("huge:70b"), ps_vram_bytes=40 * GIB, nvml_delta_bytes=None, load_seconds=9.0
+    )  # measured at a load elsewhere (a bigger GPU, a smaller safety margin)
     [job] = world.submit("huge:70b")
     world.tick()
     stored = world.store.get(job)
     assert stored is not None and stored.error_code == "MODEL_TOO_LARGE"
     assert world.ports.loads == []
+
+
+def test_a_model_estimated_bigger_than_the_gpu_is_loaded_alone(world: World) -> None:
+    """Its disk size says it does not fit, but only a load can tell (Ollama would put
+    part of it on the CPU): it is loaded, not failed unmeasured."""
+    world.tags.append({"name": "huge:70b", "size": 40 * GIB})
+    [job] = world.submit("huge:70b")
+    world.tick()
+    stored = world.store.get(job)
+    assert stored is not None and stored.status is not JobStatus.FAILED
+    assert [r for r, _, _ in world.ports.loads] == [K("huge:70b")]
 
 
 def test_with_auto_pull_a_missing_model_is_pulled_and_its_jobs_wait(world: World) -> None:
@@ -558,3 +572,80 @@ def test_a_pinned_model_is_loaded_with_no_job_and_ollama_told_to_keep_it(world: 
     world.loaded(K(MID), 1.6, MID)
     world.tick(10_000)  # long past MODEL_KEEP_ALIVE
     assert K(MID) not in world.ports.unloads and world.state(K(MID)) == "ready"
+
+
+def test_a_batch_that_came_at_once_is_a_backlog_not_a_stream(world: World) -> None:
+    """Jobs submitted in one batch after their model loaded, then nothing: once no job
+    has come for ARRIVAL_QUIET seconds the runner has no arrival rate, so the planner
+    sees a finite queue to finish, not one fed for ever (which any higher-priority job
+    would outrank at any cost)."""
+    world.submit(SMALL, 1, Priority.LOW)
+    world.tick()
+    world.loaded(K(SMALL), 0.5, SMALL)
+    world.tick(0.1)
+    [held] = world.scheduler._held.values()
+    world.clock.now += 0.1
+    world.submit(SMALL, 50, Priority.LOW)  # one batch, after the load
+    world.tick(1.95)  # ready for ARRIVAL_MIN_WINDOW, the batch still recent
+    rate, count = world.scheduler._arrivals(held, world.clock.now)
+    assert count == 50 and rate > 10
+    world.tick(1.0)  # nothing new for ARRIVAL_QUIET
+    rate, count = world.scheduler._arrivals(held, world.clock.now)
+    assert count == 50 and rate == 0.0
+    world.submit(SMALL, 1, Priority.LOW)  # a stream goes on: a rate again
+    world.tick(0.1)
+    rate, _ = world.scheduler._arrivals(held, world.clock.now)
+    assert rate > 10
+
+
+# ------------------------------------------------------------------ runner option keys
+
+
+@pytest.mark.parametrize(
+    ("options", "defaults", "expected"),
+    [
+        ({"main_gpu": 0}, None, {}),
+        ({"num_gpu": -1, "num_batch": 512, "num_thread": 0}, None, {}),
+        ({"use_mlock": False, "numa": False, "low_vram": False}, None, {}),
+        ({"num_ctx": 4096}, None, {"num_ctx": 4096}),  # unknown model: kept
+        ({"num_ctx": 4096}, {"num_ctx": 4096}, {}),
+        ({"num_ctx": 4096.0, "main_gpu": 1}, {"num_ctx": 4096}, {"main_gpu": 1}),
+        ({"num_ctx": 4096}, {"num_ctx": 8192}, {"num_ctx": 4096}),
+        ({"num_batch": 512}, {"num_ctx": 4096, "num_batch": 1024}, {"num_batch": 512}),
+        ({"use_mmap": True}, {"num_ctx": 4096}, {"use_mmap": True}),  # Ollama's is unset
+        ({"use_mlock": 0}, None, {"use_mlock": 0}),  # not a bool: not the default
+        ({"temperature": 0.1, "num_gpu": 99}, None, {"num_gpu": 99}),
+    ],
+)
+def test_effective_options_drop_what_ollama_uses_anyway(
+    options: dict[str, Any], defaults: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    from modelmanager.runners import effective_options
+
+    assert effective_options(options, defaults) == expected
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        (None, {"num_ctx": 4096}),
+        ('stop                           "<|end|>"', {"num_ctx": 4096}),
+        ("num_ctx 2048", {"num_ctx": 2048}),
+        ("num_ctx                        8192\ntemperature 0.7", {"num_ctx": 8192}),
+        (
+            "num_batch 1024\nuse_mmap false\nnum_thread x",
+            {"num_ctx": 4096, "num_batch": 1024, "use_mmap": False},
+        ),
+    ],
+)
+def test_model_runner_defaults_read_the_modelfile_parameters(
+    parameters: str | None, expected: dict[str, Any]
+) -> None:
+    from modelmanager.runners import model_runner_defaults
+
+    assert model_runner_defaults(parameters, 4096) == expected
+    # the server's default context unknown: num_ctx only where the Modelfile sets it
+    unknown = {
+        k: v for k, v in expected.items() if k != "num_ctx" or "num_ctx" in (parameters or "")
+    }
+    assert model_runner_defaults(parameters, None) == unknown

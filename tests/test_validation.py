@@ -46,7 +46,9 @@ BAD: list[tuple[str, Any, str]] = [
     ("empty model", body(model=""), "model"),
     ("model with a space", body(model="llama 3"), "model"),
     ("model with ..", body(model="../etc/passwd"), "model"),
-    ("model with .. inside", body(model="llama..3"), "model"),
+    ("model starting with a dash", body(model="-llama3"), "model"),
+    ("model with a port in its namespace", body(model="team:1/llama3"), "model"),
+    ("namespace with a dot", body(model="host/te.am/llama3"), "model"),
     ("model too long", body(model="m" * (MAX_MODEL_NAME + 1)), "model"),
     ("model with four parts", body(model="a/b/c/d"), "model"),
     ("model with a newline", body(model="llama3.2:1b\n"), "model"),
@@ -58,7 +60,6 @@ BAD: list[tuple[str, Any, str]] = [
     ("priority unknown", body(priority="urgent"), "priority"),
     ("priority upper case", body(priority="HIGH"), "priority"),
     ("priority a number", body(priority=1), "priority"),
-    ("priority null", body(priority=None), "priority"),
     ("kind unknown", body(kind="complete"), "kind"),
     ("kind a list", body(kind=["chat"]), "kind"),
     ("no prompt, messages or input", body(prompt=...), "prompt"),
@@ -186,6 +187,10 @@ def test_validate_submission_infers_the_kind_from_the_body(good: Any, kind: JobK
         "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
         "Qwen2.5:Latest",
         "https://registry.local/team/model:v1.2",
+        "localhost:5000/team/model",  # a host with its port (types/model/name.go)
+        "registry.local:443/team/model:v1",
+        "_private/model",  # a part may start with "_"
+        "a..b:1",  # dots in a row are letters like any other
         "m" * MAX_MODEL_NAME,
     ],
 )
@@ -225,6 +230,44 @@ def test_validate_submission_defaults() -> None:
     assert sub.payload == {"prompt": "Why is the sky blue?"}
 
 
+@pytest.mark.parametrize(
+    ("make", "nulls", "kept"),
+    [
+        (body, {"system": None, "priority": None, "truncate": None}, {}),
+        (body, {"options": {"temperature": None, "seed": 3}}, {"options": {"seed": 3}}),
+        (
+            chat,
+            {"messages": [{"role": "assistant", "content": None, "tool_calls": None}]},
+            {"messages": [{"role": "assistant"}]},
+        ),
+        (body, {"format": {"type": "object", "default": None}}, None),  # inside JSON: kept
+        (body, {"metadata": {"note": None}}, None),
+    ],
+)
+def test_validate_submission_reads_null_as_absent_as_ollama_does(
+    make: Any, nulls: dict[str, Any], kept: dict[str, Any] | None
+) -> None:
+    """Go decodes a null field to its zero value and Options.FromMap skips null options,
+    so OpenAI-style messages (``"content": null`` beside tool calls) are accepted."""
+    sub = validate_submission(make(**nulls))
+    assert sub.priority is Priority.NORMAL
+    expected = nulls if kept is None else kept
+    for key, value in expected.items():
+        if key == "metadata":
+            assert sub.metadata == value
+        else:
+            assert sub.payload[key] == value
+    for key in set(nulls) - set(expected):
+        assert key not in sub.payload
+
+
+def test_an_unknown_option_is_named_in_the_message_and_the_field_alike() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        validate_submission(body(options={"zeta_x": 1, "alpha_x": 2, "temperature": 1}))
+    assert err.value.details["field"] == "options.alpha_x"
+    assert "'options.alpha_x'" in err.value.message
+
+
 def test_validate_submission_chat_forwards_messages_as_sent() -> None:
     messages = [
         {"role": "system", "content": "terse"},
@@ -244,6 +287,7 @@ def test_validate_submission_chat_forwards_messages_as_sent() -> None:
         {"num_ctx": MAX_NUM_CTX},
         {"use_mmap": False},
         {"stop": []},
+        {"numa": False, "use_mlock": True, "low_vram": False},  # older Ollama versions'
     ],
 )
 def test_validate_submission_accepts_good_options(options: dict[str, Any]) -> None:
@@ -371,7 +415,7 @@ def test_validate_submission_reads_keep_alive_as_seconds(value: Any, seconds: fl
 @pytest.mark.parametrize(
     "value",
     ["300", "", "m", "5 m", "5m ", "1d", "1.2.3s", "+-1s", "--1s", "5m\n", "00", ".s", "1e3s",
-     "٣s", True, None, [], {}, math.inf, math.nan],
+     "٣s", True, [], {}, math.inf, math.nan],
 )  # fmt: skip
 def test_validate_submission_refuses_a_bad_keep_alive(value: Any) -> None:
     with pytest.raises(InvalidRequest, match="'keep_alive'") as info:
@@ -468,7 +512,6 @@ BAD_NEW: list[tuple[str, Any, str]] = [
     ("raw a string", body(raw="yes"), "raw"),
     ("think unknown level", body(think="extreme"), "think"),
     ("think a number", chat(think=1), "think"),
-    ("truncate null", body(truncate=None), "truncate"),
     ("shift an int", chat(shift=1), "shift"),
     ("logprobs a string", body(logprobs="true"), "logprobs"),
     ("top_logprobs 21", body(top_logprobs=21), "top_logprobs"),

@@ -147,6 +147,22 @@ def test_bad_wait_is_a_400_naming_it(sim: Any, make_service: Any, query: str) ->
     assert "'wait'" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("query", "name"), [("wiat=5", "wiat"), ("Wait=5", "Wait"), ("wait=5&x=1", "x"), ("w=5", "w")]
+)
+def test_unknown_query_parameters_are_a_400_naming_them(
+    sim: Any, make_service: Any, query: str, name: str
+) -> None:
+    """A misspelt ``wait`` is refused, not ignored (it would answer at once, silently)."""
+    svc: Service = make_service(sim)
+    job_id = svc.submit(model=MODEL, prompt="x")
+    r = requests.get(f"{svc.url}/api/job/{job_id}?{query}", timeout=10)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "INVALID_REQUEST" and name in error["message"]
+    assert "X-Wait" not in r.headers
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("60", 60.0), ("0.001", 0.001), ("1e-3", 0.001)])
 def test_wait_accepts_numbers_up_to_60(text: str, seconds: float) -> None:
     assert parse_wait([text]) == seconds
@@ -195,7 +211,7 @@ def test_fast_path_leaves_requests_with_a_query_to_flask(sim: Any, make_service:
         env = EnvironBuilder(method="GET", path=f"/api/job/{job_id}", query_string=query)
         chunks, status, _ = run_wsgi_app(fast, env.get_environ())
         b"".join(chunks)
-        assert status.startswith("200")
+        assert status.startswith("400" if query == "x=1" else "200")  # x: unknown
     assert seen == ["wait=5", "x=1"]  # the plain poll stayed on the fast path
 
 

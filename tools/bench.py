@@ -15,7 +15,12 @@ thread at its arrival time (no retries); **managed**, the same jobs submitted to
 Model Manager (``main.py``, default settings, reading the simulated GPU through fake
 NVML) and polled to completion. Both are subprocesses. Workloads, job counts and the
 lower bounds are described in ``tools/bench_workloads.py``; what is measured in
-``tools/bench_run.py``; workload 6 (the service alone) in ``tools/bench_service.py``.
+``tools/bench_run.py``; workload 6 (the service alone) in ``tools/bench_service.py``;
+``front`` (streamed generation through the manager's Ollama API against the simulator
+directly) in ``tools/bench_front.py``.
+
+``door`` sends the interleaved and mixed bursts through the manager's Ollama API with the
+official ``ollama`` client (``tools/bench_door.py``) and compares them with the job API.
 
 ``fleet`` runs the interleaved and mixed bursts once more, managed, on two backends (two
 such simulators, one GPU each, sharing one fake-NVML state file as two Ollamas pinned to
@@ -44,9 +49,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import Config
+from tools.bench_door import compare_door
+from tools.bench_front import measure_front
 from tools.bench_procs import Procs, Service, Sim, fake_nvml_lib, pct, rnd
 from tools.bench_report import render, targets
-from tools.bench_run import run_direct, run_managed
+from tools.bench_run import compared, managed_on_fresh, run_direct, run_managed
 from tools.bench_service import measure
 from tools.bench_workloads import Workload, build, high_p95_bound, lower_bound
 
@@ -61,6 +68,8 @@ WORKLOADS = (
     "stream",
     "stream_pressure",
     "fleet",
+    "front",
+    "door",
 )
 FLEET = ("interleaved", "mixed")  # the bursts run again on two backends (``fleet``)
 VRAM_MB = 8192
@@ -166,39 +175,12 @@ def run_fleet(
     GPU each, one NVML) against one backend, measured in this run (``one``: the managed
     figures of the workload when it ran already)."""
     if one is None:
-        sim = _sim(procs, args)
-        try:
-            svc = Service(procs, sim)
-            try:
-                one = run_managed(wl, svc, sim, args.managed_cap)
-            finally:
-                svc.stop()
-        finally:
-            sim.stop()
+        one = managed_on_fresh(procs, wl, _sim(procs, args), args.managed_cap)
     first = _sim(procs, args)
     second = _sim(procs, args, nvml_state=first.nvml_state, nvml_index=1)
-    try:
-        svc = Service(procs, [first, second])
-        try:
-            two = run_managed(wl, svc, [first, second], args.managed_cap)
-        finally:
-            svc.stop()
-    finally:
-        first.stop()
-        second.stop()
-    for r in (one, two):
-        r.pop("_latency_by_job", None)
+    two = managed_on_fresh(procs, wl, [first, second], args.managed_cap)
     _progress(f"{wl.key} on two backends: {_brief(two)}")
-    span1, span2 = one["makespan_s"], two["makespan_s"]
-    return {
-        "title": wl.title,
-        "jobs": len(wl.jobs),
-        "models": len(wl.models),
-        "one": one,
-        "two": two,
-        "makespan_two_over_one": rnd(span2 / span1) if span1 and span2 else None,
-        "loads": {"one": one["loads"], "two": two["loads"]},
-    }
+    return compared(wl, ("one", "two"), one, two, "makespan_two_over_one")
 
 
 def _sim(procs: Procs, args: argparse.Namespace, **kwargs: Any) -> Sim:
@@ -324,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
                 done = report["workloads"].get(wl.key, {}).get("managed")
                 one = None if done is None or done["errors"].get("not run (--modes)") else done
                 report["fleet"][wl.key] = run_fleet(procs, wl, one, args)
+        if "door" in args.only:
+            report["door"] = {}
+            for wl in (w for w in workloads if w.key in FLEET):
+                done = report["workloads"].get(wl.key, {}).get("managed")
+                one = None if done is None or done["errors"].get("not run (--modes)") else done
+                report["door"][wl.key] = compare_door(
+                    procs, wl, one, lambda: _sim(procs, args), args.managed_cap
+                )
+                _progress(f"{wl.key} through the Ollama API: done")
         for done in report["workloads"].values():
             for mode in ("direct", "managed"):
                 done[mode].pop("_latency_by_job", None)
@@ -338,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
                 vram_mb=VRAM_MB,
             )
             _progress("service: done")
+        if "front" in args.only:
+            report["front"] = measure_front(
+                procs, vram_mb=VRAM_MB, time_scale=args.time_scale, pairs=20 if args.quick else 100
+            )
+            _progress("front: done")
         report["targets"] = targets(report)
         report["elapsed_s"] = rnd(time.monotonic() - started, 1)
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tools.bench_front import render_front
+
 # (key, text, limit): each checked by `targets` below
 TARGETS = (
     ("interleaved_makespan", "interleaved: managed makespan <= 1.2x lower bound", 1.2),
@@ -30,6 +32,10 @@ TARGETS = (
     ),
     ("fleet_interleaved", "interleaved on two backends: makespan <= 0.6x on one", 0.6),
     ("fleet_mixed", "mixed burst on two backends: makespan <= 0.6x on one", 0.6),
+    ("door_interleaved", "interleaved via the Ollama API: makespan <= 1.1x job API", 1.1),
+    ("door_mixed", "mixed burst via the Ollama API: makespan <= 1.1x job API", 1.1),
+    ("front_ttft", "Ollama API: added time to first token, p50 <= 5 ms", 5.0),
+    ("front_throughput", "Ollama API: streamed tokens/s >= 0.95x direct", 0.95),
 )
 
 
@@ -73,11 +79,18 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             False,
         ),
         "fleet_mixed": (_get(report, "fleet", "mixed", "makespan_two_over_one"), False),
+        "door_interleaved": (
+            _get(report, "door", "interleaved", "makespan_ollama_over_job_api"),
+            False,
+        ),
+        "door_mixed": (_get(report, "door", "mixed", "makespan_ollama_over_job_api"), False),
         "service_submits": (_get(s, "submit_per_s"), True),
         "service_polls": (_get(s, "poll_per_s"), True),
         "service_batch": (_get(s, "batch", "jobs_per_s"), True),
         "service_tick": (_get(s, "tick", "tick_p95_ms"), False),
         "service_rss": (_get(s, "rss_pending_mb"), False),
+        "front_ttft": (_get(report, "front", "added_ttft_ms", "p50"), False),
+        "front_throughput": (_get(report, "front", "throughput_managed_over_direct"), True),
     }
     out = []
     for key, text, limit in TARGETS:
@@ -197,6 +210,24 @@ def render(report: dict[str, Any]) -> str:
                 f"| {two['ooms']} / {two['crashes']} | {_prio(two)} |"
             )
         lines.append("")
+    door = report.get("door")
+    if door:
+        lines += [
+            "Through the Ollama API (the ollama client, X-Priority) against the job API:",
+            "",
+            "| workload | makespan s job API / Ollama API | Ollama / job API | loads "
+            "| failed | p95 high / normal / low s, job API | Ollama API |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for d in door.values():
+            one, two = d["job_api"], d["ollama_api"]
+            lines.append(
+                f"| {d['title']} ({d['jobs']} jobs, {d['models']} models) "
+                f"| {_f(one['makespan_s'], 1)} / {_f(two['makespan_s'], 1)} "
+                f"| {_f(d['makespan_ollama_over_job_api'])} | {one['loads']} / {two['loads']} "
+                f"| {one['failed']} / {two['failed']} | {_prio(one)} | {_prio(two)} |"
+            )
+        lines.append("")
     s = report.get("service")
     if s:
         full, normal = s["sync_full"], s["sync_normal"]
@@ -238,6 +269,8 @@ def render(report: dict[str, Any]) -> str:
             "loss, not only a crash).",
             "",
         ]
+    if report.get("front"):
+        lines += render_front(report["front"])
     lines += ["| target | measured | met |", "|---|---|---|"]
     for t in report.get("targets", []):
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]

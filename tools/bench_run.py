@@ -240,6 +240,40 @@ def run_managed(wl: Workload, svc: Service, sim: Sim | Sequence[Sim], cap: float
     return result
 
 
+def managed_on_fresh(
+    procs: Any, wl: Workload, sims: Sim | Sequence[Sim], cap: float
+) -> dict[str, Any]:
+    """``wl`` managed by a fresh service on ``sims`` (stopped afterwards, with it)."""
+    try:
+        svc = Service(procs, sims)
+        try:
+            return run_managed(wl, svc, sims, cap)
+        finally:
+            svc.stop()
+    finally:
+        for each in [sims] if isinstance(sims, Sim) else sims:
+            each.stop()
+
+
+def compared(
+    wl: Workload, keys: tuple[str, str], one: dict[str, Any], two: dict[str, Any], ratio: str
+) -> dict[str, Any]:
+    """Two runs of ``wl`` side by side under ``keys``, with ``ratio`` (second makespan
+    over first) and both load counts."""
+    for r in (one, two):
+        r.pop("_latency_by_job", None)
+    span1, span2 = one["makespan_s"], two["makespan_s"]
+    return {
+        "title": wl.title,
+        "jobs": len(wl.jobs),
+        "models": len(wl.models),
+        keys[0]: one,
+        keys[1]: two,
+        ratio: rnd(span2 / span1) if span1 and span2 else None,
+        "loads": {keys[0]: one["loads"], keys[1]: two["loads"]},
+    }
+
+
 def merged_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
     """Several simulators' ``/_sim/stats`` as one: counters summed, logs merged in time."""
     if len(all_stats) == 1:

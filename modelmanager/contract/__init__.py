@@ -3,6 +3,8 @@
 * :mod:`.fields` -- limits and field types (one check and one schema each);
 * :mod:`.requests` -- job requests, :func:`validate_submission`, the ``/api/jobs`` query;
 * :mod:`.responses` -- what every route answers (:mod:`.dashboard`: the dashboard's data);
+* :mod:`.ollama`, :mod:`.openai` (and :mod:`.openai_mapping`), :mod:`.frontdoors` -- the
+  front doors' requests (Ollama's API, the OpenAI-compatible API), their answers, paths;
 * :mod:`.openapi` -- the OpenAPI document generated from all of them.
 """
 

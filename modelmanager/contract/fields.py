@@ -31,7 +31,7 @@ MAX_IMAGE_BYTES = 16 * 1024 * 1024  # decoded
 MAX_IMAGE_CHARS = (MAX_IMAGE_BYTES * 4 + 3) // 3  # the longest base64 text within it
 MAX_METADATA_BYTES = 64 * 1024  # serialized as JSON
 MAX_IDEMPOTENCY_KEY = 200  # characters
-MAX_NUM_CTX = 131072  # tokens
+MAX_NUM_CTX = 1 << 20  # tokens: 1,048,576, past today's longest-context models (Ollama has no cap)
 MAX_JSON_DEPTH = 64  # metadata, format, tool objects: deeper JSON can exhaust the stack
 MAX_TOP_LOGPROBS = 20  # Ollama refuses more
 MAX_GO_INT = 2**63 - 1  # Ollama decodes these integers as Go's int
@@ -60,6 +60,15 @@ def fail(reason: str, at: str = "") -> NoReturn:
 NO_NUL: Schema = {"pattern": "\\u0000"}  # used under "not"
 
 
+#: "has a character that is not white space", white space as ``str.isspace`` counts it,
+#: spelt out: ``\S`` differs between regex dialects (ECMA's ``\s`` lacks U+001C to U+001F
+#: and U+0085, and has U+FEFF)
+NON_BLANK = (
+    "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
+
+
 def _text_schema(non_blank: bool) -> Schema:
     schema: Schema = {
         "type": "string",
@@ -69,7 +78,7 @@ def _text_schema(non_blank: bool) -> Schema:
         "Unicode (no lone surrogates).",
     }
     if non_blank:  # a pattern searches: "has a character that is not white space"
-        schema.update(minLength=1, pattern="\\S")
+        schema.update(minLength=1, pattern=NON_BLANK)
     return schema
 
 
@@ -143,17 +152,20 @@ def check_model_name(value: Any) -> str:
     except names.InvalidModelName:
         fail(
             "is not a valid Ollama model name (expected [host/][namespace/]name[:tag]: "
-            "letters, digits, '_', '.' and '-', no '..', no '.' in the namespace, at most "
+            "letters, digits, '_', '.' and '-', each part starting with a letter, digit or "
+            "'_', no '.' in the namespace, a ':port' only in the host, at most "
             f"{MAX_MODEL_NAME} characters)"
         )
     return value
 
 
-# names.parse's grammar as a pattern without look-ahead, so that every JSON Schema engine
-# and hypothesis can use it. A part is letters, digits, "_", "-" and single dots.
-_C = "[A-Za-z0-9_-]"
-_DOTTED = f"(?:\\.?(?:{_C}+\\.)*{_C}+\\.?|\\.)"
-MODEL_NAME_PATTERN = f"(?:(?:{_DOTTED}/)?{_C}+/)?{_DOTTED}(?::{_DOTTED})?"
+# names.parse's grammar (Ollama's isValidPart) as a pattern without look-ahead, so that
+# every JSON Schema engine and hypothesis can use it. A part starts with a letter, digit
+# or "_", then has those, "-" and "." (not in a namespace) and ":" (in a host only).
+_PART = "[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_NAMESPACE = "[A-Za-z0-9_][A-Za-z0-9_-]*"
+_HOST = "[A-Za-z0-9_][A-Za-z0-9_.:-]*"
+MODEL_NAME_PATTERN = f"(?:(?:{_HOST}/)?{_NAMESPACE}/)?{_PART}(?::{_PART})?"
 
 
 def _model_name_schema() -> Schema:

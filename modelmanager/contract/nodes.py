@@ -15,6 +15,7 @@ from .requests import invalid_request
 
 MAX_STARTUP_TIMEOUT = 3600.0  # seconds
 MAX_URL = 2048
+MAX_GPUS = 16  # the most GPU indices one registration may list (NVML's device limit)
 _PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 URL_RE = re.compile(
     rf"^https?://([A-Za-z0-9_~-][A-Za-z0-9._~-]*|\[[0-9A-Fa-f:.]+\])(:{_PORT})?(/[A-Za-z0-9._~/-]*)?$"
@@ -66,6 +67,14 @@ class NodeRegistration(BaseModel):
     Default: the same host at port 5001, for a remote node without `vram_budget_mb`."""
     vram_budget_mb: Annotated[int, Field(ge=1)] | None = None
     """Plan with this much memory (MB) instead of reading the node's GPUs."""
+    gpus: (
+        Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_GPUS)]
+        | None
+    ) = None
+    """For a node on this host: the NVML indices of this host's GPUs it uses, as
+    OLLAMA_BACKEND_GPUS takes them (e.g. [2] or [0, 1]); none may belong to another node.
+    Default: the GPUs of this host no other node uses. Refused for a node on another host
+    and with `gpu_url` or `vram_budget_mb`, which say where its memory figures come from."""
     startup_timeout_s: Annotated[float, Field(gt=0, le=MAX_STARTUP_TIMEOUT)] | None = None
     """How long to wait for the node's Ollama to answer (seconds; default
     NODE_STARTUP_TIMEOUT); past it the node is not added (504)."""

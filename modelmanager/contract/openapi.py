@@ -22,7 +22,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from .. import __version__
 from ..waiting import MAX_WAIT_SECONDS
-from . import dashboard, disk, instances, nodes, requests, responses
+from . import dashboard, disk, frontdoors, instances, nodes, ollama, openai, requests, responses
 from .fields import Schema
 from .responses import ERROR_CODES
 
@@ -59,6 +59,8 @@ _MODELS: list[Any] = [
     disk.ModelList,
     disk.DiskSpace,
     dashboard.Dashboard,
+    *ollama.MODELS,  # the front doors: Ollama's API and the OpenAI-compatible API
+    *openai.MODELS,
 ]
 _ERROR_TEXT = {
     400: "Invalid request: bad JSON, a bad query parameter, or a field that fails "
@@ -121,6 +123,9 @@ def _schemas() -> dict[str, Schema]:
     inputs = [(m, mode, TypeAdapter(m)) for m in _MODELS]
     _, top = TypeAdapter.json_schemas(inputs, ref_template=_REF)
     schemas: dict[str, Schema] = {k: _openapi30(v) for k, v in top["$defs"].items()}
+    # a job's null option is read as absent, as Ollama reads it (requests.without_nulls)
+    for option in schemas["Options"]["properties"].values():
+        option["nullable"] = True
     jobs = [_ref(m.__name__) for m in (requests.GenerateJob, requests.ChatJob, requests.EmbedJob)]
     schemas["Submission"] = {
         "description": "One job. Without `kind`, `messages` makes a chat job, `input` an "
@@ -506,12 +511,14 @@ def _document() -> dict[str, Any]:
             "version": __version__,
             "description": "A VRAM-aware scheduler in front of Ollama. Every error answers "
             '`{"error": {"code", "message", "details"}}` with the status listed per '
-            "operation; a wrong method answers 405 and an unknown path 404 in the same shape.",
+            "operation; a wrong method answers 405 and an unknown path 404 in the same shape. "
+            "Ollama's API and the OpenAI-compatible API (tags `Ollama`, `OpenAI`) answer "
+            "errors in their own shapes.",
         },
-        "paths": _paths(jobs_query),
+        "paths": {**_paths(jobs_query), **frontdoors.paths()},
         "components": {
             "schemas": schemas,
-            "responses": _error_responses(),
+            "responses": {**_error_responses(), **frontdoors.responses()},
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

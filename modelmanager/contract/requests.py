@@ -86,6 +86,10 @@ class Options(TypedDict, total=False):
     use_mmap: bool
     penalize_newline: bool
     stop: list[str]
+    # runner options of older Ollama versions (a newer one ignores them, with a warning)
+    use_mlock: bool
+    numa: bool
+    low_vram: bool
 
 
 # ------------------------------------------------------------------------------ chat
@@ -271,6 +275,7 @@ def validate_submission(body: Any) -> Submission:
     first bad field. Pure; safe from any thread."""
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    body = without_nulls(body)
     if not FIELDS.issuperset(body):  # (no set built on the way to yes)
         unknown = sorted(body.keys() - FIELDS)
         raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}", field=unknown[0])
@@ -297,6 +302,36 @@ def validate_submission(body: Any) -> Submission:
         payload=payload,
         metadata=job.get("metadata"),
         idempotency_key=job.get("idempotency_key"),
+    )
+
+
+def without_nulls(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with ``null`` read as absent where Ollama reads it so: Go decodes a null
+    field to its zero value (top-level fields, each message's fields) and
+    ``Options.FromMap`` skips null options (api/types.go). ``metadata`` and the inside of
+    JSON values (``format``, tool ``parameters``) are kept as sent. A new dict only when
+    something was dropped."""
+    if None not in body.values() and not _nested_nulls(body):
+        return body
+    out = {k: v for k, v in body.items() if v is not None}
+    options = out.get("options")
+    if isinstance(options, dict):
+        out["options"] = {k: v for k, v in options.items() if v is not None}
+    messages = out.get("messages")
+    if isinstance(messages, list):
+        out["messages"] = [
+            {k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m
+            for m in messages
+        ]
+    return out
+
+
+def _nested_nulls(body: dict[str, Any]) -> bool:
+    options, messages = body.get("options"), body.get("messages")
+    if isinstance(options, dict) and None in options.values():
+        return True
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and None in m.values() for m in messages
     )
 
 
@@ -349,6 +384,7 @@ _PHRASES = {
     "less_than_equal": "must be at most {le}",
     "literal_error": "must be {expected}",
     "enum": "must be {expected}",
+    "string_pattern_mismatch": "is not in the expected form",
 }
 
 
@@ -374,7 +410,7 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
             message = f"unknown field(s): {', '.join(keys)}"
         else:
             message = f"'{_path(parent)}' has unknown field(s): {', '.join(keys)}"
-        return InvalidRequest(message, field=_path(loc))
+        return InvalidRequest(message, field=_path((*parent, keys[0])))
     path = _path(loc) + str(ctx.get("at", ""))
     if not path:
         return InvalidRequest("the request body must be a JSON object")
@@ -422,6 +458,11 @@ def parse_jobs_query(args: Mapping[str, list[str]]) -> JobsQuery:
         if not (limit.isascii() and limit.isdigit() and len(limit) <= 6):
             raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_LIST}", field="limit")
         values["limit"] = int(limit)
+    cursor = values.get("cursor")
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
+        raise InvalidRequest(
+            "'cursor' must be the next_cursor of an earlier page, as it was given", field="cursor"
+        )
     try:
         return JobsQuery.model_validate(values)
     except ValidationError as exc:

@@ -172,6 +172,9 @@ class NodeHealth(_Answer):
     name: str
     url: str
     up: bool
+    error: str | None = optional()
+    """Why its Ollama does not answer (null while it does; "not read yet" before the
+    first read)."""
 
 
 class Health(_Answer):
@@ -179,7 +182,9 @@ class Health(_Answer):
     accepting: bool
     """False while shutting down."""
     backend: Backend
-    """The first node (the one at OLLAMA_BASE_URL without OLLAMA_BACKENDS)."""
+    """A summary for older clients: `up` when every node is up; `url` and `error` of
+    the first node that is down, else of the first node (with several nodes the error
+    names the node). See `nodes` for each one."""
     vram_source: str | None
     """`nvml`, `gpu_endpoint` or `budget`; null before the first reading."""
     nodes: list[NodeHealth] = optional()

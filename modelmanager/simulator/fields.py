@@ -202,16 +202,16 @@ def check_top_logprobs(body: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------
 # think (api.ThinkValue)
 
-THINK_LEVELS = ("high", "medium", "low")
-_THINK_CHOICES = '"high", "medium", "low", true, or false'
+THINK_LEVELS = ("high", "medium", "low", "max")  # api/types.go ThinkValue.UnmarshalJSON
+_THINK_CHOICES = '"high", "medium", "low", "max", true, or false'
 
 
 def parse_think(value: object) -> bool | str | None:
     """The request's ``think``: None (unset or null), True/False, or a level string.
 
     Raises :class:`ApiError` 400 with ``api.ThinkValue``'s texts for a string that is no
-    level (``invalid think value: "max" (must be "high", "medium", "low", true, or
-    false)``) or another JSON type.
+    level (``invalid think value: "top" (must be "high", "medium", "low", "max", true,
+    or false)``) or another JSON type.
     """
     if value is None or isinstance(value, bool):
         return value

@@ -45,11 +45,14 @@ class RunnerOptions:
     num_thread: int = 0
 
     def needs_reload(self, new: RunnerOptions) -> bool:
-        """Ollama's ``needsReload`` on options: ``num_gpu`` -1 in the request is ignored."""
+        """Ollama's ``needsReload`` on options (``server/sched.go``, v0.21): both sides
+        have the defaults filled in (``api.DefaultOptions``), so a request that spells out
+        a default value (``main_gpu`` 0, ``num_ctx`` 4096) matches the default runner; a
+        negative ``num_gpu`` ("automatic", not only -1) in the request is ignored."""
         return (
             self.num_ctx != new.num_ctx
             or self.num_batch != new.num_batch
-            or (new.num_gpu != -1 and self.num_gpu != new.num_gpu)
+            or (new.num_gpu >= 0 and self.num_gpu != new.num_gpu)
             or self.main_gpu != new.main_gpu
             or self.use_mmap != new.use_mmap
             or self.num_thread != new.num_thread

@@ -28,7 +28,7 @@ _THINK_TEXT = """okay so the user wants me to first check what they mean then co
     let me think about this again I should make sure the answer is clear"""
 _WORDS = tuple(_WORD_TEXT.split())
 _THINK_WORDS = tuple(_THINK_TEXT.split())
-_THINK_SCALE = {"low": 0.5, "medium": 1.0, "high": 2.0}
+_THINK_SCALE = {"low": 0.5, "medium": 1.0, "high": 2.0, "max": 3.0}
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 

@@ -1,0 +1,283 @@
+"""One front-door request's job, followed from submit to its last chunk.
+
+A front door (Ollama's or OpenAI's API on the manager's port) turns each inference
+request into a job of the shared queue (:meth:`Api.submit_streamed`, subscribed to its
+answer before the scheduler can start it) and reads the answer through an
+:class:`Answer`: the objects Ollama streams for the job, in order, as they arrive. An
+attempt that fails before any of its chunks reached the client is retried by the job
+runner as any job is, invisibly; one that fails after is not retried (the job runner
+fails the job, :meth:`StreamHub.live`) and is reported (the caller writes an in-band
+error, as Ollama does), so that it is not run again behind the client's back. A client
+that goes away cancels its job, which aborts its request to Ollama (:meth:`Api.cancel`).
+
+Thread safety: an :class:`Answer` is used by the one HTTP thread serving its request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..api import Api
+from ..contract import Submission
+from ..errors import ApiError, InvalidRequest, ModelManagerError, QueueFull
+from ..logger import get_logger
+from ..models import Priority
+from ..streams import Ended, Subscription
+
+log = get_logger("API")
+
+POLL_MIN = 0.02  # s: first wait for a chunk before looking at the client and the store
+POLL_MAX = 0.25  # s: longest wait between two such looks (how late a disconnect is seen)
+
+# What a failed job's error code answers: Ollama's statuses where it has one.
+STATUS_OF_CODE = {
+    "MODEL_NOT_FOUND": 404,
+    "BACKEND_BAD_REQUEST": 400,
+    "ENDPOINT_NOT_AVAILABLE": 404,
+    "BACKEND_BUSY": 503,
+}
+
+
+class JobFailed(ModelManagerError):
+    """The job ended without an answer (or its answer broke off): ``status`` is what the
+    client is told, ``code`` the job's error code."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+class ClientGone(ModelManagerError):
+    """The client closed its connection before the answer ended."""
+
+
+class Answer:
+    """The answer to one job, read as Ollama produces it.
+
+    ``next()`` returns each chunk (Ollama's object, unchanged) and None once the answer
+    is complete. With ``stream`` set, a chunk returned has reached the client, so a later
+    failure of the attempt ends the answer (:class:`JobFailed`) instead of waiting for a
+    retry; without it, a retried attempt starts over and :meth:`collect` returns the
+    chunks of the attempt that completed. ``close()`` must be called in every case: it
+    cancels the job unless it ended, and drops the subscription.
+    """
+
+    def __init__(
+        self,
+        api: Api,
+        job_id: str,
+        sub: Subscription,
+        *,
+        stream: bool,
+        disconnected: Callable[[], bool],
+        arrived: float,
+    ) -> None:
+        self.api = api
+        self.job_id = job_id
+        self.stream = stream
+        self.arrived = arrived  # time.monotonic() when the request came in
+        self._sub = sub
+        self._disconnected = disconnected
+        self._sent = 0  # chunks of the current attempt handed out
+        self._chunks: list[dict[str, Any]] = []  # the current attempt's, without stream
+        self._view: bytes | None = None
+        self.ended = False  # the job reached its end (no cancel needed)
+        self._closed = False
+
+    def next(self) -> dict[str, Any] | None:
+        wait = POLL_MIN
+        while True:
+            item = self._sub.get(timeout=wait)
+            if item is None:
+                if self._disconnected():
+                    raise ClientGone(f"the client of job {self.job_id} went away")
+                self._check_store()
+                if not self.api.accepting:
+                    self._check_stopping()
+                wait = min(wait * 2, POLL_MAX)
+                continue
+            if isinstance(item, Ended):
+                if self._ended(item):
+                    return None
+                continue
+            if "error" in item:
+                continue  # an in-band error line: the attempt's Ended follows with it
+            self._sent += 1
+            if not self.stream:
+                self._chunks.append(item)
+            return item
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Every chunk of the answer (of the attempt that completed)."""
+        while self.next() is not None:
+            pass
+        return self._chunks
+
+    def _ended(self, ended: Ended) -> bool:
+        """True when the answer is complete; raises when it failed; False when another
+        attempt follows."""
+        outcome = ended.outcome
+        if outcome == "complete":
+            self.ended = True
+            return True
+        if outcome == "failed":
+            self.ended = True
+            raise failure(ended.error, ended.error_code)
+        if outcome == "aborted":
+            job = self._job()
+            self.ended = job.get("status") in ("failed", "cancelled")
+            if self.ended:
+                raise failure(job.get("error"), job.get("error_code"), job.get("status"))
+            raise JobFailed(503, "the service is stopping; the request was not finished")
+        # retry, released, superseded: the job runs again
+        if self.stream and self._sent:
+            error = self._job().get("error") or "the model stopped in the middle of the answer"
+            raise JobFailed(500, str(error), "INTERRUPTED")
+        self._sent = 0
+        self._chunks = []
+        return False
+
+    def _job(self) -> dict[str, Any]:
+        try:
+            return self.api.get(self.job_id)
+        except ApiError:
+            return {}
+
+    def _check_store(self) -> None:
+        """Fail at once when the job ended without running (the scheduler failed it: model
+        not installed or too large; cancelled through the job API; JOB_TIMEOUT)."""
+        try:
+            view = self.api.get_encoded(self.job_id)  # cached while the job is unchanged
+        except ApiError:
+            return
+        if view is self._view:
+            return
+        self._view = view
+        job = json.loads(view)
+        if job.get("status") in ("failed", "cancelled"):
+            self.ended = True
+            raise failure(job.get("error"), job.get("error_code"), job.get("status"))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_stopping(self) -> None:
+        """The service is stopping: a job that has not started will not start now, so its
+        client is told to come back (503) rather than kept waiting until the exit."""
+        if self._job().get("status") in ("pending", "queued"):
+            raise JobFailed(503, "the service is stopping; send the request again shortly")
+
+    def close(self) -> None:
+        """Cancel the job unless it ended (the client went away, or the answer broke
+        off), and stop receiving. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sub.close()
+        if self.ended:
+            return
+        try:
+            self.api.cancel(self.job_id)
+        except ApiError:
+            pass  # it ended meanwhile
+        except Exception:
+            log.exception("job %s: cancel after its client left failed", self.job_id)
+
+
+def failure(error: Any, code: Any, status: Any = "failed") -> JobFailed:
+    """The :class:`JobFailed` of a job that ended ``status`` with ``error``/``code``."""
+    if status == "cancelled":
+        return JobFailed(500, "the job was cancelled", "CANCELLED")
+    text = str(error) if error else "the job failed"
+    code_text = str(code) if code else None
+    return JobFailed(STATUS_OF_CODE.get(code_text or "", 500), text, code_text)
+
+
+def open_answer(
+    api: Api,
+    sub: Submission,
+    source: str,
+    *,
+    stream: bool,
+    environ: Mapping[str, Any],
+    arrived: float,
+) -> Answer:
+    """Submit ``sub`` as a job of the front door ``source`` and follow its answer."""
+    job, subscription = api.submit_streamed(sub, source, live=stream)
+    probe = environ.get("waitress.client_disconnected")
+    return Answer(
+        api,
+        job.id,
+        subscription,
+        stream=stream,
+        disconnected=probe if callable(probe) else _never,
+        arrived=arrived,
+    )
+
+
+def _never() -> bool:
+    return False
+
+
+def with_wait(chunk: dict[str, Any], arrived: float) -> dict[str, Any]:
+    """A final chunk whose ``total_duration`` runs from the request's arrival here and
+    whose ``load_duration`` includes the time it waited in the manager, as Ollama counts
+    its own queue in ``load_duration``. Other chunks unchanged."""
+    own = chunk.get("total_duration")
+    if not isinstance(own, int) or isinstance(own, bool):
+        return chunk
+    total = int((time.monotonic() - arrived) * 1e9)
+    if total <= own:
+        return chunk
+    load = chunk.get("load_duration")
+    load = load if isinstance(load, int) and not isinstance(load, bool) else 0
+    return {**chunk, "total_duration": total, "load_duration": load + total - own}
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def priority_of(headers: Any, key_priority: str | None, default: str) -> Priority:
+    """The request's priority (``headers``: Flask's): its ``X-Priority`` header (high,
+    normal or low; anything else is a 400), else its API key's default, else
+    ``default``."""
+    given = headers.get("X-Priority")
+    if given is not None:
+        value = given.strip().lower()
+        if value not in ("high", "normal", "low"):
+            raise InvalidRequest(
+                "the X-Priority header must be high, normal or low", field="X-Priority"
+            )
+        return Priority(value)
+    return Priority(key_priority or default)
+
+
+class OpenRequests:
+    """Counts the inference requests served at once; beyond ``limit`` they are refused
+    (:class:`QueueFull`, which the front doors answer 503 as Ollama answers a full
+    queue), so that waiting clients never take every HTTP thread. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self.open = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            if self.open >= self.limit:
+                raise QueueFull(
+                    f"too many requests in progress (MAX_OPEN_REQUESTS is {self.limit})",
+                    headers={"Retry-After": "1"},
+                )
+            self.open += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.open = max(0, self.open - 1)
