@@ -40,6 +40,7 @@ import psycopg
 
 from config import Config
 
+from .errors import DatabaseUnavailable
 from .job_runner import JobRunner
 from .logger import get_logger
 from .model_registry import ModelRegistry
@@ -54,6 +55,8 @@ log = get_logger("CLUSTER")
 RECONNECT_MAX = 10.0  # seconds between two tries to listen again, at most
 SEQ_LOOKBACK = 1000  # jobs before the newest seen that a quick look reads again
 FULL_AFTER_END = 0.25  # s: jobs ending anywhere bring a full look at most this often
+# the database could not be reached or answered with an error: try again later
+DB_ERRORS = (psycopg.Error, DatabaseUnavailable)
 
 
 class Cluster:
@@ -139,7 +142,7 @@ class Cluster:
     def leave(self) -> None:
         try:
             self.store.leave()
-        except psycopg.Error as exc:
+        except DB_ERRORS as exc:
             log.warning("could not remove this instance's row: %s", exc)
 
     # -------------------------------------------------------------------- threads
@@ -158,7 +161,7 @@ class Cluster:
                 while not self._stop.is_set():
                     for note in conn.notifies(timeout=1.0):
                         self._notified(note.payload)
-            except psycopg.Error as exc:
+            except DB_ERRORS as exc:
                 if self._stop.is_set():
                     return
                 log.warning("listening for the shared queue failed (%s); again in %gs", exc, pause)
@@ -209,8 +212,13 @@ class Cluster:
                 self._full.clear()
                 if self.sync(full):
                     self.scheduler.wake()
-            except psycopg.Error as exc:
+            except DB_ERRORS as exc:
                 log.warning("the shared queue could not be read (%s); trying again", exc)
+                due = 0.0  # the whole heartbeat again, with a full look
+                self._stop.wait(min(1.0, self.config.HEARTBEAT_SECONDS))
+            except Exception:  # a bug: this thread keeps the leases, so it must not die
+                log.exception("a look at the shared queue failed; trying again")
+                due = 0.0
                 self._stop.wait(min(1.0, self.config.HEARTBEAT_SECONDS))
 
     # ---------------------------------------------------------------------- steps
@@ -307,7 +315,7 @@ class Cluster:
         try:
             if self.store.take_runner(runner, replica=runner in self._replicas):
                 return True
-        except psycopg.Error as exc:
+        except DB_ERRORS as exc:
             log.warning("could not claim a model group (%s); loading it anyway", exc)
             return True
         self._elsewhere = self._elsewhere | {runner}

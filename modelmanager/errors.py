@@ -28,11 +28,6 @@ class DataDirLocked(ModelManagerError):
     """Another Model Manager instance already uses this data directory."""
 
 
-class DatabaseUnavailable(ModelManagerError):
-    """``DATABASE_URL`` is malformed or its database cannot be reached or set up; the
-    message says which, without the password."""
-
-
 # --------------------------------------------------------------------------- HTTP-facing
 
 
@@ -56,6 +51,20 @@ class ApiError(ModelManagerError):
 
     def to_json(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class DatabaseUnavailable(ApiError):
+    """``DATABASE_URL`` is malformed or its database cannot be reached or set up; the
+    message says which, without the password. At start it stops the service (exit 2);
+    later (PostgreSQL restarting) a request that needs the database answers 503 with
+    ``Retry-After``."""
+
+    status = 503
+    code = "DATABASE_UNAVAILABLE"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        kw.setdefault("headers", {"Retry-After": "5"})
+        super().__init__(message, **kw)
 
 
 class InvalidRequest(ApiError):

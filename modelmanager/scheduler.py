@@ -38,7 +38,7 @@ from typing import Any
 from config import Config
 
 from .backend import Backend
-from .errors import ApiError, ModelNotFound, OutOfMemory
+from .errors import ApiError, DatabaseUnavailable, ModelNotFound, OutOfMemory
 from .events import (
     Event,
     JobEnded,
@@ -287,6 +287,7 @@ class Scheduler:
             self._thread.join(timeout=5.0)
 
     def _loop(self) -> None:
+        db_down = ""  # what the last pass that met a lost database said
         while not self._stop.is_set():
             self._wake.clear()
             try:
@@ -296,6 +297,13 @@ class Scheduler:
                     self._hooks_at = now
                     for hook in self.hooks:
                         hook(now)
+                if db_down:
+                    log.info("the database answers again")
+                    db_down = ""
+            except DatabaseUnavailable as exc:  # PostgreSQL restarting: the next pass
+                if str(exc) != db_down:
+                    log.warning("scheduler pass stopped: %s", exc)
+                db_down = str(exc)
             except Exception:
                 log.exception("scheduler pass failed; continuing")
             self._wake.wait(self._next_wait())

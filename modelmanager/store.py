@@ -391,7 +391,7 @@ class Store:
             if views:
                 self._views.begin(touches)
             try:
-                db.execute(self._BEGIN)
+                db = self._begin(db)
                 try:
                     yield db
                 except BaseException:
@@ -407,6 +407,11 @@ class Store:
 
     def _usable(self, db: Any) -> Any:
         """``db``, or a new connection in its place where it broke (SQLite's never do)."""
+        return db
+
+    def _begin(self, db: Any) -> Any:
+        """Start the write transaction on ``db``; return the connection it runs on."""
+        db.execute(self._BEGIN)
         return db
 
     def _reader(self) -> sqlite3.Connection:

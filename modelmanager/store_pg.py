@@ -33,7 +33,7 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -143,14 +143,26 @@ def redact(url: str) -> str:
     """``url`` without its password, for logs and messages."""
     try:
         parts = urlsplit(url)
+        if parts.password is None:
+            return url
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    # the host and port as written (a port out of range must not raise here)
+    host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _reason(url: str, exc: Exception) -> str:
+    """The first line of ``exc``'s message, with ``url`` in it (libpq quotes a URL it
+    cannot parse) redacted."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    return reason.replace(url, redact(url))
+
+
+def _unavailable(url: str, exc: Exception) -> DatabaseUnavailable:
+    """``exc``, a lost connection to the database at ``url``, as one sentence."""
+    return DatabaseUnavailable(f"the database {redact(url)} is unavailable: {_reason(url, exc)}")
 
 
 class _Conn:
@@ -200,9 +212,8 @@ class PgStore(Store):
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except (psycopg.Error, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseUnavailable(
-                f"cannot connect to the database {redact(self.url)}: {reason}"
+                f"cannot connect to the database {redact(self.url)}: {_reason(self.url, exc)}"
             ) from None
         return _Conn(conn)
 
@@ -214,6 +225,44 @@ class PgStore(Store):
         with contextlib.suppress(psycopg.Error):
             db.close()
         return self._connect()
+
+    def _begin(self, db: Any) -> Any:
+        """BEGIN on ``db``, or on a new connection where ``db`` is found broken by it (the
+        server restarted since its last use): nothing was written yet, so the transaction
+        simply starts on the new one."""
+        try:
+            db.execute(self._BEGIN)
+            return db
+        except psycopg.OperationalError:
+            if not (db.conn.broken or db.conn.closed):
+                raise
+        fresh = self._writer = self._usable(db)
+        fresh.execute(self._BEGIN)
+        return fresh
+
+    @contextlib.contextmanager
+    def _write(self, **kw: Any) -> Iterator[Any]:
+        """As the SQLite store's, with a lost database as :class:`DatabaseUnavailable`."""
+        try:
+            with super()._write(**kw) as db:
+                yield db
+        except psycopg.OperationalError as exc:
+            raise _unavailable(self.url, exc) from exc
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        """As the SQLite store's; a read that finds this thread's connection broken (the
+        server restarted since its last use) runs again on a new one, once. A lost
+        database is :class:`DatabaseUnavailable`."""
+        try:
+            return super()._read(sql, args)
+        except psycopg.OperationalError as exc:
+            db = getattr(self._local, "db", None)
+            if db is None or not (db.conn.broken or db.conn.closed):
+                raise _unavailable(self.url, exc) from exc
+        try:
+            return super()._read(sql, args)
+        except psycopg.OperationalError as exc:
+            raise _unavailable(self.url, exc) from exc
 
     def _open(self) -> Any:
         self._writer = db = self._connect()
@@ -544,6 +593,13 @@ class PgStore(Store):
         if not rows or not rows[0][0]:
             return 0, 0
         try:
-            return self.recover(max_attempts, now)
+            out = self.recover(max_attempts, now)
+            # the rows of instances gone for good (their jobs were put back just now);
+            # one that was only paused writes its row again at its next heartbeat
+            with self._write(durable=False, views=False) as db:
+                gone = f"SELECT id FROM instances WHERE heartbeat_at + lease_seconds < {NOW}"
+                db.execute(f"DELETE FROM holders WHERE instance IN ({gone})")
+                db.execute(f"DELETE FROM instances WHERE id IN ({gone})")
+            return out
         finally:
             self._read("SELECT pg_advisory_unlock(?)", (_REAP_KEY,))

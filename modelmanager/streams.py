@@ -46,6 +46,10 @@ class Subscription:
         except queue.Empty:
             return None
 
+    def empty(self) -> bool:
+        """Whether nothing is waiting to be read."""
+        return self._queue.empty()
+
     def close(self) -> None:
         """Stop receiving (idempotent)."""
         self._hub._drop(self)

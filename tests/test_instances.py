@@ -7,10 +7,14 @@ killed with SIGKILL gives its jobs back within about a second.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +22,12 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 
 from tests.conftest import ROOT, wait_until
 from tests.pg import fresh_url, pg_server  # noqa: F401 - pg_server is a fixture
 from tests.procs import TERMINAL, ServiceProcess, SimProcess, clean_env
+from tools import pg_throwaway
 
 MODELS = ("qwen2.5:0.5b", "llama3.2:1b", "smollm:360m")
 SETTINGS = {"LEASE_SECONDS": 1.5, "HEARTBEAT_SECONDS": 0.2, "MAX_ATTEMPTS": 10}
@@ -207,6 +213,9 @@ def test_instances_with_sqlite_lists_this_one_alone(tmp_path: Path) -> None:
     [
         ("postgresql://mm:secret@127.0.0.1:1/db", "cannot connect to the database"),
         ("mysql://mm@db/x", "DATABASE_URL must be a postgresql:// URL"),
+        ("postgresql://mm:secret@127.0.0.1:99999/db", 'invalid port number: "99999"'),
+        ("postgresql://mm:secret@[::1:5432/db", "cannot connect to the database"),
+        ("postgresql://mm:secret@127.0.0.1:5432x/db", "cannot connect to the database"),
     ],
 )
 def test_instances_bad_or_unreachable_database_stops_startup_in_one_sentence(
@@ -270,3 +279,125 @@ def test_instances_queue_max_size_and_idempotency_keys_hold_across_instances(
     for t in threads:
         t.join(timeout=30)
     assert len(answers) == 2 and answers[0] == answers[1]
+
+
+@pytest.fixture
+def own_pg() -> Iterator[Path]:
+    """A PostgreSQL server of this test's own, which it may stop and start again."""
+    try:
+        url, root = pg_throwaway.start()
+    except pg_throwaway.Unavailable as exc:
+        pytest.skip(f"PostgreSQL restart test SKIPPED: no throwaway cluster: {exc}")
+    (root / "url").write_text(url)
+    try:
+        yield root
+    finally:
+        pg_throwaway.stop(root)
+
+
+def test_instances_ride_out_a_database_restart(tmp_path: Path, own_pg: Path) -> None:
+    made = Cluster(tmp_path, (own_pg / "url").read_text())
+    try:
+        # a lease longer than the restart: no instance may look dead to the others
+        a, b = made(2, LEASE_SECONDS=6)
+        for svc in (a, b):
+            svc.sim.gate(True)  # the jobs stay running through the restart
+        ids = a.submit_batch([{"model": m, "prompt": "through"} for m in MODELS[:2]] * 2)
+        running = wait_until(
+            lambda: (
+                (r := rows(made.url))
+                and sum(j["status"] == "running" for j in r.values()) >= 2
+                and r
+            ),
+            timeout=20,
+            what="jobs running",
+        )
+        held = {i: j["claimed_by"] for i, j in running.items() if j["status"] == "running"}
+
+        pg_throwaway.halt(own_pg)
+        # while it is down: a clear 503 that says to retry, not a 500
+        r = a.session.get(f"{a.url}/api/job/{ids[0]}", timeout=10)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "DATABASE_UNAVAILABLE" and r.headers["Retry-After"]
+        r = b.session.post(f"{b.url}/api/submit", json={"model": MODELS[0], "prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+        r = a.session.post(f"{a.url}/api/generate", json={"model": MODELS[0], "prompt": "x"})
+        assert r.status_code == 503 and "error" in r.json(), r.text  # Ollama's shape
+        back = time.time()
+        pg_throwaway.resume(own_pg)
+
+        # every HTTP thread's connection broke: each one's next request still answers
+        for svc in (a, b):
+            for _ in range(40):
+                with requests.Session() as fresh:  # a new connection: any thread
+                    r = fresh.get(f"{svc.url}/api/job/{ids[0]}", timeout=10)
+                assert r.status_code == 200, r.text
+        extra = b.submit(model=MODELS[0], prompt="after the restart")
+
+        def renewed() -> bool:
+            r = a.session.get(f"{a.url}/api/v1/instances", timeout=5)
+            beats = [i["heartbeat_at"] for i in r.json()["instances"]]
+            return len(beats) == 2 and min(beats) > back + 1
+
+        # both instances' heartbeats go on: they keep their leases and their jobs
+        wait_until(renewed, timeout=20, what="heartbeats after the restart")
+        now = rows(made.url)
+        assert {i: now[i]["claimed_by"] for i in held} == held
+        assert {now[i]["status"] for i in held} == {"running"}
+        for svc in (a, b):
+            svc.sim.gate(False)
+        done = wait_until(lambda: finished(b, [*ids, extra]), timeout=60, what="all done")
+        assert {j["status"] for j in done.values()} == {"complete"}
+        # no job was taken back and run twice
+        assert {j["attempts"] for j in done.values()} == {1}
+        assert "Traceback" not in a.output(whole=True) + b.output(whole=True)
+    finally:
+        for proc in reversed(made.procs):
+            proc.kill()
+
+
+def _chat_text(door: str, r: requests.Response) -> str:
+    """The assistant's text of a chat answer: Ollama's streamed NDJSON (its last line
+    ``done``) or OpenAI's chat completion."""
+    if door == "openai":
+        assert r.json()["choices"][0]["finish_reason"] == "stop"
+        return str(r.json()["choices"][0]["message"]["content"])
+    lines = [json.loads(line) for line in r.text.splitlines() if line]
+    assert lines[-1]["done"] is True
+    return "".join(line["message"]["content"] for line in lines)
+
+
+@pytest.mark.parametrize("door", ["ollama", "openai"])
+def test_instances_front_door_answer_of_a_job_another_instance_completed(
+    cluster: Cluster, door: str
+) -> None:
+    a, b = cluster(2)
+    a.sim.gate(True)  # a's own attempt hangs
+    got: list[requests.Response] = []
+    path = "/v1/chat/completions" if door == "openai" else "/api/chat"
+    body = {"model": MODELS[0], "messages": [{"role": "user", "content": "hi"}]}
+    client = threading.Thread(
+        target=lambda: got.append(requests.post(f"{a.url}{path}", json=body, timeout=60))
+    )
+    client.start()
+    job = wait_until(
+        lambda: next((j for j in rows(cluster.url).values() if j["status"] == "running"), None),
+        timeout=20,
+        what="the chat job running on a",
+    )
+    # a stops (its lease lapses): b takes the job back and completes it
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        done = wait_until(
+            lambda: (j := rows(cluster.url)[job["id"]])["status"] == "complete" and j,
+            timeout=30,
+            what="b completes the job",
+        )
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    # a, connected to the client, answers with what b stored
+    client.join(timeout=30)
+    assert got and got[0].status_code == 200, (got and got[0].text) or a.tail(60)
+    text = _chat_text(door, got[0])
+    assert text and text == json.loads(done["result"])["text"]
+    assert b.sim.stats()["requests_by_endpoint"].get("/api/chat", 0) == 1  # b ran it

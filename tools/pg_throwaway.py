@@ -145,6 +145,7 @@ def start(base: Path | None = None) -> tuple[str, Path]:
         log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
         raise Unavailable(f"pg_ctl start failed: {run.stderr.strip()} {log[-2000:]}")
     (root / "port").write_text(str(port))
+    (root / "opts").write_text(opts)
     create = _cmd(
         user,
         [
@@ -164,6 +165,28 @@ def start(base: Path | None = None) -> tuple[str, Path]:
         stop(root)
         raise Unavailable(f"createdb failed: {create.stderr.strip()}")
     return f"postgresql://{USER}@127.0.0.1:{port}/{USER}", root
+
+
+def halt(root: Path) -> None:
+    """Stop the server of the cluster in ``root`` (fast shutdown: clients are told
+    ``AdminShutdown``), keeping its data for :func:`resume`."""
+    bindir = find_bin("pg_ctl")
+    assert bindir is not None
+    done = _cmd(
+        _run_as(), [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop"]
+    )
+    if done.returncode != 0:
+        raise Unavailable(f"pg_ctl stop failed: {done.stderr.strip()}")
+
+
+def resume(root: Path) -> None:
+    """Start again the server :func:`halt` stopped, on the same port."""
+    bindir = find_bin("pg_ctl")
+    assert bindir is not None
+    argv = [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log")]
+    done = _cmd(_run_as(), [*argv, "-o", (root / "opts").read_text(), "-w", "start"])
+    if done.returncode != 0:
+        raise Unavailable(f"pg_ctl start failed: {done.stderr.strip()}")
 
 
 def stop(root: Path) -> None:

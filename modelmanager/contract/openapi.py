@@ -24,7 +24,7 @@ from .. import __version__
 from ..waiting import MAX_WAIT_SECONDS
 from . import dashboard, disk, frontdoors, instances, nodes, ollama, openai, requests, responses
 from .fields import Schema
-from .responses import ERROR_CODES
+from .responses import ERROR_CODES, MORE_ERROR_CODES
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # http_api.MAX_BODY_BYTES; a test checks they agree
 
@@ -75,8 +75,9 @@ _ERROR_TEXT = {
     429: "The queue is full, or MAX_DOWNLOADS downloads run on the node; retry after "
     "`Retry-After` seconds.",
     501: "The node's Ollama lacks the endpoint this needs (an older version).",
-    503: "The service is shutting down, or the node's Ollama cannot be reached; retry after "
-    "`Retry-After` seconds.",
+    503: "The service is shutting down, or the node's Ollama cannot be reached "
+    "(`BACKEND_UNAVAILABLE`), or the PostgreSQL of `DATABASE_URL` does not answer "
+    "(`DATABASE_UNAVAILABLE`); retry after `Retry-After` seconds.",
     504: "The node's Ollama did not answer within `startup_timeout_s`; it was not added.",
 }
 _RETRY_AFTER = {"schema": {"type": "string", "pattern": "^[0-9]+$"}, "required": True}
@@ -143,7 +144,8 @@ def _ref(name: str) -> Schema:
 def _error_responses() -> dict[str, Schema]:
     out: dict[str, Schema] = {}
     for status, code in ERROR_CODES.items():
-        only_code = {"properties": {"error": {"properties": {"code": {"enum": [code]}}}}}
+        codes = [code, *MORE_ERROR_CODES.get(status, ())]
+        only_code = {"properties": {"error": {"properties": {"code": {"enum": codes}}}}}
         response: Schema = {
             "description": _ERROR_TEXT[status],
             "content": {"application/json": {"schema": {"allOf": [_ref("Error"), only_code]}}},

@@ -28,6 +28,8 @@ ERROR_CODES = {
     503: "BACKEND_UNAVAILABLE",
     504: "NODE_UNHEALTHY",
 }
+# further codes a status may carry (the OpenAPI document's responses list them too)
+MORE_ERROR_CODES = {503: ("DATABASE_UNAVAILABLE",)}
 ErrorCode = Literal[
     "INVALID_REQUEST",
     "UNAUTHORIZED",
@@ -38,6 +40,7 @@ ErrorCode = Literal[
     "QUEUE_FULL",
     "NOT_IMPLEMENTED",
     "BACKEND_UNAVAILABLE",
+    "DATABASE_UNAVAILABLE",
     "NODE_UNHEALTHY",
 ]
 Count = Annotated[int, Field(ge=0)]

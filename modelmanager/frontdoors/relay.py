@@ -89,15 +89,25 @@ class Answer:
         self._view: bytes | None = None
         self.ended = False  # the job reached its end (no cancel needed)
         self._closed = False
+        self._replayed = False  # the answer came from the store (see _check_store)
 
     def next(self) -> dict[str, Any] | None:
         wait = POLL_MIN
+        if self._replayed:  # the one chunk built from the store was the whole answer
+            return None
         while True:
             item = self._sub.get(timeout=wait)
             if item is None:
                 if self._disconnected():
                     raise ClientGone(f"the client of job {self.job_id} went away")
-                self._check_store()
+                stored = self._check_store()
+                if stored is not None:  # the job ran on another instance
+                    self.ended = True
+                    self._sent += 1
+                    self._chunks.append(stored)
+                    self._sub.close()
+                    self._replayed = True
+                    return stored
                 if not self.api.accepting:
                     self._check_stopping()
                 wait = min(wait * 2, POLL_MAX)
@@ -131,10 +141,14 @@ class Answer:
             raise failure(ended.error, ended.error_code)
         if outcome == "aborted":
             job = self._job()
-            self.ended = job.get("status") in ("failed", "cancelled")
+            status = job.get("status")
+            self.ended = status in ("failed", "cancelled")
             if self.ended:
-                raise failure(job.get("error"), job.get("error_code"), job.get("status"))
-            raise JobFailed(503, "the service is stopping; the request was not finished")
+                raise failure(job.get("error"), job.get("error_code"), status)
+            if status != "complete":
+                raise JobFailed(503, "the service is stopping; the request was not finished")
+            # taken back from this instance (its lease had lapsed) and completed by
+            # another: the answer comes from the store (_check_store) if none went out
         # retry, released, superseded: the job runs again
         if self.stream and self._sent:
             error = self._job().get("error") or "the model stopped in the middle of the answer"
@@ -149,20 +163,32 @@ class Answer:
         except ApiError:
             return {}
 
-    def _check_store(self) -> None:
-        """Fail at once when the job ended without running (the scheduler failed it: model
-        not installed or too large; cancelled through the job API; JOB_TIMEOUT)."""
+    def _check_store(self) -> dict[str, Any] | None:
+        """Fail at once when the job ended without running here (the scheduler failed it:
+        model not installed or too large; cancelled through the job API; JOB_TIMEOUT).
+        Return the whole answer, as one final chunk, when the job completed on another
+        instance sharing the queue (this one's lease had lapsed): none of its chunks
+        came here, and none will."""
         try:
             view = self.api.get_encoded(self.job_id)  # cached while the job is unchanged
         except ApiError:
-            return
+            return None
         if view is self._view:
-            return
+            return None
         self._view = view
         job = json.loads(view)
-        if job.get("status") in ("failed", "cancelled"):
+        status = job.get("status")
+        if status in ("failed", "cancelled"):
             self.ended = True
-            raise failure(job.get("error"), job.get("error_code"), job.get("status"))
+            raise failure(job.get("error"), job.get("error_code"), status)
+        # chunks of an attempt here are queued before its result is written: with none
+        # handed out and none waiting, the attempt that completed ran elsewhere
+        if status == "complete" and not self._sent and self._sub.empty():
+            log.info(
+                "job %s completed on another instance: its answer comes from the store", self.job_id
+            )
+            return stored_answer(job)
+        return None
 
     @property
     def closed(self) -> bool:
@@ -281,3 +307,30 @@ class OpenRequests:
     def leave(self) -> None:
         with self._lock:
             self.open = max(0, self.open - 1)
+
+
+def stored_answer(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Ollama's final object for a completed job, built from its stored view
+    (:func:`~modelmanager.api.job_to_json`): generate's ``response``, chat's ``message``,
+    embed's ``embeddings``, with what else Ollama answered and its metrics (durations in
+    ns, counts in tokens) where stored."""
+    out: dict[str, Any] = {"model": job.get("model"), "created_at": job.get("completed_at")}
+    kind = job.get("kind")
+    if kind == "embed":
+        out["embeddings"] = job.get("result") or []
+    else:
+        if kind == "chat":
+            text = job.get("result") or ""
+            out["message"] = job.get("message") or {"role": "assistant", "content": text}
+        else:
+            out["response"] = job.get("result") or ""
+            for key in ("thinking", "tool_calls", "context"):
+                if job.get(key):
+                    out[key] = job[key]
+        if job.get("logprobs"):
+            out["logprobs"] = job["logprobs"]
+        out.update(done=True, done_reason=job.get("done_reason") or "stop")
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "eval_count"):
+        if job.get(key):
+            out[key] = job[key]
+    return out
