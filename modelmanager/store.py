@@ -760,18 +760,22 @@ class Store:
 
         Returns (requeued, failed).
         """
-        lost = f"status IN ('queued','running'){self._LOST}"
         with self._write() as db:
-            failed = db.execute(
-                "UPDATE jobs SET status = 'failed', error_code = 'WORKER_LOST', completed_at = ?,"
-                " error = 'the service stopped while this job ran, ' || attempts ||"
-                " ' time(s); giving up after MAX_ATTEMPTS'"
-                f" WHERE {lost} AND attempts >= ?",
-                (now, max_attempts),
-            ).rowcount
-            requeued = db.execute(
-                f"UPDATE jobs SET status = 'pending'{self._FREE} WHERE {lost}"
-            ).rowcount
+            return self._take_back(db, max_attempts, now)
+
+    def _take_back(self, db: Any, max_attempts: int, now: float) -> tuple[int, int]:
+        """``recover``'s statements, in the caller's transaction on ``db``."""
+        lost = f"status IN ('queued','running'){self._LOST}"
+        failed = db.execute(
+            "UPDATE jobs SET status = 'failed', error_code = 'WORKER_LOST', completed_at = ?,"
+            " error = 'the service stopped while this job ran, ' || attempts ||"
+            " ' time(s); giving up after MAX_ATTEMPTS'"
+            f" WHERE {lost} AND attempts >= ?",
+            (now, max_attempts),
+        ).rowcount
+        requeued = db.execute(
+            f"UPDATE jobs SET status = 'pending'{self._FREE} WHERE {lost}"
+        ).rowcount
         return requeued, failed
 
     def expire(self, submitted_before: float, now: float, timeout: float) -> list[str]:

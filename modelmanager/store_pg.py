@@ -211,6 +211,13 @@ class PgStore(Store):
     def _connect(self) -> Any:
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            # a process paused inside a transaction (SIGSTOP, a frozen VM) would hold its
+            # locks, and block the other instances, for as long as it stays paused: the
+            # server ends such a session after a lease instead
+            conn.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{max(1000, int(self.lease_seconds * 1000))}ms",),
+            )
         except (psycopg.Error, ValueError) as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to the database {redact(self.url)}: {_reason(self.url, exc)}"
@@ -588,18 +595,18 @@ class PgStore(Store):
 
     def reap(self, max_attempts: int, now: float) -> tuple[int, int]:
         """Put back (or fail, once out of attempts) the jobs of instances whose lease
-        expired; one instance at a time does it. Returns (requeued, failed)."""
-        rows = self._read("SELECT pg_try_advisory_lock(?)", (_REAP_KEY,))
-        if not rows or not rows[0][0]:
-            return 0, 0
-        try:
-            out = self.recover(max_attempts, now)
+        expired, and remove those instances' rows; one instance at a time does it (a
+        transaction-level lock, so that an instance paused while it holds it blocks the
+        others no longer than ``idle_in_transaction_session_timeout``). Returns
+        (requeued, failed)."""
+        with self._write() as db:
+            row = db.execute("SELECT pg_try_advisory_xact_lock(?)", (_REAP_KEY,)).fetchone()
+            if not row or not row[0]:
+                return 0, 0
+            out = self._take_back(db, max_attempts, now)
             # the rows of instances gone for good (their jobs were put back just now);
             # one that was only paused writes its row again at its next heartbeat
-            with self._write(durable=False, views=False) as db:
-                gone = f"SELECT id FROM instances WHERE heartbeat_at + lease_seconds < {NOW}"
-                db.execute(f"DELETE FROM holders WHERE instance IN ({gone})")
-                db.execute(f"DELETE FROM instances WHERE id IN ({gone})")
-            return out
-        finally:
-            self._read("SELECT pg_advisory_unlock(?)", (_REAP_KEY,))
+            gone = f"SELECT id FROM instances WHERE heartbeat_at + lease_seconds < {NOW}"
+            db.execute(f"DELETE FROM holders WHERE instance IN ({gone})")
+            db.execute(f"DELETE FROM instances WHERE id IN ({gone})")
+        return out
