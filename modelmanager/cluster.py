@@ -113,6 +113,7 @@ class Cluster:
 
     def start(self) -> None:
         self.heartbeat()
+        self._check_names()
         self.sync()
         for target, name in ((self._listen, "cluster-listen"), (self._work, "cluster")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -144,6 +145,32 @@ class Cluster:
             self.store.leave()
         except DB_ERRORS as exc:
             log.warning("could not remove this instance's row: %s", exc)
+
+    def _check_names(self) -> None:
+        """Warn when another live instance goes by this one's name (registered nodes
+        belong to an instance by name) or has nodes of the same names (downloads are kept
+        by node name)."""
+        mine = {str(n.get("name")) for n in self.nodes()}
+        for row in self.store.instances():
+            if row["id"] == self.store.instance:
+                continue
+            if row["name"] == self.name:
+                log.warning(
+                    "instance %s (%s) is also named %s: give each instance a name of its "
+                    "own (INSTANCE_NAME); nodes registered at run time belong to a name",
+                    row["id"],
+                    row["url"],
+                    self.name,
+                )
+            same = sorted(mine & {str(n.get("name")) for n in row["info"].get("nodes", [])})
+            if same:
+                log.warning(
+                    "node name(s) %s also used by instance %s: name each host's nodes "
+                    "differently (--ollama-backends a0=http://...), since downloads are "
+                    "kept by node name",
+                    ", ".join(same),
+                    row["name"],
+                )
 
     # -------------------------------------------------------------------- threads
 

@@ -21,7 +21,7 @@ from config import Config
 
 from .api import Api
 from .backend import Backend
-from .cluster import Cluster, single_instance
+from .cluster import Cluster, instance_name, single_instance
 from .downloads import DiskStatus, Download, Downloads
 from .errors import DataDirLocked
 from .events import PullEnded
@@ -266,7 +266,11 @@ def open_store(config: Config, data: Path) -> Store:
     """The job store: PostgreSQL at DATABASE_URL (shared with other instances), else
     SQLite in ``data``. Raises :class:`~modelmanager.errors.DatabaseUnavailable`."""
     if config.DATABASE_URL:
-        return PgStore(config.DATABASE_URL, lease_seconds=config.LEASE_SECONDS)
+        return PgStore(
+            config.DATABASE_URL,
+            lease_seconds=config.LEASE_SECONDS,
+            owner=instance_name(config),
+        )
     return Store(data / "jobs.db", synchronous=config.SQLITE_SYNCHRONOUS)
 
 

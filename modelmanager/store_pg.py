@@ -97,8 +97,10 @@ _SCHEMA = (
         gpu_url TEXT,
         vram_budget_mb INTEGER,
         gpus TEXT,
-        registered_at DOUBLE PRECISION NOT NULL
+        registered_at DOUBLE PRECISION NOT NULL,
+        owner TEXT NOT NULL DEFAULT ''
     )""",
+    "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS owner TEXT NOT NULL DEFAULT ''",
     """CREATE TABLE IF NOT EXISTS downloads (
         node TEXT NOT NULL,
         model TEXT NOT NULL,
@@ -196,7 +198,12 @@ class PgStore(Store):
     _FREE = ", claimed_by = NULL, lease_expires_at = NULL"
 
     def __init__(
-        self, url: str, *, instance: str | None = None, lease_seconds: float = 30.0
+        self,
+        url: str,
+        *,
+        instance: str | None = None,
+        lease_seconds: float = 30.0,
+        owner: str = "",
     ) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise DatabaseUnavailable(
@@ -205,6 +212,7 @@ class PgStore(Store):
         self.url = url
         self.instance = instance or uuid.uuid4().hex
         self.lease_seconds = lease_seconds
+        self.owner = owner
         self._notify_lock = threading.Lock()
         super().__init__(redact(url), synchronous="NORMAL")
 
@@ -449,6 +457,37 @@ class PgStore(Store):
     def notify(self, payload: str) -> None:
         """Send ``payload`` on :data:`CHANNEL` to every listening instance."""
         self._read("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+
+    # ------------------------------------------------------------------------ nodes
+    # A node registered at run time belongs to the instance that registered it (``owner``,
+    # its INSTANCE_NAME, stable across restarts): only that one drives it, with its own
+    # host's GPUs. Names stay unique over all instances (downloads are kept by node name).
+
+    def save_node(
+        self,
+        name: str,
+        url: str,
+        *,
+        gpu_url: str | None,
+        vram_budget_mb: int | None,
+        gpus: str | None,
+        now: float,
+    ) -> bool:
+        with self._write(views=False) as db:
+            cur = db.execute(
+                "INSERT INTO nodes (name, url, gpu_url, vram_budget_mb, gpus, registered_at,"
+                " owner) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (name, url, gpu_url, vram_budget_mb, gpus, now, self.owner),
+            )
+            return cur.rowcount == 1
+
+    def load_nodes(self) -> list[tuple[str, str, str | None, int | None, str | None]]:
+        """The nodes this instance registered (``owner``), as the SQLite store's."""
+        return self._read(
+            "SELECT name, url, gpu_url, vram_budget_mb, gpus FROM nodes WHERE owner = ?"
+            " ORDER BY registered_at",
+            (self.owner,),
+        )
 
     # -------------------------------------------------------------------- instances
 

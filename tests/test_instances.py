@@ -122,6 +122,8 @@ def test_instances_burst_on_one_is_polled_on_another_and_spread_over_all(
     assert sorted(i["name"] for i in listed["instances"]) == ["host0", "host1"]
     assert [i["self"] for i in listed["instances"] if i["name"] == "host1"] == [True]
     assert all(i["nodes"] and i["lease_expires_at"] for i in listed["instances"])
+    # both hosts call their Ollama "local": the second to start says to name them apart
+    assert "node name(s) local also used by instance host0" in b.output(whole=True)
 
 
 def test_instances_cancel_on_one_stops_a_job_running_on_another(cluster: Cluster) -> None:

@@ -1077,3 +1077,74 @@ def test_store_pg_front_door_jobs_stay_with_their_instance_while_it_lives(pg_url
     finally:
         a.close()
         b.close()
+
+
+def test_store_pg_a_registered_node_belongs_to_the_instance_that_registered_it(
+    pg_url: str,
+) -> None:
+    from modelmanager.store_pg import PgStore
+
+    a, b = PgStore(pg_url, owner="host-a"), PgStore(pg_url, owner="host-b")
+    try:
+        assert a.save_node(
+            "a1", "http://10.0.0.5:11434", gpu_url=None, vram_budget_mb=None, gpus="0", now=T0
+        )
+        # names are unique over all instances (downloads are kept by node name)
+        assert not b.save_node(
+            "a1", "http://10.0.0.7:11434", gpu_url=None, vram_budget_mb=None, gpus=None, now=T0
+        )
+        assert [n[0] for n in a.load_nodes()] == ["a1"]
+        assert b.load_nodes() == []  # b never drives a's node, even after a restart
+        again = PgStore(pg_url, owner="host-a")  # a restarted: a new id, the same name
+        try:
+            assert [n[:2] for n in again.load_nodes()] == [("a1", "http://10.0.0.5:11434")]
+        finally:
+            again.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_store_pg_reaping_removes_the_rows_of_dead_instances(pg_url: str) -> None:
+    import psycopg
+
+    from modelmanager.store_pg import PgStore
+
+    dead = PgStore(pg_url, instance="dead", lease_seconds=0.2)
+    alive = PgStore(pg_url, instance="alive", lease_seconds=60)
+    try:
+        dead.heartbeat("host-d", "http://d", {}, ["r1"], T0)
+        alive.heartbeat("host-a", "http://a", {}, ["r2"], T0)
+        wait_until(lambda: len(alive.instances()) == 1, timeout=10)
+        alive.reap(max_attempts=3, now=T0)
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT id FROM instances").fetchall() == [("alive",)]
+            assert conn.execute("SELECT runner, instance FROM holders").fetchall() == [
+                ("r2", "alive")
+            ]
+        dead.heartbeat("host-d", "http://d", {}, [], T0)  # it was only paused: back again
+        assert sorted(i["id"] for i in alive.instances()) == ["alive", "dead"]
+    finally:
+        dead.close()
+        alive.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://mm:s3cret@127.0.0.1:99999/db",  # a port out of range
+        "postgresql://mm:s3cret@[::1:5432/db",  # an unparsable host
+        "postgresql://mm:s3cret@db.invalid:54x/db",
+        "postgresql://mm:s3cr@t@127.0.0.1:1/db",  # an @ in the password
+    ],
+)
+def test_store_pg_a_malformed_url_is_one_sentence_without_the_password(url: str) -> None:
+    from modelmanager.errors import DatabaseUnavailable
+    from modelmanager.store_pg import PgStore, redact
+
+    assert "s3cr" not in redact(url)
+    with pytest.raises(DatabaseUnavailable) as caught:
+        PgStore(url)
+    text = str(caught.value)
+    assert text.startswith("cannot connect to the database") and "\n" not in text
+    assert "s3cr" not in text
