@@ -2,7 +2,7 @@
 """Benchmark of the shared queue (``DATABASE_URL``): PostgreSQL against SQLite, two
 instances against one, in one run, so the ratios compare like with like.
 
-    .venv/bin/python tools/bench_pg.py            # about 2 minutes on 2 cores
+    .venv/bin/python tools/bench_pg.py            # about 3 minutes on 2 cores
     .venv/bin/python tools/bench_pg.py --quick    # smoke run (< 60 s)
     options: --database-url URL (default: a throwaway cluster, tools/pg_throwaway.py)
              --submits N --clients N --samples N --per-model N --time-scale X --json
@@ -65,13 +65,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=8, help="client threads (8)")
     p.add_argument("--samples", type=int, help="dispatch latency samples (40; --quick 10)")
     p.add_argument("--per-model", type=int, help="burst jobs per model (12; --quick 4)")
-    p.add_argument("--time-scale", type=float, help="simulator time scale (0.2; --quick 0.1)")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        help="simulator time scale (1.0, as tools/bench.py; --quick 0.1)",
+    )
     p.add_argument("--seed", type=int, default=7, help="workload seed")
     args = p.parse_args(argv)
     args.submits = args.submits or (600 if args.quick else 3000)
     args.samples = args.samples or (10 if args.quick else 40)
     args.per_model = args.per_model or (4 if args.quick else 12)
-    args.time_scale = args.time_scale or (0.1 if args.quick else 0.2)
+    args.time_scale = args.time_scale or (0.1 if args.quick else 1.0)
     return args
 
 
