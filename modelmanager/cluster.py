@@ -178,7 +178,7 @@ class Cluster:
         pause = 0.5
         while not self._stop.is_set():
             try:
-                conn = psycopg.connect(self.store.url, autocommit=True, connect_timeout=10)
+                conn = psycopg.connect(self.store.url, **self.store.connect_kwargs)
                 with self._lock:
                     self._listen_conn = conn
                 conn.execute(f"LISTEN {CHANNEL}")

@@ -39,15 +39,24 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .errors import DatabaseUnavailable
+from .logger import get_logger
 from .models import Job
 from .store import _COLUMNS, SCHEMA_VERSION, Store, _Inserted, _row_to_job
+
+log = get_logger("CLUSTER")
 
 CHANNEL = "mm_jobs"
 _LOCK_KEY = 0x6D6D5F736368  # pg_advisory_lock key of schema migrations ("mm_sch")
 _REAP_KEY = 0x6D6D5F726561  # pg_try_advisory_xact_lock key of the reaper ("mm_rea")
 NOW = "extract(epoch from clock_timestamp())"  # the database's clock, in seconds
+READERS = 8  # connections for reads per instance, at most (plus the writer and LISTEN)
+READ_WAIT = 3.0  # s: how long a read waits for a free (or new) connection
+# every connection's application_name (pg_stat_activity) starts so, followed by the
+# instance's name: a writer, the LISTEN connection and up to READERS readers per instance
+APPLICATION = "model-manager"
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -213,19 +222,43 @@ class PgStore(Store):
         self.instance = instance or uuid.uuid4().hex
         self.lease_seconds = lease_seconds
         self.owner = owner
+        self.connect_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": 10,
+            "application_name": f"{APPLICATION} {owner}".strip()[:63],
+        }
         self._notify_lock = threading.Lock()
         super().__init__(redact(url), synchronous="NORMAL")
+        # reads share a few connections (any thread may read: HTTP, job runners, relays);
+        # the pool replaces broken ones in the background
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=READERS,
+            kwargs=self.connect_kwargs,
+            configure=self._configure,
+            timeout=READ_WAIT,
+            name="mm-readers",
+            open=True,
+        )
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Session settings of every connection. A process paused inside a transaction
+        (SIGSTOP, a frozen VM) would hold its locks, and block the other instances, for
+        as long as it stays paused: the server ends such a session after a lease."""
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+            (f"{max(1000, int(self.lease_seconds * 1000))}ms",),
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+        super().close()
 
     def _connect(self) -> Any:
         try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-            # a process paused inside a transaction (SIGSTOP, a frozen VM) would hold its
-            # locks, and block the other instances, for as long as it stays paused: the
-            # server ends such a session after a lease instead
-            conn.execute(
-                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
-                (f"{max(1000, int(self.lease_seconds * 1000))}ms",),
-            )
+            conn = psycopg.connect(self.url, **self.connect_kwargs)
+            self._configure(conn)
         except (psycopg.Error, ValueError) as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to the database {redact(self.url)}: {_reason(self.url, exc)}"
@@ -265,19 +298,22 @@ class PgStore(Store):
             raise _unavailable(self.url, exc) from exc
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
-        """As the SQLite store's; a read that finds this thread's connection broken (the
-        server restarted since its last use) runs again on a new one, once. A lost
-        database is :class:`DatabaseUnavailable`."""
-        try:
-            return super()._read(sql, args)
-        except psycopg.OperationalError as exc:
-            db = getattr(self._local, "db", None)
-            if db is None or not (db.conn.broken or db.conn.closed):
+        """One statement on a pooled connection (autocommit). A read that fails on a
+        broken connection (the server restarted since its last use) runs again, once,
+        after the pool dropped its broken connections. A lost database, or no connection
+        free within :data:`READ_WAIT` seconds, is :class:`DatabaseUnavailable`."""
+        statement, params = _translate(sql), tuple(args)
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn:
+                    return conn.execute(statement, params).fetchall()
+            except PoolTimeout as exc:
                 raise _unavailable(self.url, exc) from exc
-        try:
-            return super()._read(sql, args)
-        except psycopg.OperationalError as exc:
-            raise _unavailable(self.url, exc) from exc
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    raise _unavailable(self.url, exc) from exc
+                self._pool.check()
+        raise AssertionError("unreachable")
 
     def _open(self) -> Any:
         self._writer = db = self._connect()
@@ -455,8 +491,14 @@ class PgStore(Store):
             listener(job_ids)
 
     def notify(self, payload: str) -> None:
-        """Send ``payload`` on :data:`CHANNEL` to every listening instance."""
-        self._read("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+        """Send ``payload`` on :data:`CHANNEL` to every listening instance, after the
+        change it tells of was committed. Never raises: a notification lost with the
+        database costs at most one heartbeat (every instance re-reads the queue, and
+        aborts its jobs cancelled elsewhere, at each one)."""
+        try:
+            self._read("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+        except DatabaseUnavailable as exc:
+            log.warning("could not notify the other instances of %s: %s", payload, exc)
 
     # ------------------------------------------------------------------------ nodes
     # A node registered at run time belongs to the instance that registered it (``owner``,

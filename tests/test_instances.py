@@ -403,3 +403,35 @@ def test_instances_front_door_answer_of_a_job_another_instance_completed(
     text = _chat_text(door, got[0])
     assert text and text == json.loads(done["result"])["text"]
     assert b.sim.stats()["requests_by_endpoint"].get("/api/chat", 0) == 1  # b ran it
+
+
+def test_instances_hold_a_bounded_number_of_database_connections(cluster: Cluster) -> None:
+    from modelmanager.store_pg import APPLICATION, READERS
+
+    a, _ = cluster(2)
+    codes: list[int] = []
+
+    def reader() -> None:
+        with requests.Session() as s:
+            for path in ("/api/stats", "/api/jobs", "/api/health") * 4:
+                codes.append(s.get(f"{a.url}{path}", timeout=30).status_code)
+
+    # many HTTP threads read at once, as in a burst of polls
+    threads = [threading.Thread(target=reader) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert codes == [200] * 480
+    with psycopg.connect(cluster.url) as conn:
+        held = dict(
+            conn.execute(
+                "SELECT application_name, count(*) FROM pg_stat_activity"
+                " WHERE application_name LIKE %s GROUP BY application_name",
+                (f"{APPLICATION} %",),
+            ).fetchall()
+        )
+    # per instance: the writer, the LISTEN connection and at most READERS readers (the
+    # 16 HTTP threads each held one of their own before)
+    assert set(held) == {f"{APPLICATION} host0", f"{APPLICATION} host1"}, held
+    assert held[f"{APPLICATION} host0"] <= READERS + 2, held
