@@ -103,6 +103,7 @@ class Cluster:
         self._ends = False  # jobs ended since the last full look
         self._full_at = 0.0  # when the last full look started (monotonic)
         self._elsewhere: frozenset[str] = frozenset()  # see served_elsewhere()
+        self._own: set[str] = set()  # runners of waiting front-door jobs only we may run
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -314,9 +315,15 @@ class Cluster:
                 for r in counts
                 if r in held and r not in mine and not busy and self._copy_pays(r, counts)
             )
-        self._elsewhere = frozenset(r for r in held if r not in self._replicas)
+        # a front door's job accepted here runs nowhere else: its model is loaded here
+        # too when another instance holds it
+        own = {row[1] for row in rows if row[7]}
+        self._own = own if full else self._own | own
+        self._elsewhere = frozenset(
+            r for r in held if r not in self._replicas and r not in self._own
+        )
         added = 0
-        for job_id, runner, priority, seq, submitted, not_before, model in rows:
+        for job_id, runner, priority, seq, submitted, not_before, model, _ in rows:
             self._seen = max(self._seen, seq)
             if job_id not in present:
                 self.pending.add(
@@ -340,7 +347,9 @@ class Cluster:
         load): yes unless another live instance holds it or took it first, and a copy
         here does not pay."""
         try:
-            if self.store.take_runner(runner, replica=runner in self._replicas):
+            if self.store.take_runner(
+                runner, replica=runner in self._replicas or runner in self._own
+            ):
                 return True
         except DB_ERRORS as exc:
             log.warning("could not claim a model group (%s); loading it anyway", exc)

@@ -372,19 +372,23 @@ class PgStore(Store):
 
     def claimable_jobs(
         self, after_seq: int | None = None
-    ) -> list[tuple[str, str, str, int, float, float, str]]:
+    ) -> list[tuple[str, str, str, int, float, float, str, bool]]:
         """As :meth:`waiting_jobs` (only those after ``after_seq`` when given), each with
-        the model name its client sent; without the jobs of a front door (``source`` other
-        than ``api``) accepted by another live instance, which streams their answers."""
+        the model name its client sent and whether only this instance may run it (a
+        front door's job, ``source`` other than ``api``, accepted here); without the
+        front-door jobs accepted by another live instance, which streams their answers."""
         after = "" if after_seq is None else " AND seq > ?"
         return self._read(
-            "SELECT id, runner, priority, seq, submitted_at, not_before, model FROM jobs"
+            "SELECT id, runner, priority, seq, submitted_at, not_before, model,"
+            " COALESCE(origin = ?, false) FROM jobs"
             f" WHERE status IN ('pending','queued'){after}"
             # a front door's job stays with the instance its client is connected to,
             # unless that instance is gone
             " AND (origin IS NULL OR origin = ? OR origin NOT IN (SELECT id FROM instances"
             f" WHERE heartbeat_at + lease_seconds > {NOW})) ORDER BY seq",
-            (self.instance,) if after_seq is None else (after_seq, self.instance),
+            (self.instance, self.instance)
+            if after_seq is None
+            else (self.instance, after_seq, self.instance),
         )
 
     def unfinished_count(self) -> int:
