@@ -441,25 +441,17 @@ def test_instances_front_door_request_for_a_model_another_instance_holds(
     cluster: Cluster,
 ) -> None:
     a, b = cluster(2)
-    # a loads the model for a job of the job API (b leaves that model's jobs to a)
-    first = a.submit(model=MODELS[1], prompt="warm")
-    wait_until(lambda: b.job(first)["status"] == "complete", timeout=30, what="first job")
-
-    def held_by(svc: ServiceProcess) -> list[str]:
-        r = svc.session.get(f"{svc.url}/api/v1/instances", timeout=5)
-        return [i["name"] for i in r.json()["instances"] if MODELS[1] in i["runners"]]
-
-    holder_name = wait_until(lambda: held_by(b), timeout=10, what="a holder")
-    holder, other = (a, b) if holder_name == ["host0"] else (b, a)
-    before = generated(holder)
-    # the other instance's client: its job runs where it is connected, so that instance
-    # loads the model too, instead of waiting for the holder to let it go
-    r = requests.post(
-        f"{other.url}/api/generate",
-        json={"model": MODELS[1], "prompt": "here", "stream": False},
-        timeout=30,
-    )
+    body = {"model": MODELS[1], "prompt": "here", "stream": False}
+    # a loads the model for a request of its own client
+    r = requests.post(f"{a.url}/api/generate", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert MODELS[1] in [e["model"] for e in a.sim.stats()["load_events"]]
+    before = generated(a)
+    # b's client: its job runs where it is connected, so b loads the model too, instead
+    # of leaving it to a until a's simulator unloads it (keep_alive: 300 s at time scale
+    # 0.02, 6 s), which this timeout is shorter than
+    r = requests.post(f"{b.url}/api/generate", json=body, timeout=5)
     assert r.status_code == 200, r.text
     assert r.json()["done"] is True and r.json()["response"]
-    assert MODELS[1] in [e["model"] for e in other.sim.stats()["load_events"]]
-    assert generated(holder) == before  # it ran where its client is connected
+    assert MODELS[1] in [e["model"] for e in b.sim.stats()["load_events"]]
+    assert generated(a) == before
