@@ -35,7 +35,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import pq
@@ -150,25 +150,53 @@ def _translate(sql: str) -> str:
     return out
 
 
+def _secrets(url: str) -> list[str]:
+    """The passwords ``url`` carries, as written and percent-decoded: in its user info
+    (``user:PASSWORD@host``) and in ``password=`` query parameters (libpq reads both)."""
+    rest = url.partition("://")[2]
+    authority, _, _ = rest.partition("/")
+    authority = authority.partition("?")[0]
+    userinfo = authority.rpartition("@")[0]
+    found = [userinfo.partition(":")[2]] if ":" in userinfo else []
+    for pair in url.partition("?")[2].split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key).strip().lower() == "password":
+            found.append(value)
+    out = [v for v in found if v]
+    return out + [d for d in (unquote(v) for v in out) if d not in out]
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return "<unparsable URL>"
-    # the host and port as written (a port out of range must not raise here)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    """``url`` without its passwords (the user info's and any ``password=`` parameter),
+    for logs and messages; never raises, whatever the URL."""
+    head, sep, query = url.partition("?")
+    scheme, slashes, rest = head.partition("://")
+    if slashes:
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at and ":" in userinfo:
+            authority = f"{userinfo.partition(':')[0]}:***@{host}"
+        head = f"{scheme}://{authority}{slash}{path}"
+    if sep:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, value = pair.partition("=")
+            hidden = unquote(key).strip().lower() == "password" and value
+            pairs.append(f"{key}{eq}***" if hidden else pair)
+        query = "&".join(pairs)
+    return head + sep + query
 
 
 def _reason(url: str, exc: Exception) -> str:
-    """The first line of ``exc``'s message, with ``url`` in it (libpq quotes a URL it
-    cannot parse) redacted."""
+    """The first line of ``exc``'s message without ``url``'s passwords (libpq quotes a
+    URL, or the part of it, that it cannot parse)."""
     text = str(exc).strip()
     reason = text.splitlines()[0] if text else type(exc).__name__
-    return reason.replace(url, redact(url))
+    reason = reason.replace(url, redact(url))
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        # a very short one only where quoted, so that other words stay readable
+        reason = reason.replace(secret if len(secret) >= 4 else f'"{secret}"', "***")
+    return reason
 
 
 def _unavailable(url: str, exc: Exception) -> DatabaseUnavailable:

@@ -1136,6 +1136,10 @@ def test_store_pg_reaping_removes_the_rows_of_dead_instances(pg_url: str) -> Non
         "postgresql://mm:s3cret@[::1:5432/db",  # an unparsable host
         "postgresql://mm:s3cret@db.invalid:54x/db",
         "postgresql://mm:s3cr@t@127.0.0.1:1/db",  # an @ in the password
+        "postgresql://mm:s3cr%ZZet@127.0.0.1:1/db",  # a bad percent-encoding in it
+        "postgresql://mm@127.0.0.1:1/db?password=s3cret",  # the password as a parameter
+        "postgresql://mm:pw@127.0.0.1:1/db?sslmode=disable&Password=s3cret",
+        "postgresql://mm:s3cr%40t@127.0.0.1:1/db",  # percent-encoded
     ],
 )
 def test_store_pg_a_malformed_url_is_one_sentence_without_the_password(url: str) -> None:
