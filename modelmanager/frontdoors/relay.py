@@ -23,7 +23,7 @@ from typing import Any
 
 from ..api import Api
 from ..contract import Submission
-from ..errors import ApiError, InvalidRequest, ModelManagerError, QueueFull
+from ..errors import ApiError, DatabaseUnavailable, InvalidRequest, ModelManagerError, QueueFull
 from ..logger import get_logger
 from ..models import Priority
 from ..streams import Ended, Subscription
@@ -90,6 +90,7 @@ class Answer:
         self.ended = False  # the job reached its end (no cancel needed)
         self._closed = False
         self._replayed = False  # the answer came from the store (see _check_store)
+        self._done = False  # the last chunk handed out was the final one (done: true)
 
     def next(self) -> dict[str, Any] | None:
         wait = POLL_MIN
@@ -119,6 +120,7 @@ class Answer:
             if "error" in item:
                 continue  # an in-band error line: the attempt's Ended follows with it
             self._sent += 1
+            self._done = item.get("done") is True
             if not self.stream:
                 self._chunks.append(item)
             return item
@@ -133,7 +135,9 @@ class Answer:
         """True when the answer is complete; raises when it failed; False when another
         attempt follows."""
         outcome = ended.outcome
-        if outcome == "complete":
+        if outcome == "complete" or self._done:
+            # (the final chunk went out: the client has the whole answer, whatever
+            # became of the attempt after it, e.g. its result not stored)
             self.ended = True
             return True
         if outcome == "failed":
@@ -145,10 +149,11 @@ class Answer:
             self.ended = status in ("failed", "cancelled")
             if self.ended:
                 raise failure(job.get("error"), job.get("error_code"), status)
-            if status != "complete":
+            if status != "complete" and not self.api.accepting:
                 raise JobFailed(503, "the service is stopping; the request was not finished")
-            # taken back from this instance (its lease had lapsed) and completed by
-            # another: the answer comes from the store (_check_store) if none went out
+            # completed by another instance (this one's lease had lapsed): the answer
+            # comes from the store (_check_store) if none went out; cut off here for
+            # another reason (the database did not answer): the job runs again
         # retry, released, superseded: the job runs again
         if self.stream and self._sent:
             error = self._job().get("error") or "the model stopped in the middle of the answer"
@@ -160,6 +165,8 @@ class Answer:
     def _job(self) -> dict[str, Any]:
         try:
             return self.api.get(self.job_id)
+        except DatabaseUnavailable as exc:  # what became of the job cannot be known now
+            raise JobFailed(503, exc.message) from None
         except ApiError:
             return {}
 
