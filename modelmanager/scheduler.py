@@ -755,7 +755,11 @@ class Scheduler:
         if not ids:
             return
         self.jobs.expect(len(ids))
-        jobs = self.store.claim(ids, now, action.backend)  # skips jobs cancelled meanwhile
+        try:
+            jobs = self.store.claim(ids, now, action.backend)  # skips jobs cancelled meanwhile
+        except BaseException:  # (the shared queue's next full look indexes them again)
+            self.jobs.expect(-len(ids))
+            raise
         self.jobs.expect(len(jobs) - len(ids))
         h.in_flight += len(jobs)
         backend = self.backends[action.backend]
