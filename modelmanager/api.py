@@ -19,7 +19,14 @@ from typing import Any
 from config import Config
 
 from .contract import MAX_BATCH, Submission, parse_jobs_query, validate_submission
-from .errors import Conflict, InvalidRequest, NotFound, QueueFull, ServiceUnavailable
+from .errors import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidRequest,
+    NotFound,
+    QueueFull,
+    ServiceUnavailable,
+)
 from .fleet import Fleet
 from .gpu_api import local_devices, local_driver
 from .job_runner import JobRunner
@@ -493,14 +500,25 @@ class Api:
             if error is not None and len(nodes) > 1:
                 error = f"node {first['name']}: {error}"
             backend = {"url": first["url"], "up": up, "error": error}
+        database = self._database_health()
         return {
-            "status": "ok" if up and self.accepting else "degraded",
+            "status": "ok" if up and self.accepting and database["up"] else "degraded",
             "accepting": self.accepting,
             "backend": backend,
             "vram_source": snap.source if snap else None,
             "nodes": nodes,
+            "database": database,
             "uptime_seconds": round(self._clock() - self.started_at, 3),
         }
+
+    def _database_health(self) -> dict[str, Any]:
+        """``{"kind", "up", "error"}`` of the job store; PostgreSQL is asked to answer."""
+        if self.store.kind == "postgresql":
+            try:
+                self.store.integrity_check()
+            except DatabaseUnavailable as exc:
+                return {"kind": self.store.kind, "up": False, "error": exc.message}
+        return {"kind": self.store.kind, "up": True, "error": None}
 
     def _one_instance(self) -> dict[str, Any]:
         """``GET /api/v1/instances`` without DATABASE_URL: this instance alone."""

@@ -47,7 +47,7 @@ from .model_registry import ModelRegistry
 from .models import Priority
 from .pending import PendingIndex
 from .planner import REPLICA_FACTOR
-from .scheduler import Scheduler
+from .scheduler import DB_DOWN_RELOG, Scheduler
 from .store_pg import CHANNEL, PgStore
 
 log = get_logger("CLUSTER")
@@ -103,6 +103,7 @@ class Cluster:
         self._ends = False  # jobs ended since the last full look
         self._full_at = 0.0  # when the last full look started (monotonic)
         self._elsewhere: frozenset[str] = frozenset()  # see served_elsewhere()
+        self._down_logged = -DB_DOWN_RELOG  # when a lost database was last logged
         self._own: set[str] = set()  # runners of waiting front-door jobs only we may run
 
     # ------------------------------------------------------------------ lifecycle
@@ -208,7 +209,7 @@ class Cluster:
         elif kind == "cancel":
             self.pending.remove(job_id)
             if self.jobs.abort([job_id]):
-                log.info("job %s cancelled elsewhere: its request here is aborted", job_id)
+                log.info("job %s cancelled: its request here is aborted", job_id)
             self.store.ended_elsewhere(frozenset((job_id,)))
         elif kind == "end":
             self.store.ended_elsewhere(frozenset((job_id,)))
@@ -241,7 +242,9 @@ class Cluster:
                 if self.sync(full):
                     self.scheduler.wake()
             except DB_ERRORS as exc:
-                log.warning("the shared queue could not be read (%s); trying again", exc)
+                if time.monotonic() - self._down_logged >= DB_DOWN_RELOG:
+                    self._down_logged = time.monotonic()
+                    log.warning("the shared queue could not be read (%s); trying again", exc)
                 due = 0.0  # the whole heartbeat again, with a full look
                 self._stop.wait(min(1.0, self.config.HEARTBEAT_SECONDS))
             except Exception:  # a bug: this thread keeps the leases, so it must not die

@@ -87,6 +87,7 @@ IDLE_REFRESH = 2.0  # seconds between resource reads when nothing waits to be lo
 PROBE_BASE = 1.0  # seconds before a backend that is down is read again, doubling...
 PROBE_MAX = 30.0  # ... up to this
 WAIT_RELOG = 5.0  # seconds before a waiting runner's changed reason is logged again
+DB_DOWN_RELOG = 30.0  # s: a database that does not answer is logged at most this often
 ARRIVAL_WINDOW = 10.0  # seconds of arrivals an arrival rate is measured over
 ARRIVAL_MIN_WINDOW = 2.0  # a runner ready for less than this has no arrival rate yet
 ARRIVAL_QUIET = 2.0  # no new job for this long: the jobs that came were a batch, not a stream
@@ -287,7 +288,7 @@ class Scheduler:
             self._thread.join(timeout=5.0)
 
     def _loop(self) -> None:
-        db_down = ""  # what the last pass that met a lost database said
+        db_down_logged = -DB_DOWN_RELOG  # when a pass that met a lost database last said so
         while not self._stop.is_set():
             self._wake.clear()
             try:
@@ -297,13 +298,10 @@ class Scheduler:
                     self._hooks_at = now
                     for hook in self.hooks:
                         hook(now)
-                if db_down:
-                    log.info("the database answers again")
-                    db_down = ""
             except DatabaseUnavailable as exc:  # PostgreSQL restarting: the next pass
-                if str(exc) != db_down:
-                    log.warning("scheduler pass stopped: %s", exc)
-                db_down = str(exc)
+                if time.monotonic() - db_down_logged >= DB_DOWN_RELOG:
+                    db_down_logged = time.monotonic()
+                    log.warning("scheduler passes stop at the database: %s", exc)
             except Exception:
                 log.exception("scheduler pass failed; continuing")
             self._wake.wait(self._next_wait())

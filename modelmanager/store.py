@@ -279,6 +279,7 @@ class Store:
     statements (``?`` placeholders become ``%s``) and overrides the few that differ.
     """
 
+    kind = "sqlite"  # the database engine, as GET /api/health names it
     _BEGIN = "BEGIN IMMEDIATE"  # how a write transaction starts
     _LOST = ""  # which queued/running jobs recover() takes back (here: all of them)
     _FREE = ""  # what else recover() sets on a job it puts back in the queue

@@ -53,7 +53,7 @@ _LOCK_KEY = 0x6D6D5F736368  # pg_advisory_lock key of schema migrations ("mm_sch
 _REAP_KEY = 0x6D6D5F726561  # pg_try_advisory_xact_lock key of the reaper ("mm_rea")
 NOW = "extract(epoch from clock_timestamp())"  # the database's clock, in seconds
 READERS = 8  # connections for reads per instance, at most (plus the writer and LISTEN)
-READ_WAIT = 3.0  # s: how long a read waits for a free (or new) connection
+READ_WAIT = 1.0  # s: how long a read waits for a free (or new) connection
 # every connection's application_name (pg_stat_activity) starts so, followed by the
 # instance's name: a writer, the LISTEN connection and up to READERS readers per instance
 APPLICATION = "model-manager"
@@ -230,6 +230,7 @@ class PgStore(Store):
     database cannot be reached or migrated.
     """
 
+    kind = "postgresql"
     _BEGIN = "BEGIN"
     _LOST = f" AND (lease_expires_at IS NULL OR lease_expires_at < {NOW})"
     _FREE = ", claimed_by = NULL, lease_expires_at = NULL"

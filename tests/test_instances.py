@@ -301,7 +301,7 @@ def test_instances_ride_out_a_database_restart(tmp_path: Path, own_pg: Path) -> 
     made = Cluster(tmp_path, (own_pg / "url").read_text())
     try:
         # a lease longer than the restart: no instance may look dead to the others
-        a, b = made(2, LEASE_SECONDS=6)
+        a, b = made(2, LEASE_SECONDS=15)
         for svc in (a, b):
             svc.sim.gate(True)  # the jobs stay running through the restart
         ids = a.submit_batch([{"model": m, "prompt": "through"} for m in MODELS[:2]] * 2)
@@ -325,6 +325,9 @@ def test_instances_ride_out_a_database_restart(tmp_path: Path, own_pg: Path) -> 
         assert r.status_code == 503 and r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
         r = a.session.post(f"{a.url}/api/generate", json={"model": MODELS[0], "prompt": "x"})
         assert r.status_code == 503 and "error" in r.json(), r.text  # Ollama's shape
+        health = a.health()  # a load balancer can tell
+        assert health["status"] == "degraded" and health["database"]["up"] is False
+        assert health["database"]["kind"] == "postgresql" and health["database"]["error"]
         back = time.time()
         pg_throwaway.resume(own_pg)
 
@@ -335,6 +338,7 @@ def test_instances_ride_out_a_database_restart(tmp_path: Path, own_pg: Path) -> 
                     r = fresh.get(f"{svc.url}/api/job/{ids[0]}", timeout=10)
                 assert r.status_code == 200, r.text
         extra = b.submit(model=MODELS[0], prompt="after the restart")
+        assert a.health()["database"] == {"kind": "postgresql", "up": True, "error": None}
 
         def renewed() -> bool:
             r = a.session.get(f"{a.url}/api/v1/instances", timeout=5)
@@ -351,8 +355,9 @@ def test_instances_ride_out_a_database_restart(tmp_path: Path, own_pg: Path) -> 
         done = wait_until(lambda: finished(b, [*ids, extra]), timeout=60, what="all done")
         assert {j["status"] for j in done.values()} == {"complete"}
         # no job was taken back and run twice
-        assert {j["attempts"] for j in done.values()} == {1}
-        assert "Traceback" not in a.output(whole=True) + b.output(whole=True)
+        logs = a.output(whole=True) + b.output(whole=True)
+        assert {j["attempts"] for j in done.values()} == {1}, (done, logs)
+        assert "Traceback" not in logs
     finally:
         for proc in reversed(made.procs):
             proc.kill()

@@ -180,6 +180,14 @@ class NodeHealth(_Answer):
     first read)."""
 
 
+class DatabaseHealth(_Answer):
+    kind: Literal["sqlite", "postgresql"]
+    up: bool
+    """Whether the database answered (SQLite's file is this process's own: always)."""
+    error: str | None
+    """Why not, without the password; null while it answers."""
+
+
 class Health(_Answer):
     status: Literal["ok", "degraded"]
     accepting: bool
@@ -192,6 +200,8 @@ class Health(_Answer):
     """`nvml`, `gpu_endpoint` or `budget`; null before the first reading."""
     nodes: list[NodeHealth] = optional()
     """Every node the manager drives."""
+    database: DatabaseHealth = optional()
+    """The job store: with DATABASE_URL, whether PostgreSQL answers (a `SELECT 1`)."""
     uptime_seconds: float
 
 
