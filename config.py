@@ -220,7 +220,8 @@ class Config:
     INSTANCE_URL: str = _setting(
         "",
         "With DATABASE_URL: the URL other hosts reach this instance at, shown in"
-        " GET /api/v1/instances (default http://HOST:HTTP_PORT).",
+        " GET /api/v1/instances (default http://HOST:HTTP_PORT, with this host's name"
+        " when HOST is 0.0.0.0 or ::).",
     )
     SHUTDOWN_TIMEOUT: float = _setting(
         30.0, "Seconds SIGTERM waits for running jobs before exiting.", minimum=0

@@ -398,7 +398,12 @@ def instance_name(config: Config, port: int | None = None) -> str:
 
 
 def instance_url(config: Config, port: int | None = None) -> str:
-    return config.INSTANCE_URL or f"http://{config.HOST}:{port or config.HTTP_PORT}"
+    """INSTANCE_URL, else ``http://HOST:port``, with this host's name where HOST is a
+    wildcard address (0.0.0.0, ::), which no other host can reach."""
+    host = config.HOST if config.HOST not in ("0.0.0.0", "::", "") else socket.gethostname()
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return config.INSTANCE_URL or f"http://{host}:{port or config.HTTP_PORT}"
 
 
 def single_instance(

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -460,3 +461,20 @@ def test_instances_front_door_request_for_a_model_another_instance_holds(
     assert r.json()["done"] is True and r.json()["response"]
     assert MODELS[1] in [e["model"] for e in b.sim.stats()["load_events"]]
     assert generated(a) == before
+
+
+@pytest.mark.parametrize(
+    ("host", "url", "expected"),
+    [
+        ("0.0.0.0", "", f"http://{socket.gethostname()}:5001"),  # no one reaches 0.0.0.0
+        ("::", "", f"http://{socket.gethostname()}:5001"),
+        ("10.0.0.5", "", "http://10.0.0.5:5001"),
+        ("::1", "", "http://[::1]:5001"),
+        ("0.0.0.0", "https://gpu-a.example/mm", "https://gpu-a.example/mm"),
+    ],
+)
+def test_instances_url_is_one_other_hosts_can_reach(host: str, url: str, expected: str) -> None:
+    from config import Config
+    from modelmanager.cluster import instance_url
+
+    assert instance_url(Config(HOST=host, HTTP_PORT=5001, INSTANCE_URL=url)) == expected

@@ -2,8 +2,8 @@
 started on a free port on 127.0.0.1, removed when stopped.
 
 As a program it starts one and prints ``export MM_TEST_DATABASE_URL=...`` and
-``export MM_TEST_PG_DIR=...`` (for ``eval``), and leaves it running; ``--stop DIR`` stops
-and removes it::
+``export MM_TEST_PG_DIR=...`` (for ``eval``), or with ``--url`` the URL alone, and leaves
+it running; ``--stop DIR`` stops and removes it::
 
     eval "$(.venv/bin/python tools/pg_throwaway.py)"
     .venv/bin/python tools/pg_throwaway.py --stop "$MM_TEST_PG_DIR"
@@ -201,6 +201,11 @@ def stop(root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stop", metavar="DIR", help="stop and remove the cluster in DIR")
+    parser.add_argument(
+        "--url",
+        action="store_true",
+        help="print only the database URL (the way to stop it goes to stderr)",
+    )
     args = parser.parse_args(argv)
     if args.stop:
         stop(Path(args.stop))
@@ -210,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as exc:
         print(f"pg_throwaway: {exc}", file=sys.stderr)
         return 1
+    if args.url:
+        print(url)
+        print(f"stop it with: {sys.argv[0]} --stop {root}", file=sys.stderr)
+        return 0
     print(f"export MM_TEST_DATABASE_URL={url}")
     print(f"export MM_TEST_PG_DIR={root}")
     return 0
