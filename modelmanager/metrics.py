@@ -28,6 +28,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .errors import DatabaseUnavailable
 from .models import JobStatus, Priority
 from .plan import UnloadReason
 from .store import JobEnd
@@ -113,11 +114,27 @@ class ServiceCollector:
         yield accepting
 
     def _jobs(self, api: Api) -> Iterator[Metric]:
-        by_status = api.store.counts_by_status()
-        jobs = GaugeMetricFamily(f"{PREFIX}jobs", "Jobs in the store by status.", labels=["status"])
-        for status in JobStatus:
-            jobs.add_metric([status.value], by_status.get(status.value, 0))
-        yield jobs
+        up = GaugeMetricFamily(
+            f"{PREFIX}database_up",
+            "1 while the job store answers, 0 while its database (DATABASE_URL) does not; "
+            "the families read from the store are left out then.",
+        )
+        try:
+            by_status: dict[str, int] | None = api.store.counts_by_status()
+        except DatabaseUnavailable:
+            by_status = None
+        up.add_metric([], 0.0 if by_status is None else 1.0)
+        yield up
+        if by_status is not None:
+            jobs = GaugeMetricFamily(
+                f"{PREFIX}jobs",
+                "Jobs in the store by status (with DATABASE_URL, the shared store: the "
+                "same on every instance).",
+                labels=["status"],
+            )
+            for status in JobStatus:
+                jobs.add_metric([status.value], by_status.get(status.value, 0))
+            yield jobs
         depth = GaugeMetricFamily(
             f"{PREFIX}queue_depth",
             "Jobs waiting in the priority queue (retries in backoff included), by model "
@@ -251,10 +268,15 @@ class ServiceCollector:
         )
         loads = CounterMetricFamily(
             f"{PREFIX}model_loads",
-            "Loads of the model that succeeded, ever (kept across restarts).",
+            "Loads of the model that succeeded, ever (kept across restarts; with "
+            "DATABASE_URL, on every instance, the same on each).",
             labels=["model"],
         )
-        for runner, stats in sorted(api.store.load_model_stats().items()):
+        try:
+            stored = api.store.load_model_stats()
+        except DatabaseUnavailable:
+            return
+        for runner, stats in sorted(stored.items()):
             model = api.scheduler.label(runner)
             if stats.get("load_seconds") is not None:
                 load_seconds.add_metric([model], stats["load_seconds"])
