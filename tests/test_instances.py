@@ -326,6 +326,9 @@ def test_instances_ride_out_a_database_restart(tmp_path: Path, own_pg: Path) -> 
         assert r.status_code == 503 and r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
         r = a.session.post(f"{a.url}/api/generate", json={"model": MODELS[0], "prompt": "x"})
         assert r.status_code == 503 and "error" in r.json(), r.text  # Ollama's shape
+        metrics = a.session.get(f"{a.url}/metrics", timeout=10)
+        assert metrics.status_code == 200 and "modelmanager_database_up 0.0" in metrics.text
+        assert "modelmanager_backend_up" in metrics.text  # the instance's own go on
         health = a.health()  # a load balancer can tell
         assert health["status"] == "degraded" and health["database"]["up"] is False
         assert health["database"]["kind"] == "postgresql" and health["database"]["error"]
