@@ -33,13 +33,12 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
 import psycopg
 from psycopg import pq
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .errors import DatabaseUnavailable
 from .logger import get_logger
@@ -53,7 +52,7 @@ _LOCK_KEY = 0x6D6D5F736368  # pg_advisory_lock key of schema migrations ("mm_sch
 _REAP_KEY = 0x6D6D5F726561  # pg_try_advisory_xact_lock key of the reaper ("mm_rea")
 NOW = "extract(epoch from clock_timestamp())"  # the database's clock, in seconds
 READERS = 8  # connections for reads per instance, at most (plus the writer and LISTEN)
-READ_WAIT = 1.0  # s: how long a read waits for a free (or new) connection
+READ_WAIT = 5.0  # s: how long a read waits for a free connection (all READERS busy)
 # every connection's application_name (pg_stat_activity) starts so, followed by the
 # instance's name: a writer, the LISTEN connection and up to READERS readers per instance
 APPLICATION = "model-manager"
@@ -221,6 +220,64 @@ class _Conn:
         self.conn.close()
 
 
+class _Readers:
+    """At most ``size`` connections for reads, shared by every thread. An idle one is
+    reused (the most recently used first); when none is idle and fewer than ``size``
+    exist, the caller connects (``connect``, which raises :class:`DatabaseUnavailable`
+    at once while the database is down); else it waits up to ``wait`` seconds for one.
+    A connection that broke is closed instead of going back. (psycopg-pool connects in
+    the background with a growing back-off, so after an outage reads would wait for
+    its next attempt: here the first read after the database is back reconnects.)"""
+
+    def __init__(self, connect: Callable[[], _Conn], size: int, wait: float, where: str):
+        self._connect = connect
+        self._wait = wait
+        self._where = where
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[_Conn] = []
+        self._closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[_Conn]:
+        if not self._slots.acquire(timeout=self._wait):
+            raise DatabaseUnavailable(
+                f"the database {self._where} is unavailable: no connection free for a read"
+                f" within {self._wait:g} s"
+            )
+        try:
+            with self._lock:
+                db = self._idle.pop() if self._idle else None
+            if db is None:
+                db = self._connect()
+            try:
+                yield db
+            finally:
+                reusable = not (db.conn.broken or db.conn.closed or db.in_transaction)
+                with self._lock:
+                    if reusable and not self._closed:
+                        self._idle.append(db)
+                        db = None
+                if db is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        db.close()
+        finally:
+            self._slots.release()
+
+    def drop_idle(self) -> None:
+        """Close every idle connection (the server restarted: they are all broken)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for db in idle:
+            with contextlib.suppress(psycopg.Error):
+                db.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.drop_idle()
+
+
 class PgStore(Store):
     """The job store in PostgreSQL at ``url`` (``postgresql://user:pass@host:port/db``).
 
@@ -258,18 +315,8 @@ class PgStore(Store):
         }
         self._notify_lock = threading.Lock()
         super().__init__(redact(url), synchronous="NORMAL")
-        # reads share a few connections (any thread may read: HTTP, job runners, relays);
-        # the pool replaces broken ones in the background
-        self._pool: ConnectionPool[Any] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=READERS,
-            kwargs=self.connect_kwargs,
-            configure=self._configure,
-            timeout=READ_WAIT,
-            name="mm-readers",
-            open=True,
-        )
+        # reads share a few connections (any thread may read: HTTP, job runners, relays)
+        self._shared = _Readers(self._connect, READERS, READ_WAIT, redact(url))
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Session settings of every connection. A process paused inside a transaction
@@ -281,7 +328,7 @@ class PgStore(Store):
         )
 
     def close(self) -> None:
-        self._pool.close()
+        self._shared.close()
         super().close()
 
     def _connect(self) -> Any:
@@ -327,21 +374,20 @@ class PgStore(Store):
             raise _unavailable(self.url, exc) from exc
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
-        """One statement on a pooled connection (autocommit). A read that fails on a
-        broken connection (the server restarted since its last use) runs again, once,
-        after the pool dropped its broken connections. A lost database, or no connection
-        free within :data:`READ_WAIT` seconds, is :class:`DatabaseUnavailable`."""
-        statement, params = _translate(sql), tuple(args)
+        """One statement on a shared reader connection (autocommit). A read that fails
+        on a broken connection (the server restarted since its last use) runs again,
+        once, on a new one, after every idle connection was dropped (they broke too). A
+        lost database, or no connection free within :data:`READ_WAIT` seconds, is
+        :class:`DatabaseUnavailable`."""
+        params = tuple(args)
         for attempt in (1, 2):
             try:
-                with self._pool.connection() as conn:
-                    return conn.execute(statement, params).fetchall()
-            except PoolTimeout as exc:
-                raise _unavailable(self.url, exc) from exc
+                with self._shared.connection() as db:
+                    return db.execute(sql, params).fetchall()
             except psycopg.OperationalError as exc:
                 if attempt == 2:
                     raise _unavailable(self.url, exc) from exc
-                self._pool.check()
+                self._shared.drop_idle()
         raise AssertionError("unreachable")
 
     def _open(self) -> Any:
