@@ -854,22 +854,39 @@ class Store:
         now: float,
     ) -> bool:
         """Persist a registered backend. False if one of that name is already stored."""
+        row = {
+            "name": name,
+            "url": url,
+            "gpu_url": gpu_url,
+            "vram_budget_mb": vram_budget_mb,
+            "gpus": gpus,
+            "registered_at": now,
+            **self._node_owner(),
+        }
         with self._write(views=False) as db:
             cur = db.execute(
-                "INSERT INTO nodes (name, url, gpu_url, vram_budget_mb, gpus,"
-                " registered_at) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                (name, url, gpu_url, vram_budget_mb, gpus, now),
+                f"INSERT INTO nodes ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+                " ON CONFLICT DO NOTHING",
+                tuple(row.values()),
             )
             return cur.rowcount == 1
+
+    def _node_owner(self) -> dict[str, str]:
+        """The ``owner`` column of the nodes this store saves and loads (none here)."""
+        return {}
 
     def delete_node(self, name: str) -> bool:
         with self._write(views=False) as db:
             return db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount == 1
 
     def load_nodes(self) -> list[tuple[str, str, str | None, int | None, str | None]]:
-        """(name, url, gpu_url, vram_budget_mb, gpus) of every registered backend."""
+        """(name, url, gpu_url, vram_budget_mb, gpus) of every registered backend (this
+        store's owner's, where nodes have one)."""
+        owner = self._node_owner()
         return self._read(
-            "SELECT name, url, gpu_url, vram_budget_mb, gpus FROM nodes ORDER BY registered_at"
+            "SELECT name, url, gpu_url, vram_budget_mb, gpus FROM nodes"
+            f"{' WHERE owner = ?' if owner else ''} ORDER BY registered_at",
+            tuple(owner.values()),
         )
 
     def integrity_check(self) -> str:

@@ -584,31 +584,8 @@ class PgStore(Store):
     # its INSTANCE_NAME, stable across restarts): only that one drives it, with its own
     # host's GPUs. Names stay unique over all instances (downloads are kept by node name).
 
-    def save_node(
-        self,
-        name: str,
-        url: str,
-        *,
-        gpu_url: str | None,
-        vram_budget_mb: int | None,
-        gpus: str | None,
-        now: float,
-    ) -> bool:
-        with self._write(views=False) as db:
-            cur = db.execute(
-                "INSERT INTO nodes (name, url, gpu_url, vram_budget_mb, gpus, registered_at,"
-                " owner) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                (name, url, gpu_url, vram_budget_mb, gpus, now, self.owner),
-            )
-            return cur.rowcount == 1
-
-    def load_nodes(self) -> list[tuple[str, str, str | None, int | None, str | None]]:
-        """The nodes this instance registered (``owner``), as the SQLite store's."""
-        return self._read(
-            "SELECT name, url, gpu_url, vram_budget_mb, gpus FROM nodes WHERE owner = ?"
-            " ORDER BY registered_at",
-            (self.owner,),
-        )
+    def _node_owner(self) -> dict[str, str]:
+        return {"owner": self.owner}
 
     # -------------------------------------------------------------------- instances
 
