@@ -11,10 +11,8 @@ with the reason in the skip line. Each test gets a schema of its own in that dat
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
@@ -47,10 +45,6 @@ pg_server = pytest.fixture(scope="session")(_server)
 
 def fresh_url(server: str) -> str:
     """``server`` with a new, empty schema as its search path."""
-    import psycopg
+    from tools.pg_throwaway import fresh_schema
 
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in server else "?"
-    return f"{server}{sep}options={quote(f'-csearch_path={schema}')}"
+    return fresh_schema(server)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,6 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg
 
 from tools import pg_throwaway
 from tools.bench_procs import Http, Procs, Service, Sim, rnd
@@ -81,11 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def fresh_schema(server: str) -> str:
     """``server`` with a new empty schema as its search path (each setup starts empty)."""
-    name = f"bench_{int(time.time() * 1000) % 10**10}_{random.randrange(10**6)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    sep = "&" if "?" in server else "?"
-    return f"{server}{sep}options=-csearch_path%3D{name}"
+    return pg_throwaway.fresh_schema(server, "bench")
 
 
 class Setup:

@@ -26,7 +26,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 USER = "mm"  # the database user and database the URL names
 
@@ -165,6 +167,18 @@ def start(base: Path | None = None) -> tuple[str, Path]:
         stop(root)
         raise Unavailable(f"createdb failed: {create.stderr.strip()}")
     return f"postgresql://{USER}@127.0.0.1:{port}/{USER}", root
+
+
+def fresh_schema(server: str, prefix: str = "t") -> str:
+    """``server`` (a database URL) with a new, empty schema as its search path, so that
+    a test or a benchmark setup starts with no rows and sees no one else's."""
+    import psycopg  # (only this function needs it: the rest runs before it is installed)
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in server else "?"
+    return f"{server}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
 def halt(root: Path) -> None:
