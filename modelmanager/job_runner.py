@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from config import Config
 
@@ -26,6 +26,7 @@ from .backend import Backend
 from .errors import (
     BackendTimeout,
     BackendUnavailable,
+    DatabaseUnavailable,
     EndpointNotAvailable,
     OllamaError,
     OutOfMemory,
@@ -43,6 +44,8 @@ from .silence import SilenceWatch, Watched
 from .store import Store
 from .streams import Ended, StreamHub
 from .verdicts import after_job_error, backoff_delay, silence_retried
+
+T = TypeVar("T")
 
 log = get_logger("ENGINE")
 
@@ -175,6 +178,8 @@ class JobRunner:
                 ended = self._failed(job, backend, OllamaError(f"unexpected error: {exc}"))
                 return
             ended = self._completed(job, backend, res)
+        except DatabaseUnavailable:  # (logged by _stored) the job runs again later
+            ended = JobEnded(job, backend.name, JobOutcome.ABORTED)
         finally:
             self.silence.done(watched)
             with self._lock:
@@ -254,7 +259,10 @@ class JobRunner:
         }
         self.registry.learn_job(job.runner, (res.total_duration_ns - res.load_duration_ns) / 1e9)
         output = job_output(job, res)
-        if self.store.complete(job.id, job.attempts, output, timings, self._clock()):
+        now = self._clock()
+        if self._stored(
+            job, "result", lambda: self.store.complete(job.id, job.attempts, output, timings, now)
+        ):
             log.info("job %s complete (%s, %d tokens)", job.id, job.model, res.eval_count)
             return JobEnded(job, backend.name, JobOutcome.COMPLETE)
         log.info("job %s: late result of a superseded attempt dropped", job.id)
@@ -287,12 +295,16 @@ class JobRunner:
         if decision.verdict is JobVerdict.ABORTED:
             log.info("job %s: request to Ollama aborted", job.id)
         elif decision.verdict is JobVerdict.RELEASE:
-            self.store.release([job.id])
+            self._stored(job, "release", lambda: self.store.release([job.id]))
             outcome = JobOutcome.RELEASED
             log.warning("job %s: Ollama unreachable (%s); job waits", job.id, message)
         elif decision.verdict is JobVerdict.RETRY:
             not_before = now + decision.delay
-            if self.store.requeue(job.id, job.attempts, exc.message, exc.code, not_before):
+            if self._stored(
+                job,
+                "retry",
+                lambda: self.store.requeue(job.id, job.attempts, exc.message, exc.code, not_before),
+            ):
                 outcome = JobOutcome.RETRY
                 log.warning(
                     "job %s: %s (%s); retry %d/%d in %.1fs",
@@ -305,13 +317,44 @@ class JobRunner:
                 )
             else:
                 outcome = JobOutcome.SUPERSEDED
-        elif self.store.fail(job.id, job.attempts, exc.message, exc.code, now):
+        elif self._stored(
+            job,
+            "failure",
+            lambda: self.store.fail(job.id, job.attempts, exc.message, exc.code, now),
+        ):
             outcome = JobOutcome.FAILED
             log.warning("job %s failed (%s): %s", job.id, exc.code, message)
         else:
             outcome = JobOutcome.SUPERSEDED
         lost = isinstance(exc, BackendUnavailable)
         return JobEnded(job, backend.name, outcome, not_before, oom, crashed, lost)
+
+    def _stored(self, job: Job, what: str, write: Callable[[], T]) -> T:
+        """``write()``, a change of ``job`` in the store. While the database does not
+        answer (PostgreSQL restarting) it is tried again, with pauses growing from 0.2 to
+        5 s, for up to LEASE_SECONDS: the job's claim outlives an outage that short, so
+        the answer Ollama gave is kept instead of the job running again. Then, or once
+        the runner closes, :class:`DatabaseUnavailable` (logged): the job runs again
+        once its claim is released."""
+        deadline = time.monotonic() + self.config.LEASE_SECONDS
+        pause = 0.2
+        while True:
+            try:
+                return write()
+            except DatabaseUnavailable as exc:
+                if self._closed or time.monotonic() + pause > deadline:
+                    log.warning(
+                        "job %s: its %s could not be stored (%s); it runs again once its "
+                        "claim is released",
+                        job.id,
+                        what,
+                        exc,
+                    )
+                    raise
+                if pause == 0.2:
+                    log.info("job %s: the database does not answer; its %s waits", job.id, what)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def _timeout_error(self, exc: BackendTimeout, behind: int) -> BackendTimeout:
         """The timeout restated with the setting that bounds it and why it is (not)
