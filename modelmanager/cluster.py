@@ -280,8 +280,9 @@ class Cluster:
             self._changed.set()
 
     def _check_running(self) -> None:
-        running = self.jobs.running_ids()
-        lost = sorted(self.store.lost_here(running))
+        attempts = self.jobs.running_attempts()
+        running = list(attempts)
+        lost = sorted(self.store.lost_here(attempts))
         if lost and self.jobs.abort(lost):
             log.info("%d job(s) here are no longer ours (cancelled or taken back)", len(lost))
         # claimed a while ago but not running here: the database dropped the connection

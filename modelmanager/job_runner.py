@@ -77,6 +77,7 @@ class JobRunner:
         self._calls: dict[str, Call] = {}  # job id -> its request in flight
         self._delivered: set[str] = set()  # jobs whose chunks reached a client live
         self._nodes: dict[str, str] = {}  # job id -> the backend it runs on
+        self._attempts: dict[str, int] = {}  # job id -> the attempt in flight
         self._expected = 0  # taken from the queue, about to start (counted as in flight)
         self._closed = False
         self._pool = ThreadPoolExecutor(config.ENGINE_THREADS, thread_name_prefix="job")
@@ -107,6 +108,7 @@ class JobRunner:
                 return
             self._calls[job.id] = call
             self._nodes[job.id] = backend.name
+            self._attempts[job.id] = job.attempts
         log.info("job %s started on %s (attempt %d)", job.id, label, job.attempts)
         self._pool.submit(self._run, job, backend, call)
 
@@ -114,6 +116,11 @@ class JobRunner:
         """The ids of the jobs whose requests are in flight."""
         with self._lock:
             return list(self._calls)
+
+    def running_attempts(self) -> dict[str, int]:
+        """{job id: its attempt} of the jobs whose requests are in flight."""
+        with self._lock:
+            return {job_id: self._attempts[job_id] for job_id in self._calls}
 
     def abort(self, job_ids: list[str] | None = None) -> int:
         """Abort the requests in flight for these jobs (None: all), so Ollama stops
@@ -185,6 +192,7 @@ class JobRunner:
             with self._lock:
                 self._calls.pop(job.id, None)
                 self._nodes.pop(job.id, None)
+                self._attempts.pop(job.id, None)
             self._delivered.discard(job.id)
             ended = ended or JobEnded(job, backend.name, JobOutcome.ABORTED)
             if self.streams.watched(job.id):

@@ -700,17 +700,20 @@ class PgStore(Store):
         )
         return {runner: int(n) for runner, n in rows}
 
-    def lost_here(self, job_ids: list[str]) -> set[str]:
-        """Those of ``job_ids`` (running here) that are no longer this instance's to run:
-        cancelled, timed out, or back in the queue or claimed by another instance after
-        this one's lease expired. Jobs that merely ended are not listed."""
-        if not job_ids:
+    def lost_here(self, attempts: dict[str, int]) -> set[str]:
+        """Those of the jobs running here (``{id: attempt}``) that are no longer this
+        instance's to run: cancelled, timed out, back in the queue or claimed by another
+        instance after this one's lease expired, or taken over by a later attempt (which
+        may have completed it already). A job this attempt ended is not listed."""
+        if not attempts:
             return set()
         rows = self._read(
-            "SELECT id FROM jobs WHERE id = ANY(?) AND (status = 'cancelled'"
-            " OR (status = 'failed' AND error_code = 'JOB_TIMEOUT')"
-            " OR (status IN ('pending','queued','running') AND claimed_by IS DISTINCT FROM ?))",
-            (list(job_ids), self.instance),
+            "SELECT j.id FROM jobs j JOIN unnest(?::text[], ?::int[]) AS r(id, attempt)"
+            " ON j.id = r.id WHERE j.status = 'cancelled'"
+            " OR (j.status = 'failed' AND j.error_code = 'JOB_TIMEOUT')"
+            " OR j.attempts > r.attempt"
+            " OR (j.status IN ('pending','queued','running') AND j.claimed_by IS DISTINCT FROM ?)",
+            (list(attempts), list(attempts.values()), self.instance),
         )
         return {r[0] for r in rows}
 

@@ -486,3 +486,34 @@ def test_instances_url_is_one_other_hosts_can_reach(host: str, url: str, expecte
     from modelmanager.cluster import instance_url
 
     assert instance_url(Config(HOST=host, HTTP_PORT=5001, INSTANCE_URL=url)) == expected
+
+
+def test_instances_streamed_answer_under_way_when_another_instance_takes_the_job(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster(2)
+    # a's attempt sends a few tokens, then hangs: part of the answer is out
+    r = requests.post(f"{a.sim.url}/_sim/gate", json={"closed": True, "after_tokens": 3})
+    assert r.status_code == 200, r.text
+    body = {"model": MODELS[0], "prompt": "long", "options": {"num_predict": 50}}
+    with requests.post(f"{a.url}/api/generate", json=body, stream=True, timeout=60) as resp:
+        lines = resp.iter_lines()
+        first = json.loads(next(lines))
+        assert first["done"] is False
+        job = next(j for j in rows(cluster.url).values() if j["status"] == "running")
+        os.kill(a.pid, signal.SIGSTOP)  # a's lease lapses: b takes the job over
+        try:
+            wait_until(
+                lambda: rows(cluster.url)[job["id"]]["status"] == "complete",
+                timeout=30,
+                what="b completes the job",
+            )
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        rest = [json.loads(line) for line in lines if line]
+    # the stream cannot start over: it ends with an error line saying what happened
+    assert "error" in rest[-1] and "lost the job" in rest[-1]["error"], rest[-3:]
+    assert not any(line.get("done") for line in rest)
+    assert generated(b) >= 1  # b ran the job
+    # a stopped its own attempt, taken over, at its next heartbeat
+    wait_until(lambda: a.sim.stats()["in_flight"] == 0, timeout=10, what="a's attempt aborted")

@@ -1152,3 +1152,27 @@ def test_store_pg_a_malformed_url_is_one_sentence_without_the_password(url: str)
     text = str(caught.value)
     assert text.startswith("cannot connect to the database") and "\n" not in text
     assert "s3cr" not in text
+
+
+def test_store_pg_a_job_taken_over_is_lost_to_its_first_instance_even_once_complete(
+    pg_url: str,
+) -> None:
+    from modelmanager.store_pg import PgStore
+
+    a = PgStore(pg_url, instance="a", lease_seconds=0.2)  # paused: its lease lapses
+    b = PgStore(pg_url, instance="b", lease_seconds=60)
+    try:
+        add(b, make_job("j"), make_job("mine"))
+        [first] = a.claim(["j"], T0)
+        wait_until(lambda: b.reap(max_attempts=5, now=T0 + 1)[0] == 1, timeout=10)
+        [again] = b.claim(["j"], T0 + 2)
+        assert (first.attempts, again.attempts) == (1, 2)
+        assert a.lost_here({"j": 1}) == {"j"}  # claimed by b now
+        assert b.complete("j", again.attempts, "from b", {}, T0 + 3)
+        assert a.lost_here({"j": 1}) == {"j"}  # b completed it: a's attempt is moot
+        assert b.lost_here({"j": 2}) == set()  # b's own attempt merely ended
+        [mine] = b.claim(["mine"], T0 + 4)
+        assert b.lost_here({"mine": mine.attempts}) == set()
+    finally:
+        a.close()
+        b.close()

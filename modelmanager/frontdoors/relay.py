@@ -155,12 +155,26 @@ class Answer:
             # comes from the store (_check_store) if none went out; cut off here for
             # another reason (the database did not answer): the job runs again
         # retry, released, superseded: the job runs again
-        if self.stream and self._sent:
-            error = self._job().get("error") or "the model stopped in the middle of the answer"
-            raise JobFailed(500, str(error), "INTERRUPTED")
+        if self.stream and self._sent:  # ... but part of this attempt's answer went out
+            raise JobFailed(500, self._broken_off(outcome), "INTERRUPTED")
         self._sent = 0
         self._chunks = []
         return False
+
+    def _broken_off(self, outcome: str) -> str:
+        """Why a streamed answer under way ends with an attempt that did not complete."""
+        if outcome == "released":
+            return "the node running the model went away in the middle of the answer"
+        job = self._job()
+        if job.get("status") in ("pending", "queued", "running", "complete"):
+            # (a streamed job is not retried here once a chunk went out: someone else
+            # runs or ran it)
+            return (
+                "this instance lost the job in the middle of the answer (it was paused or "
+                "cut off from the database for longer than LEASE_SECONDS, and another "
+                "instance took the job over); send the request again"
+            )
+        return str(job.get("error") or "the model stopped in the middle of the answer")
 
     def _job(self) -> dict[str, Any]:
         try:
