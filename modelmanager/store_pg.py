@@ -161,6 +161,9 @@ def _secrets(url: str) -> list[str]:
         key, _, value = pair.partition("=")
         if unquote(key).strip().lower() == "password":
             found.append(value)
+    # libpq ends the user info at the first "@", where the URL's own rule takes the
+    # last: a password with a raw "@" shows up in pieces (one as part of the host)
+    found += [piece for v in list(found) if "@" in v for piece in v.split("@")]
     out = [v for v in found if v]
     return out + [d for d in (unquote(v) for v in out) if d not in out]
 
