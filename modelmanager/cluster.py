@@ -45,6 +45,7 @@ from .job_runner import JobRunner
 from .logger import get_logger
 from .model_registry import ModelRegistry
 from .models import Priority
+from .nodes import same_server
 from .pending import PendingIndex
 from .planner import REPLICA_FACTOR
 from .scheduler import DB_DOWN_RELOG, Scheduler
@@ -370,6 +371,19 @@ class Cluster:
         slots = max(1, self.config.OLLAMA_NUM_PARALLEL)
         queue = counts[runner] * self.registry.job_seconds(runner) / slots
         return queue > REPLICA_FACTOR * load
+
+    def nodes_elsewhere(self) -> list[tuple[str, str, str, bool]]:
+        """(instance name, node name, node URL, whether that instance is on this host)
+        for every node another live instance drives (from its last heartbeat)."""
+        here = same_server(self.url)[1]
+        out = []
+        for row in self.store.instances():
+            if row["id"] == self.store.instance:
+                continue
+            same_host = same_server(row["url"])[1] == here
+            for node in row["info"].get("nodes", []):
+                out.append((row["name"], str(node.get("name")), str(node.get("url")), same_host))
+        return out
 
     # ------------------------------------------------------------------------ view
 

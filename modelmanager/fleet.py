@@ -78,6 +78,9 @@ class Fleet:
         self._specs: dict[str, NodeSpec] = {}
         self._live: dict[str, Backend] = {}
         self._post: Callable[[Any], None] = lambda event: None
+        # with a shared queue: (instance name, node name, node URL, on this host) of the
+        # nodes other live instances drive (Cluster.nodes_elsewhere)
+        self.elsewhere: Callable[[], list[tuple[str, str, str, bool]]] = lambda: []
         self._snapshot: Callable[[], Any] = lambda: None
         # a node was registered: called before the scheduler is told, so that what the
         # hooks learn (the node's models) is known when it first plans with the node
@@ -226,6 +229,7 @@ class Fleet:
         name exists), :class:`GatewayTimeout` (it did not become healthy in time).
         """
         spec, timeout = self._spec_of(body)
+        self._refuse_taken_elsewhere(spec)
         count = self._gpu_count()
         with self._lock:
             if spec.name in self._specs:
@@ -270,6 +274,26 @@ class Fleet:
         log.info("node %s registered at %s", spec.name, spec.url)
         # its Ollama answered: describe it as read now (healthy, its memory), not "starting"
         return self._node_json(spec, _Read(backend.snapshot()))
+
+    def _refuse_taken_elsewhere(self, spec: NodeSpec) -> None:
+        """:class:`Conflict` when another instance sharing the queue has a node of this
+        name (names are unique over the instances: downloads are kept by node name) or
+        drives this Ollama (a loopback URL names the same server only for an instance
+        on this host)."""
+        key = same_server(spec.url)
+        for instance, name, url, same_host in self.elsewhere():
+            if name == spec.name:
+                raise Conflict(
+                    f"instance {instance} has a node named {name!r}; node names are unique "
+                    "over the instances sharing the database",
+                    details={"node": name, "instance": instance},
+                )
+            if same_server(url) == key and (same_host or key[1] != "loopback"):
+                raise Conflict(
+                    f"instance {instance} already drives the Ollama at {url} as node "
+                    f"{name!r} ({spec.url} is the same server); one Ollama is one node",
+                    details={"node": name, "instance": instance, "url": url, "field": "url"},
+                )
 
     def _spec_of(self, body: Any) -> tuple[NodeSpec, float]:
         reg = parse_registration(body)

@@ -158,6 +158,7 @@ class Manager:
             self.api.instances = self.cluster.describe
             self.scheduler.may_load = self.cluster.may_load
             self.scheduler.served_elsewhere = self.cluster.served_elsewhere
+            self.fleet.elsewhere = self.cluster.nodes_elsewhere
             self.api.unfinished_elsewhere = lambda: self.cluster.elsewhere if self.cluster else 0
         else:
             self.api.instances = lambda: single_instance(

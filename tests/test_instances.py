@@ -517,3 +517,34 @@ def test_instances_streamed_answer_under_way_when_another_instance_takes_the_job
     assert generated(b) >= 1  # b ran the job
     # a stopped its own attempt, taken over, at its next heartbeat
     wait_until(lambda: a.sim.stats()["in_flight"] == 0, timeout=10, what="a's attempt aborted")
+
+
+def test_instances_one_ollama_and_one_node_name_over_all_instances(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    a, b = cluster(2)
+    (tmp_path / "host2").mkdir()
+    third = SimProcess(tmp_path / "host2")
+    cluster.procs.append(third)
+    third.start()
+    node = {"name": "c0", "url": third.url, "vram_budget_mb": 8192}
+    r = a.session.post(f"{a.url}/api/v1/nodes", json=node, timeout=30)
+    assert r.status_code == 201, r.text
+    # b learns of a's nodes from a's heartbeat
+    wait_until(
+        lambda: any(
+            n["name"] == "c0"
+            for i in b.session.get(f"{b.url}/api/v1/instances", timeout=5).json()["instances"]
+            for n in i["nodes"]
+        ),
+        timeout=10,
+        what="a's new node listed",
+    )
+    # the same Ollama under another name, on another instance of this host
+    r = b.session.post(f"{b.url}/api/v1/nodes", json={**node, "name": "c1"}, timeout=30)
+    assert r.status_code == 409, r.text
+    assert "instance host0 already drives the Ollama" in r.json()["error"]["message"]
+    # the same name for another Ollama
+    r = b.session.post(f"{b.url}/api/v1/nodes", json={**node, "url": b.sim.url}, timeout=30)
+    assert r.status_code == 409, r.text
+    assert "instance host0 has a node named 'c0'" in r.json()["error"]["message"]
