@@ -2,7 +2,7 @@
 """Benchmark of the shared queue (``DATABASE_URL``): PostgreSQL against SQLite, two
 instances against one, in one run, so the ratios compare like with like.
 
-    .venv/bin/python tools/bench_pg.py            # about 3 minutes on 2 cores
+    .venv/bin/python tools/bench_pg.py            # about 2 minutes on 2 cores
     .venv/bin/python tools/bench_pg.py --quick    # smoke run (< 60 s)
     options: --database-url URL (default: a throwaway cluster, tools/pg_throwaway.py)
              --submits N --clients N --samples N --per-model N --time-scale X --json
