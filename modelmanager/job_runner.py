@@ -340,7 +340,7 @@ class JobRunner:
     def _stored(self, job: Job, what: str, write: Callable[[], T]) -> T:
         """``write()``, a change of ``job`` in the store. While the database does not
         answer (PostgreSQL restarting) it is tried again, with pauses growing from 0.2 to
-        5 s, for up to LEASE_SECONDS: the job's claim outlives an outage that short, so
+        2 s, for up to LEASE_SECONDS: the job's claim outlives an outage that short, so
         the answer Ollama gave is kept instead of the job running again. Then, or once
         the runner closes, :class:`DatabaseUnavailable` (logged): the job runs again
         once its claim is released."""
@@ -350,7 +350,8 @@ class JobRunner:
             try:
                 return write()
             except DatabaseUnavailable as exc:
-                if self._closed or time.monotonic() + pause > deadline:
+                left = deadline - time.monotonic()
+                if self._closed or left <= 0:
                     log.warning(
                         "job %s: its %s could not be stored (%s); it runs again once its "
                         "claim is released",
@@ -361,8 +362,8 @@ class JobRunner:
                     raise
                 if pause == 0.2:
                     log.info("job %s: the database does not answer; its %s waits", job.id, what)
-                time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 2.0)
 
     def _timeout_error(self, exc: BackendTimeout, behind: int) -> BackendTimeout:
         """The timeout restated with the setting that bounds it and why it is (not)

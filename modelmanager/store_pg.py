@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -162,8 +163,8 @@ def _secrets(url: str) -> list[str]:
         if unquote(key).strip().lower() == "password":
             found.append(value)
     # libpq ends the user info at the first "@", where the URL's own rule takes the
-    # last: a password with a raw "@" shows up in pieces (one as part of the host)
-    found += [piece for v in list(found) if "@" in v for piece in v.split("@")]
+    # last: a password with a raw "@" shows up in pieces, as a host or a port
+    found += [p for v in list(found) if "@" in v for p in re.split("[@:]", v)]
     out = [v for v in found if v]
     return out + [d for d in (unquote(v) for v in out) if d not in out]
 
@@ -197,7 +198,10 @@ def _reason(url: str, exc: Exception) -> str:
     reason = reason.replace(url, redact(url))
     for secret in sorted(_secrets(url), key=len, reverse=True):
         # a very short one only where quoted, so that other words stay readable
-        reason = reason.replace(secret if len(secret) >= 4 else f'"{secret}"', "***")
+        if len(secret) >= 4:
+            reason = reason.replace(secret, "***")
+        else:
+            reason = reason.replace(f'"{secret}"', '"***"').replace(f"'{secret}'", "'***'")
     return reason
 
 

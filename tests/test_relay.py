@@ -99,3 +99,18 @@ def test_an_attempt_cut_off_while_the_database_is_down_is_a_503_naming_it() -> N
         ans.next()
     assert caught.value.status == 503
     assert "database" in caught.value.message and "stopping" not in caught.value.message
+
+
+def test_a_collected_answer_of_a_superseded_attempt_gives_way_to_the_stored_one() -> None:
+    hub, api = StreamHub(), StoredJob(RUNNING)
+    ans = answer(api, hub, stream=False)  # chunks are collected, none went out yet
+    hub.publish("j1", {"message": {"role": "assistant", "content": "dropped"}, "done": True})
+    hub.end("j1", Ended("superseded"))  # another instance's attempt took over
+    api.job = {
+        **RUNNING,
+        "status": "complete",
+        "result": "kept",
+        "message": {"role": "assistant", "content": "kept"},
+    }
+    [whole] = ans.collect()
+    assert whole["message"]["content"] == "kept"  # what GET /api/job/<id> answers too

@@ -1137,6 +1137,8 @@ def test_store_pg_reaping_removes_the_rows_of_dead_instances(pg_url: str) -> Non
         "postgresql://mm:s3cret@db.invalid:54x/db",
         "postgresql://mm:s3cr@t@127.0.0.1:1/db",  # an @ in the password
         "postgresql://mm:Top@s3cret99@127.0.0.1:1/db",  # libpq: host "s3cret99@..."
+        "postgresql://mm:Top@s3crHost:5432@127.0.0.1:1/db",  # libpq: host "s3crHost"
+        "postgresql://mm:s3@cr:et@127.0.0.1:1/db",  # libpq: host 'cr'? port 'et@...'?
         "postgresql://mm:s3cr%ZZet@127.0.0.1:1/db",  # a bad percent-encoding in it
         "postgresql://mm@127.0.0.1:1/db?password=s3cret",  # the password as a parameter
         "postgresql://mm:pw@127.0.0.1:1/db?sslmode=disable&Password=s3cret",

@@ -120,7 +120,8 @@ class Answer:
             if "error" in item:
                 continue  # an in-band error line: the attempt's Ended follows with it
             self._sent += 1
-            self._done = item.get("done") is True
+            # (only a streamed chunk reached the client; collected ones wait for the end)
+            self._done = self.stream and item.get("done") is True
             if not self.stream:
                 self._chunks.append(item)
             return item
