@@ -268,6 +268,14 @@ class Cluster:
             grace=2 * self.config.HEARTBEAT_SECONDS + 1.0,
         )
 
+    def publish(self) -> None:
+        """Renew this instance's row now (its nodes changed), not at the next heartbeat.
+        A database that does not answer is logged: the heartbeat does it later."""
+        try:
+            self.heartbeat()
+        except DB_ERRORS as exc:
+            log.warning("could not publish this instance's nodes now (%s)", exc)
+
     def _reap(self) -> None:
         requeued, failed = self.store.reap(self.config.MAX_ATTEMPTS, self.clock())
         if requeued or failed:

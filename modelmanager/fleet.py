@@ -251,7 +251,7 @@ class Fleet:
             backend = self.make(spec)
             self._wait_healthy(backend, timeout)
             gpus = "+".join(str(i) for i in spec.gpus) if spec.gpus else None
-            self.store.save_node(
+            saved = self.store.save_node(
                 spec.name,
                 spec.url,
                 gpu_url=spec.gpu_url,
@@ -259,6 +259,10 @@ class Fleet:
                 gpus=gpus,
                 now=self.clock(),
             )
+            if not saved:  # (with a shared queue: another instance registered it meanwhile)
+                raise Conflict(
+                    f"a node named {spec.name!r} exists already", details={"node": spec.name}
+                )
         except BaseException:
             with self._lock:
                 self._specs.pop(spec.name, None)

@@ -159,6 +159,9 @@ class Manager:
             self.scheduler.may_load = self.cluster.may_load
             self.scheduler.served_elsewhere = self.cluster.served_elsewhere
             self.fleet.elsewhere = self.cluster.nodes_elsewhere
+            # the other instances learn of a new node at once, not at the next heartbeat
+            cluster = self.cluster
+            self.fleet.on_added.append(lambda backend: cluster.publish())
             self.api.unfinished_elsewhere = lambda: self.cluster.elsewhere if self.cluster else 0
         else:
             self.api.instances = lambda: single_instance(
