@@ -105,6 +105,7 @@ class Cluster:
         self._full_at = 0.0  # when the last full look started (monotonic)
         self._elsewhere: frozenset[str] = frozenset()  # see served_elsewhere()
         self._down_logged = -DB_DOWN_RELOG  # when a lost database was last logged
+        self._checked_at = time.monotonic()  # start of the last heartbeat that checked
         self._own: set[str] = set()  # runners of waiting front-door jobs only we may run
 
     # ------------------------------------------------------------------ lifecycle
@@ -234,9 +235,11 @@ class Cluster:
                     self._full_at = time.monotonic()
                 if time.monotonic() >= due:
                     due = time.monotonic() + self.config.HEARTBEAT_SECONDS
+                    started = time.monotonic()
                     self.heartbeat()
                     self._reap()
                     self._check_running()
+                    self._checked_at = started  # claims held then, and still hold now
                     full = True
                 self._changed.clear()
                 self._full.clear()
@@ -267,6 +270,14 @@ class Cluster:
             # a runner taken for a load that the snapshot read above does not show yet
             grace=2 * self.config.HEARTBEAT_SECONDS + 1.0,
         )
+
+    def claims_hold(self) -> bool:
+        """Whether this instance's claims surely still hold: its last heartbeat that
+        renewed them and checked the jobs running here began less than LEASE_SECONDS
+        minus HEARTBEAT_SECONDS ago (monotonic time, so a pause counts), so no other
+        instance can have taken its jobs back since."""
+        limit = self.config.LEASE_SECONDS - self.config.HEARTBEAT_SECONDS
+        return time.monotonic() - self._checked_at < limit
 
     def publish(self) -> None:
         """Renew this instance's row now (its nodes changed), not at the next heartbeat.

@@ -78,6 +78,8 @@ class JobRunner:
         self._delivered: set[str] = set()  # jobs whose chunks reached a client live
         self._nodes: dict[str, str] = {}  # job id -> the backend it runs on
         self._attempts: dict[str, int] = {}  # job id -> the attempt in flight
+        # with a shared queue: whether this instance's claims surely still hold (Cluster)
+        self.claims_hold: Callable[[], bool] = lambda: True
         self._expected = 0  # taken from the queue, about to start (counted as in flight)
         self._closed = False
         self._pool = ThreadPoolExecutor(config.ENGINE_THREADS, thread_name_prefix="job")
@@ -217,6 +219,8 @@ class JobRunner:
 
             def relay(chunk: dict[str, Any]) -> None:
                 seen()
+                if not self._held_until_ours(call):
+                    return  # taken over while this instance could not check: not ours
                 publish(job_id, chunk)
                 if delivered is not None:
                     delivered.add(job_id)  # (set.add: atomic)
@@ -336,6 +340,19 @@ class JobRunner:
             outcome = JobOutcome.SUPERSEDED
         lost = isinstance(exc, BackendUnavailable)
         return JobEnded(job, backend.name, outcome, not_before, oom, crashed, lost)
+
+    def _held_until_ours(self, call: Call) -> bool:
+        """Whether a chunk of ``call`` may go on to its client: at once while this
+        instance's claims are known to hold (``claims_hold``; always with one instance).
+        After a pause (SIGSTOP, a frozen VM, the database out of reach) longer than its
+        lease allows, another instance may have taken the job over: the chunk waits until
+        the shared queue was read again, which either confirms the claim or aborts the
+        request (False)."""
+        while not self.claims_hold():
+            if call.aborted:
+                return False
+            time.sleep(0.02)
+        return not call.aborted
 
     def _stored(self, job: Job, what: str, write: Callable[[], T]) -> T:
         """``write()``, a change of ``job`` in the store. While the database does not

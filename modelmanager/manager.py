@@ -159,6 +159,7 @@ class Manager:
             self.scheduler.may_load = self.cluster.may_load
             self.scheduler.served_elsewhere = self.cluster.served_elsewhere
             self.fleet.elsewhere = self.cluster.nodes_elsewhere
+            self.jobs.claims_hold = self.cluster.claims_hold
             # the other instances learn of a new node at once, not at the next heartbeat
             cluster = self.cluster
             self.fleet.on_added.append(lambda backend: cluster.publish())

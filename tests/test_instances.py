@@ -539,3 +539,42 @@ def test_instances_one_ollama_and_one_node_name_over_all_instances(
     r = b.session.post(f"{b.url}/api/v1/nodes", json={**node, "url": b.sim.url}, timeout=30)
     assert r.status_code == 409, r.text
     assert "instance host0 has a node named 'c0'" in r.json()["error"]["message"]
+
+
+def test_instances_answer_made_here_during_a_pause_is_held_back_once_taken_over(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster(2)
+    a.sim.gate(True)  # a's attempt waits in its Ollama: nothing goes out yet
+    got: list[requests.Response] = []
+    body = {"model": MODELS[0], "prompt": "paused", "options": {"num_predict": 20}}
+    client = threading.Thread(
+        target=lambda: got.append(requests.post(f"{a.url}/api/generate", json=body, timeout=60))
+    )
+    client.start()
+    job = wait_until(
+        lambda: next((j for j in rows(cluster.url).values() if j["status"] == "running"), None),
+        timeout=20,
+        what="the job running on a",
+    )
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: rows(cluster.url)[job["id"]]["status"] == "complete",
+            timeout=30,
+            what="b completes the job",
+        )
+        # a's own Ollama answers while a is paused: the chunks wait in a's socket
+        a.sim.gate(False)
+        wait_until(lambda: a.sim.stats()["in_flight"] == 0, timeout=10, what="a's answer")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    client.join(timeout=30)
+    assert got and got[0].status_code == 200, (got and got[0].text) or a.tail(60)
+    lines = [json.loads(line) for line in got[0].text.splitlines() if line]
+    # a learns it lost the job before it relays a chunk of its superseded attempt: the
+    # client gets the answer b stored, whole, in one line
+    assert len(lines) == 1 and lines[0]["done"] is True, lines[:3]
+    stored = b.job(job["id"])
+    assert lines[0]["created_at"] == stored["completed_at"]  # b's, not a's late answer
+    assert lines[0]["response"] == stored["result"]
