@@ -7,6 +7,7 @@ killed with SIGKILL gives its jobs back within about a second.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -372,6 +373,45 @@ def test_instances_ride_out_a_database_restart(tmp_path: Path, own_pg: Path) -> 
             proc.kill()
 
 
+def sent_to(
+    svc: ServiceProcess, path: str, body: dict[str, Any]
+) -> tuple[threading.Thread, list[requests.Response]]:
+    """``body`` posted to ``svc`` by a thread of its own; its answer lands in the list."""
+    got: list[requests.Response] = []
+    client = threading.Thread(
+        target=lambda: got.append(requests.post(f"{svc.url}{path}", json=body, timeout=60))
+    )
+    client.start()
+    return client, got
+
+
+def running_job(url: str) -> dict[str, Any]:
+    """The job the store shows running, once one is."""
+    return wait_until(
+        lambda: next((j for j in rows(url).values() if j["status"] == "running"), None),
+        timeout=20,
+        what="a job running",
+    )
+
+
+@contextlib.contextmanager
+def paused(svc: ServiceProcess) -> Iterator[None]:
+    """``svc`` stopped (SIGSTOP) for the block: its lease lapses, its sockets stay open."""
+    os.kill(svc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(svc.pid, signal.SIGCONT)
+
+
+def completed(url: str, job_id: str) -> dict[str, Any]:
+    return wait_until(
+        lambda: (j := rows(url)[job_id])["status"] == "complete" and j,
+        timeout=30,
+        what="another instance completes the job",
+    )
+
+
 def _chat_text(door: str, r: requests.Response) -> str:
     """The assistant's text of a chat answer: Ollama's streamed NDJSON (its last line
     ``done``) or OpenAI's chat completion."""
@@ -389,28 +429,12 @@ def test_instances_front_door_answer_of_a_job_another_instance_completed(
 ) -> None:
     a, b = cluster(2)
     a.sim.gate(True)  # a's own attempt hangs
-    got: list[requests.Response] = []
     path = "/v1/chat/completions" if door == "openai" else "/api/chat"
     body = {"model": MODELS[0], "messages": [{"role": "user", "content": "hi"}]}
-    client = threading.Thread(
-        target=lambda: got.append(requests.post(f"{a.url}{path}", json=body, timeout=60))
-    )
-    client.start()
-    job = wait_until(
-        lambda: next((j for j in rows(cluster.url).values() if j["status"] == "running"), None),
-        timeout=20,
-        what="the chat job running on a",
-    )
-    # a stops (its lease lapses): b takes the job back and completes it
-    os.kill(a.pid, signal.SIGSTOP)
-    try:
-        done = wait_until(
-            lambda: (j := rows(cluster.url)[job["id"]])["status"] == "complete" and j,
-            timeout=30,
-            what="b completes the job",
-        )
-    finally:
-        os.kill(a.pid, signal.SIGCONT)
+    client, got = sent_to(a, path, body)
+    job = running_job(cluster.url)
+    with paused(a):  # a's lease lapses: b takes the job back and completes it
+        done = completed(cluster.url, job["id"])
     # a, connected to the client, answers with what b stored
     client.join(timeout=30)
     assert got and got[0].status_code == 200, (got and got[0].text) or a.tail(60)
@@ -500,16 +524,9 @@ def test_instances_streamed_answer_under_way_when_another_instance_takes_the_job
         lines = resp.iter_lines()
         first = json.loads(next(lines))
         assert first["done"] is False
-        job = next(j for j in rows(cluster.url).values() if j["status"] == "running")
-        os.kill(a.pid, signal.SIGSTOP)  # a's lease lapses: b takes the job over
-        try:
-            wait_until(
-                lambda: rows(cluster.url)[job["id"]]["status"] == "complete",
-                timeout=30,
-                what="b completes the job",
-            )
-        finally:
-            os.kill(a.pid, signal.SIGCONT)
+        job = running_job(cluster.url)
+        with paused(a):  # a's lease lapses: b takes the job over
+            completed(cluster.url, job["id"])
         rest = [json.loads(line) for line in lines if line]
     # the stream cannot start over: it ends with an error line saying what happened
     assert "error" in rest[-1] and "lost the job" in rest[-1]["error"], rest[-3:]
@@ -546,29 +563,14 @@ def test_instances_answer_made_here_during_a_pause_is_held_back_once_taken_over(
 ) -> None:
     a, b = cluster(2)
     a.sim.gate(True)  # a's attempt waits in its Ollama: nothing goes out yet
-    got: list[requests.Response] = []
     body = {"model": MODELS[0], "prompt": "paused", "options": {"num_predict": 20}}
-    client = threading.Thread(
-        target=lambda: got.append(requests.post(f"{a.url}/api/generate", json=body, timeout=60))
-    )
-    client.start()
-    job = wait_until(
-        lambda: next((j for j in rows(cluster.url).values() if j["status"] == "running"), None),
-        timeout=20,
-        what="the job running on a",
-    )
-    os.kill(a.pid, signal.SIGSTOP)
-    try:
-        wait_until(
-            lambda: rows(cluster.url)[job["id"]]["status"] == "complete",
-            timeout=30,
-            what="b completes the job",
-        )
+    client, got = sent_to(a, "/api/generate", body)
+    job = running_job(cluster.url)
+    with paused(a):
+        completed(cluster.url, job["id"])
         # a's own Ollama answers while a is paused: the chunks wait in a's socket
         a.sim.gate(False)
         wait_until(lambda: a.sim.stats()["in_flight"] == 0, timeout=10, what="a's answer")
-    finally:
-        os.kill(a.pid, signal.SIGCONT)
     client.join(timeout=30)
     assert got and got[0].status_code == 200, (got and got[0].text) or a.tail(60)
     lines = [json.loads(line) for line in got[0].text.splitlines() if line]
