@@ -275,6 +275,9 @@ def test_failed_unload_keeps_the_model_managed_and_is_retried_with_backoff(
     sim.set_gate(True)
     job = svc.submit(model=MODEL, prompt="hold")
     wait_until(lambda: svc.job(job)["status"] == "running")
+    # the job's own request waits at the gate (a job is "running" once claimed, maybe
+    # before its request reached Ollama): the faults are for the unloads alone
+    wait_until(lambda: sim.stats()["gated"] == 1)
     sim.inject_fault(count=2, endpoint="/api/generate", status=500, error="unload refused")
     sim.set_gate(False)
     svc.wait_done([job])
