@@ -114,11 +114,6 @@ class JobRunner:
         log.info("job %s started on %s (attempt %d)", job.id, label, job.attempts)
         self._pool.submit(self._run, job, backend, call)
 
-    def running_ids(self) -> list[str]:
-        """The ids of the jobs whose requests are in flight."""
-        with self._lock:
-            return list(self._calls)
-
     def running_attempts(self) -> dict[str, int]:
         """{job id: its attempt} of the jobs whose requests are in flight."""
         with self._lock:

@@ -386,7 +386,7 @@ class Store:
         """
         relax = not durable and self.synchronous == "FULL"
         with self._lock:
-            db = self._writer = self._usable(self._writer)
+            db = self._writer
             if relax:
                 db.execute("PRAGMA synchronous=NORMAL")  # only outside a transaction
             if views:
@@ -406,10 +406,6 @@ class Store:
                 if relax:
                     db.execute("PRAGMA synchronous=FULL")
 
-    def _usable(self, db: Any) -> Any:
-        """``db``, or a new connection in its place where it broke (SQLite's never do)."""
-        return db
-
     def _begin(self, db: Any) -> Any:
         """Start the write transaction on ``db``; return the connection it runs on."""
         db.execute(self._BEGIN)
@@ -417,12 +413,6 @@ class Store:
 
     def _reader(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None and db is not self._writer:
-            fresh = self._usable(db)
-            if fresh is not db:
-                with self._readers_lock:
-                    self._readers[self._readers.index(db)] = fresh
-                db = self._local.db = fresh
         if db is None:
             db = self._connect() if self.path != ":memory:" else self._writer
             self._local.db = db
