@@ -155,9 +155,7 @@ class Cluster:
         belong to an instance by name) or has nodes of the same names (downloads are kept
         by node name)."""
         mine = {str(n.get("name")) for n in self.nodes()}
-        for row in self.store.instances():
-            if row["id"] == self.store.instance:
-                continue
+        for row in self._others():
             if row["name"] == self.name:
                 log.warning(
                     "instance %s (%s) is also named %s: give each instance a name of its "
@@ -234,8 +232,8 @@ class Cluster:
                 if full:
                     self._full_at = time.monotonic()
                 if time.monotonic() >= due:
-                    due = time.monotonic() + self.config.HEARTBEAT_SECONDS
                     started = time.monotonic()
+                    due = started + self.config.HEARTBEAT_SECONDS
                     self.heartbeat()
                     self._reap()
                     self._check_running()
@@ -245,15 +243,13 @@ class Cluster:
                 self._full.clear()
                 if self.sync(full):
                     self.scheduler.wake()
-            except DB_ERRORS as exc:
-                if time.monotonic() - self._down_logged >= DB_DOWN_RELOG:
+            except Exception as exc:  # this thread keeps the leases: it must not die
+                if not isinstance(exc, DB_ERRORS):  # a bug
+                    log.exception("a look at the shared queue failed; trying again")
+                elif time.monotonic() - self._down_logged >= DB_DOWN_RELOG:
                     self._down_logged = time.monotonic()
                     log.warning("the shared queue could not be read (%s); trying again", exc)
                 due = 0.0  # the whole heartbeat again, with a full look
-                self._stop.wait(min(1.0, self.config.HEARTBEAT_SECONDS))
-            except Exception:  # a bug: this thread keeps the leases, so it must not die
-                log.exception("a look at the shared queue failed; trying again")
-                due = 0.0
                 self._stop.wait(min(1.0, self.config.HEARTBEAT_SECONDS))
 
     # ---------------------------------------------------------------------- steps
@@ -396,13 +392,15 @@ class Cluster:
         for every node another live instance drives (from its last heartbeat)."""
         here = same_server(self.url)[1]
         out = []
-        for row in self.store.instances():
-            if row["id"] == self.store.instance:
-                continue
+        for row in self._others():
             same_host = same_server(row["url"])[1] == here
             for node in row["info"].get("nodes", []):
                 out.append((row["name"], str(node.get("name")), str(node.get("url")), same_host))
         return out
+
+    def _others(self) -> list[dict[str, Any]]:
+        """The rows of the other live instances (:meth:`PgStore.instances`)."""
+        return [row for row in self.store.instances() if row["id"] != self.store.instance]
 
     # ------------------------------------------------------------------------ view
 
