@@ -233,9 +233,7 @@ class Fleet:
         count = self._gpu_count()
         with self._lock:
             if spec.name in self._specs:
-                raise Conflict(
-                    f"a node named {spec.name!r} exists already", details={"node": spec.name}
-                )
+                raise _exists(spec.name)
             key = same_server(spec.url)
             twin = next((s for s in self._specs.values() if same_server(s.url) == key), None)
             if twin is not None:
@@ -260,9 +258,7 @@ class Fleet:
                 now=self.clock(),
             )
             if not saved:  # (with a shared queue: another instance registered it meanwhile)
-                raise Conflict(
-                    f"a node named {spec.name!r} exists already", details={"node": spec.name}
-                )
+                raise _exists(spec.name)
         except BaseException:
             with self._lock:
                 self._specs.pop(spec.name, None)
@@ -526,3 +522,7 @@ class Fleet:
         """Close every backend (at shutdown)."""
         for backend in self._backends():
             backend.close()
+
+
+def _exists(name: str) -> Conflict:
+    return Conflict(f"a node named {name!r} exists already", details={"node": name})

@@ -145,7 +145,7 @@ class Manager:
         self.cluster: Cluster | None = None
         self._http_port: int | None = None
         if isinstance(self.store, PgStore):
-            self.cluster = Cluster(
+            self.cluster = cluster = Cluster(
                 config,
                 self.store,
                 self.pending,
@@ -155,15 +155,14 @@ class Manager:
                 self._instance_nodes,
                 clock=clock,
             )
-            self.api.instances = self.cluster.describe
-            self.scheduler.may_load = self.cluster.may_load
-            self.scheduler.served_elsewhere = self.cluster.served_elsewhere
-            self.fleet.elsewhere = self.cluster.nodes_elsewhere
-            self.jobs.claims_hold = self.cluster.claims_hold
+            self.api.instances = cluster.describe
+            self.scheduler.may_load = cluster.may_load
+            self.scheduler.served_elsewhere = cluster.served_elsewhere
+            self.fleet.elsewhere = cluster.nodes_elsewhere
+            self.jobs.claims_hold = cluster.claims_hold
             # the other instances learn of a new node at once, not at the next heartbeat
-            cluster = self.cluster
             self.fleet.on_added.append(lambda backend: cluster.publish())
-            self.api.unfinished_elsewhere = lambda: self.cluster.elsewhere if self.cluster else 0
+            self.api.unfinished_elsewhere = lambda: cluster.elsewhere
         else:
             self.api.instances = lambda: single_instance(
                 config, self._instance_nodes(), self.api.started_at, self._http_port
